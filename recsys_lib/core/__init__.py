@@ -1,0 +1,1 @@
+"""Core: typed config, table schemas and the one SparkSession builder."""

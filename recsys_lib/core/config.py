@@ -1,0 +1,194 @@
+"""Typed, validated configuration.
+
+Config comes from, in order (later wins):
+
+1. the defaults below, which are the embedded local default;
+2. each ``--conf FILE`` (a YAML overlay; ``extends: other.yaml`` pulls in a parent
+   file first, resolved relative to the overlay);
+3. each ``--set dotted.key=value`` (the value is read as a YAML scalar).
+
+``home`` is the data root. Left unset it is ``$RECSYS_HOME`` or ``./data``. Delta
+tables live at ``<home>/lake/<table>`` unless ``lake.root`` says otherwise.
+
+Every unknown key or bad value raises :class:`ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from recsys_lib.core.durations import parse_duration
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+#: Keys below these prefixes are free-form maps: the rest of the dotted key is one key.
+_FREE_FORM_PREFIXES = ("spark.conf.", "lake.storage_options.")
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SparkConfig(_Strict):
+    """How to build the SparkSession."""
+
+    master: str = "local[*]"
+    app_name: str = "recsys"
+    driver_memory: str = Field("4g", pattern=r"^\d+[kmgt]?$")
+    shuffle_partitions: int | Literal["auto"] = "auto"
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
+    ui_enabled: bool = False
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class LakeConfig(_Strict):
+    """Where the Delta tables live and how commits behave."""
+
+    engine: Literal["auto", "delta-rs", "native"] = "auto"
+    root: str | None = None
+    commit_retries: int = Field(6, ge=0, le=100)
+    retry_backoff: Duration = 0.05
+    retry_backoff_max: Duration = 5.0
+    storage_options: dict[str, str] = Field(default_factory=dict)
+
+
+class IngestConfig(_Strict):
+    """Batch ingestion of raw JSON-lines logs."""
+
+    landing_dir: str | None = None
+    max_line_bytes: int = Field(65536, ge=256)
+    max_future_skew: Duration = 3600.0
+
+
+class RecsysConfig(_Strict):
+    """The whole suite's configuration."""
+
+    home: str | None = None
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    lake: LakeConfig = Field(default_factory=LakeConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+
+    @property
+    def home_dir(self) -> str:
+        """The resolved data root (absolute for local paths)."""
+        home = self.home or os.environ.get("RECSYS_HOME") or "./data"
+        return home if "://" in home else str(Path(home).expanduser().resolve())
+
+    @property
+    def lake_root(self) -> str:
+        """Folder (or URI) holding one sub-folder per Delta table."""
+        return self.lake.root or _join(self.home_dir, "lake")
+
+    @property
+    def landing_dir(self) -> str:
+        """Default raw-log landing folder."""
+        return self.ingest.landing_dir or _join(self.home_dir, "landing")
+
+    def table_uri(self, table: str) -> str:
+        """Location of the named Delta table."""
+        return _join(self.lake_root, table)
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}"
+
+
+def load_config(
+    conf_files: Sequence[str | os.PathLike[str]] = (),
+    overrides: Sequence[str] = (),
+) -> RecsysConfig:
+    """Load, merge and validate config.
+
+    Args:
+        conf_files: YAML overlays applied in order.
+        overrides: ``dotted.key=value`` strings applied last.
+
+    Raises:
+        ConfigError: On unreadable files, unknown keys or bad values.
+    """
+    merged: dict[str, Any] = {}
+    for conf_file in conf_files:
+        _deep_merge(merged, _read_yaml_chain(Path(conf_file), seen=()))
+    for override in overrides:
+        _apply_override(merged, override)
+    return _validate(merged)
+
+
+def _validate(raw: Mapping[str, Any]) -> RecsysConfig:
+    try:
+        return RecsysConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(part) for part in err["loc"]) or "<root>"
+            if err["type"] == "extra_forbidden":
+                lines.append(f"unknown config key '{key}'")
+            else:
+                lines.append(f"bad value for '{key}': {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("; ".join(lines)) from None
+
+
+def _read_yaml_chain(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    path = path.expanduser().resolve()
+    if path in seen:
+        raise ConfigError(f"config file {path} extends itself in a cycle")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"bad value for 'extends' in {path}: expected a file name")
+    merged = _read_yaml_chain(path.parent / parent, seen + (path,))
+    _deep_merge(merged, data)
+    return merged
+
+
+def _deep_merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
+    for key, value in other.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _apply_override(merged: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} must look like dotted.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    parts = _split_key(key)
+    node = merged
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _split_key(key: str) -> list[str]:
+    for prefix in _FREE_FORM_PREFIXES:
+        if key.startswith(prefix) and len(key) > len(prefix):
+            return [*prefix.rstrip(".").split("."), key[len(prefix):]]
+    return key.split(".")

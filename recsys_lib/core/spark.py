@@ -1,0 +1,127 @@
+"""The one SparkSession builder for the whole suite."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from recsys_lib.core.config import SparkConfig
+
+#: Settings every session gets unless the config overrides them.
+_BASE_CONF: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    # Delta wants INT64 microsecond timestamps, not Spark's legacy INT96.
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.parquet.compression.codec": "snappy",
+    "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+    "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+}
+
+#: JVM flag that Spark 4.2 workers add for Java 23+, which Java 17 refuses.
+_NEW_JVM_FLAG = "--sun-misc-unsafe-memory-access=allow"
+
+
+def build_spark(cfg: SparkConfig) -> SparkSession:
+    """Build (or return the running) SparkSession for ``cfg``.
+
+    Local defaults: ``SPARK_LOCAL_IP=127.0.0.1``, UTC everywhere, shuffle
+    partitions sized to the cores. Anything in ``cfg.conf`` wins.
+    """
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Executors (local-cluster, standalone) must run the same interpreter.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+    conf = dict(_BASE_CONF)
+    conf["spark.driver.memory"] = cfg.driver_memory
+    conf["spark.ui.enabled"] = str(cfg.ui_enabled).lower()
+    conf["spark.sql.shuffle.partitions"] = str(shuffle_partitions(cfg))
+    if cfg.master.startswith("local-cluster"):
+        shim = java_flag_shim()
+        if shim:
+            conf["spark.executorEnv.JAVA_HOME"] = shim
+    conf.update(cfg.conf)
+
+    builder = SparkSession.builder.master(cfg.master).appName(cfg.app_name)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(cfg.log_level)
+    return spark
+
+
+def shuffle_partitions(cfg: SparkConfig) -> int:
+    """Shuffle partitions: the configured number, or twice the cores on ``auto``."""
+    if cfg.shuffle_partitions != "auto":
+        return int(cfg.shuffle_partitions)
+    return 2 * master_cores(cfg.master)
+
+
+def master_cores(master: str) -> int:
+    """Cores a master string gives, e.g. ``local[2]`` -> 2, ``local-cluster[2,1,1024]`` -> 2."""
+    cpus = os.cpu_count() or 2
+    match = re.fullmatch(r"local\[(\d+|\*)(?:,\d+)?\]", master)
+    if match:
+        return cpus if match.group(1) == "*" else int(match.group(1))
+    match = re.fullmatch(r"local-cluster\[(\d+),\s*(\d+),\s*\d+\]", master)
+    if match:
+        return int(match.group(1)) * int(match.group(2))
+    return 1 if master == "local" else cpus
+
+
+@lru_cache(maxsize=1)
+def java_flag_shim() -> str | None:
+    """A JAVA_HOME whose ``bin/java`` drops flags this JVM rejects, or None if not needed.
+
+    Spark 4.2 workers (local-cluster, standalone) start executors with a flag
+    that only Java 23+ knows; Java 17 then refuses to start. The shim removes
+    it and runs the real ``java``.
+    """
+    real_java = _real_java()
+    if real_java is None or _java_major(real_java) >= 23:
+        return None
+    home = Path(tempfile.gettempdir()) / f"recsys-jvm-shim-{os.getuid()}"
+    script = home / "bin" / "java"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    body = (
+        "#!/bin/sh\n"
+        "# Written by recsys_lib.core.spark: drop a Java 23+ flag, then run the real java.\n"
+        'for a in "$@"; do\n'
+        "  shift\n"
+        f'  [ "$a" = "{_NEW_JVM_FLAG}" ] || set -- "$@" "$a"\n'
+        "done\n"
+        f'exec "{real_java}" "$@"\n'
+    )
+    tmp = script.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(body)
+    tmp.chmod(0o755)
+    tmp.replace(script)
+    return str(home)
+
+
+def _real_java() -> str | None:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return str(Path(java_home) / "bin" / "java")
+    found = shutil.which("java")
+    return str(Path(found).resolve()) if found else None
+
+
+def _java_major(java: str) -> int:
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if not match:
+        return 0
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major

@@ -1,0 +1,1 @@
+"""Ingestion: raw JSON-lines logs -> validated events plus a quarantine."""

@@ -1,0 +1,182 @@
+"""What every lake engine offers, plus the shared commit-retry policy."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+#: Properties every table gets: change data feed on, no column mapping.
+DEFAULT_TABLE_PROPERTIES: dict[str, str] = {
+    "delta.enableChangeDataFeed": "true",
+    "delta.appendOnly": "false",
+}
+
+
+class LakeError(RuntimeError):
+    """A lake operation failed; the message names the table and the operation."""
+
+
+class LakeConflictError(LakeError):
+    """A commit kept conflicting with concurrent writers until the retries ran out."""
+
+
+class TableNotFound(LakeError):
+    """The named table does not exist."""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A Delta table's name, schema, partitioning and properties."""
+
+    name: str
+    schema: T.StructType
+    partition_by: tuple[str, ...] = ()
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+    def all_properties(self) -> dict[str, str]:
+        """Default properties overlaid with this table's own."""
+        return {**DEFAULT_TABLE_PROPERTIES, **self.properties}
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What one write did.
+
+    Attributes:
+        version: The table version committed, or the current one when skipped.
+        skipped: True when the (app id, batch id) was already committed, or there was nothing to do.
+        rows: Rows added by the commit (from file statistics).
+        files: Files added by the commit.
+    """
+
+    version: int
+    skipped: bool = False
+    rows: int = 0
+    files: int = 0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff with jitter for commit conflicts."""
+
+    attempts: int = 6
+    backoff: float = 0.05
+    backoff_max: float = 5.0
+
+    def run(self, action: Callable[[int], R], *, is_conflict: Callable[[BaseException], bool],
+            table: str, what: str) -> R:
+        """Call ``action(attempt)`` until it succeeds, retrying only conflicts.
+
+        Raises:
+            LakeConflictError: When every attempt conflicted.
+        """
+        last: BaseException | None = None
+        for attempt in range(self.attempts + 1):
+            try:
+                return action(attempt)
+            except Exception as exc:  # noqa: BLE001 - filtered just below
+                if not is_conflict(exc):
+                    raise
+                last = exc
+                if attempt == self.attempts:
+                    break
+                delay = min(self.backoff_max, self.backoff * (2**attempt))
+                delay *= 0.5 + random.random()
+                log.warning("%s on %s conflicted (attempt %d): %s; retrying in %.2fs",
+                            what, table, attempt + 1, exc, delay)
+                time.sleep(delay)
+        raise LakeConflictError(
+            f"{what} on table '{table}' still conflicted after {self.attempts + 1} attempts; "
+            f"last error: {last}"
+        ) from last
+
+
+class Lake(ABC):
+    """Delta I/O for every job. Spark computes; the engine commits."""
+
+    engine_name: str = "abstract"
+
+    def __init__(self, spark: SparkSession, root: str, *, retry: RetryPolicy | None = None,
+                 storage_options: Mapping[str, str] | None = None) -> None:
+        self.spark = spark
+        self.root = root.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.storage_options = dict(storage_options or {})
+
+    def uri(self, name: str) -> str:
+        """Location of the named table."""
+        return f"{self.root}/{name}"
+
+    @abstractmethod
+    def exists(self, name: str) -> bool:
+        """True if the table has a Delta log."""
+
+    @abstractmethod
+    def create(self, spec: TableSpec) -> int:
+        """Create the table if missing (with CDF on); return its version."""
+
+    @abstractmethod
+    def append(self, spec: TableSpec, df: DataFrame, *, app_id: str | None = None,
+               batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        """Append ``df``; a repeated (app id, batch id) is skipped."""
+
+    @abstractmethod
+    def overwrite(self, spec: TableSpec, df: DataFrame, *, app_id: str | None = None,
+                  batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        """Replace the table's contents with ``df`` in one commit (full refresh)."""
+
+    @abstractmethod
+    def merge(self, spec: TableSpec, df: DataFrame, keys: Sequence[str], *,
+              update: Mapping[str, str] | None = None, app_id: str | None = None,
+              batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        """Upsert ``df`` by ``keys``.
+
+        Args:
+            update: Column -> SQL expression over ``t`` (target) and ``s`` (source)
+                for matched rows; default replaces every column with the source's.
+        """
+
+    @abstractmethod
+    def read(self, name: str, *, version: int | None = None,
+             timestamp: datetime | str | None = None) -> DataFrame:
+        """The table as a Spark DataFrame, now or at a version or timestamp."""
+
+    @abstractmethod
+    def version(self, name: str) -> int:
+        """The table's current version."""
+
+    @abstractmethod
+    def txn_version(self, name: str, app_id: str) -> int | None:
+        """The last batch id committed by ``app_id``, if any."""
+
+    @abstractmethod
+    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Commit history, newest first."""
+
+    @abstractmethod
+    def changes(self, name: str, since_version: int, until_version: int | None = None) -> DataFrame:
+        """Change data feed rows (with ``_change_type`` and ``_commit_version``)."""
+
+    @abstractmethod
+    def compact(self, name: str) -> dict[str, Any]:
+        """Bin-pack small files; retried on conflict."""
+
+    @abstractmethod
+    def vacuum(self, name: str, retention_hours: float = 168.0) -> list[str]:
+        """Delete files no version within the retention needs; return them."""
+
+    def _require(self, name: str) -> None:
+        if not self.exists(name):
+            raise TableNotFound(f"Delta table '{name}' does not exist at {self.uri(name)}")

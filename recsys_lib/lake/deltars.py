@@ -1,0 +1,262 @@
+"""The delta-rs engine: Spark writes Parquet, delta-rs commits the Delta log.
+
+* append / overwrite: executors write Parquet into ``<table>/<write id>/``; the
+  driver reads only the footers and commits all add actions in one transaction.
+* merge: delta-rs merges an Arrow copy of the source. Sources are micro-batches
+  or feature deltas, so they are small; large rewrites use :meth:`overwrite`.
+* reads: Spark reads the snapshot's file list; partition values come from the
+  add actions through a broadcast join on the file name.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.transaction import AddAction
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from recsys_lib.lake.base import CommitResult, Lake, TableNotFound, TableSpec
+from recsys_lib.lake.files import (
+    add_action_fields,
+    arrow_to_spark,
+    filesystem_for,
+    list_parquet,
+    plain_arrow_type,
+    spark_to_arrow,
+)
+
+_CONFLICT_WORDS = ("conflict", "concurrent", "version already exists", "transaction failed")
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """True for delta-rs errors that a retry on a fresh snapshot can fix."""
+    if isinstance(exc, CommitFailedError):
+        return True
+    text = str(exc).lower()
+    return type(exc).__module__.startswith("deltalake") and any(w in text for w in _CONFLICT_WORDS)
+
+
+class DeltaRsLake(Lake):
+    """Delta tables committed by delta-rs (no Delta jar needed)."""
+
+    engine_name = "delta-rs"
+
+    # -- table handles -------------------------------------------------------
+    def _table(self, name: str, version: int | None = None) -> DeltaTable:
+        try:
+            return DeltaTable(self.uri(name), version=version, storage_options=self.storage_options or None)
+        except TableNotFoundError:
+            raise TableNotFound(f"Delta table '{name}' does not exist at {self.uri(name)}") from None
+
+    def exists(self, name: str) -> bool:
+        return DeltaTable.is_deltatable(self.uri(name), storage_options=self.storage_options or None)
+
+    def create(self, spec: TableSpec) -> int:
+        if not self.exists(spec.name):
+            try:
+                DeltaTable.create(
+                    self.uri(spec.name), spark_to_arrow(spec.schema), mode="ignore",
+                    partition_by=list(spec.partition_by) or None, name=spec.name,
+                    configuration=spec.all_properties(), storage_options=self.storage_options or None,
+                )
+            except CommitFailedError:
+                pass  # another writer created it first
+        return self.version(spec.name)
+
+    def version(self, name: str) -> int:
+        return self._table(name).version()
+
+    def txn_version(self, name: str, app_id: str) -> int | None:
+        return self._table(name).transaction_version(app_id)
+
+    # -- writes --------------------------------------------------------------
+    def append(self, spec: TableSpec, df: DataFrame, *, app_id: str | None = None,
+               batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        return self._write_files(spec, df, "append", app_id, batch_id, metadata)
+
+    def overwrite(self, spec: TableSpec, df: DataFrame, *, app_id: str | None = None,
+                  batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        return self._write_files(spec, df, "overwrite", app_id, batch_id, metadata)
+
+    def _write_files(self, spec: TableSpec, df: DataFrame, mode: str, app_id: str | None,
+                     batch_id: int | None, metadata: Mapping[str, Any] | None) -> CommitResult:
+        self.create(spec)
+        done = self._already_committed(spec.name, app_id, batch_id)
+        if done is not None:
+            return done
+        table_uri = self.uri(spec.name)
+        fs, table_path = filesystem_for(table_uri)
+        folder = f"w{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+        write_dir = f"{table_path}/{folder}"
+        ordered = df.select(*spec.schema.fieldNames())
+        writer = ordered.write.mode("errorifexists")
+        if spec.partition_by:
+            writer = writer.partitionBy(*spec.partition_by)
+        writer.parquet(f"{table_uri}/{folder}")
+
+        actions: list[AddAction] = []
+        for info in list_parquet(fs, write_dir):
+            fields = add_action_fields(fs, table_path, info, spec.partition_by)
+            if fields is None:
+                fs.delete_file(info.path)
+            else:
+                actions.append(AddAction(**fields))
+        rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
+        if not actions and mode == "append" and app_id is None:
+            return CommitResult(version=self.version(spec.name), skipped=True)
+
+        def commit(_attempt: int) -> CommitResult:
+            table = self._table(spec.name)
+            if app_id is not None and batch_id is not None:
+                last = table.transaction_version(app_id)
+                if last is not None and last >= batch_id:
+                    return CommitResult(version=table.version(), skipped=True)
+            table.create_write_transaction(
+                actions, mode=mode, schema=spark_to_arrow(spec.schema),
+                partition_by=list(spec.partition_by) or None,
+                commit_properties=self._commit_properties(app_id, batch_id, metadata),
+            )
+            table.update_incremental()
+            return CommitResult(version=table.version(), rows=rows, files=len(actions))
+
+        try:
+            result = self.retry.run(commit, is_conflict=is_conflict, table=spec.name, what=mode)
+        except BaseException:
+            _delete_quietly(fs, write_dir)
+            raise
+        if result.skipped:
+            _delete_quietly(fs, write_dir)
+        return result
+
+    def merge(self, spec: TableSpec, df: DataFrame, keys: Sequence[str], *,
+              update: Mapping[str, str] | None = None, app_id: str | None = None,
+              batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        if not keys:
+            raise ValueError(f"merge into '{spec.name}' needs at least one key column")
+        self.create(spec)
+        done = self._already_committed(spec.name, app_id, batch_id)
+        if done is not None:
+            return done
+        source = df.select(*spec.schema.fieldNames()).toArrow()
+        source = source.cast(spark_to_arrow(spec.schema))
+        predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        updates = dict(update) if update is not None else {
+            c: f"s.`{c}`" for c in spec.schema.fieldNames() if c not in keys
+        }
+
+        def run(_attempt: int) -> CommitResult:
+            table = self._table(spec.name)
+            if app_id is not None and batch_id is not None:
+                last = table.transaction_version(app_id)
+                if last is not None and last >= batch_id:
+                    return CommitResult(version=table.version(), skipped=True)
+            if source.num_rows == 0 and app_id is None:
+                return CommitResult(version=table.version(), skipped=True)
+            merger = table.merge(
+                source, predicate, source_alias="s", target_alias="t",
+                commit_properties=self._commit_properties(app_id, batch_id, metadata),
+            )
+            if updates:
+                merger = merger.when_matched_update(updates=updates)
+            stats = merger.when_not_matched_insert_all().execute()
+            table.update_incremental()
+            rows = int(stats.get("num_target_rows_inserted", 0)) + int(stats.get("num_target_rows_updated", 0))
+            return CommitResult(version=table.version(), rows=rows,
+                                files=int(stats.get("num_target_files_added", 0)))
+
+        return self.retry.run(run, is_conflict=is_conflict, table=spec.name, what="merge")
+
+    def _already_committed(self, name: str, app_id: str | None, batch_id: int | None) -> CommitResult | None:
+        if (app_id is None) != (batch_id is None):
+            raise ValueError(f"write to '{name}': give both app_id and batch_id, or neither")
+        if app_id is None or batch_id is None:
+            return None
+        table = self._table(name)
+        last = table.transaction_version(app_id)
+        if last is not None and last >= batch_id:
+            return CommitResult(version=table.version(), skipped=True)
+        return None
+
+    @staticmethod
+    def _commit_properties(app_id: str | None, batch_id: int | None,
+                           metadata: Mapping[str, Any] | None) -> CommitProperties:
+        txns = [Transaction(app_id=app_id, version=batch_id)] if app_id is not None and batch_id is not None else None
+        custom = {"recsys": json.dumps(dict(metadata), default=str)} if metadata else None
+        return CommitProperties(custom_metadata=custom, app_transactions=txns)
+
+    # -- reads ---------------------------------------------------------------
+    def read(self, name: str, *, version: int | None = None,
+             timestamp: datetime | str | None = None) -> DataFrame:
+        table = self._table(name, version=version)
+        if timestamp is not None:
+            table.load_as_version(timestamp if isinstance(timestamp, datetime) else datetime.fromisoformat(timestamp))
+        return self._snapshot_df(table)
+
+    def _snapshot_df(self, table: DeltaTable) -> DataFrame:
+        schema = arrow_to_spark(pa.schema(table.schema().to_arrow()))
+        partition_by = list(table.metadata().partition_columns)
+        data_schema = schema.__class__([f for f in schema.fields if f.name not in partition_by])
+        actions = pa.table(table.get_add_actions(flatten=True))
+        paths = [f"{self.uri_of(table)}/{p}" for p in actions.column("path").to_pylist()]
+        if not paths:
+            return self.spark.createDataFrame([], schema)
+        df = self.spark.read.schema(data_schema).parquet(*paths)
+        if partition_by:
+            names = [p.rsplit("/", 1)[-1] for p in actions.column("path").to_pylist()]
+            rows = [
+                (n, *[actions.column(f"partition.{c}")[i].as_py() for c in partition_by])
+                for i, n in enumerate(names)
+            ]
+            lookup = self.spark.createDataFrame(rows, ["_file", *partition_by])
+            for field in schema.fields:
+                if field.name in partition_by:
+                    lookup = lookup.withColumn(field.name, F.col(field.name).cast(field.dataType))
+            df = (
+                df.withColumn("_file", F.element_at(F.split(F.col("_metadata.file_path"), "/"), -1))
+                .join(F.broadcast(lookup), "_file")
+                .drop("_file")
+            )
+        return df.select(*schema.fieldNames())
+
+    def uri_of(self, table: DeltaTable) -> str:
+        """The table root as Spark should read it."""
+        return table.table_uri.rstrip("/")
+
+    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return self._table(name).history(limit)
+
+    def changes(self, name: str, since_version: int, until_version: int | None = None) -> DataFrame:
+        reader = self._table(name).load_cdf(starting_version=since_version, ending_version=until_version)
+        changes = pa.table(reader)
+        fields = [pa.field(f.name, pa.int64() if pa.types.is_unsigned_integer(f.type) else plain_arrow_type(f.type))
+                  for f in changes.schema]
+        return self.spark.createDataFrame(changes.cast(pa.schema(fields)))
+
+    # -- maintenance ---------------------------------------------------------
+    def compact(self, name: str) -> dict[str, Any]:
+        self._require(name)
+        return self.retry.run(lambda _a: self._table(name).optimize.compact(), is_conflict=is_conflict,
+                              table=name, what="compact")
+
+    def vacuum(self, name: str, retention_hours: float = 168.0) -> list[str]:
+        self._require(name)
+        return self.retry.run(
+            lambda _a: self._table(name).vacuum(retention_hours=int(retention_hours), dry_run=False,
+                                                enforce_retention_duration=False),
+            is_conflict=is_conflict, table=name, what="vacuum",
+        )
+
+
+def _delete_quietly(fs: Any, folder: str) -> None:
+    try:
+        fs.delete_dir(folder)
+    except OSError:
+        pass  # orphans are invisible to readers and removed by vacuum

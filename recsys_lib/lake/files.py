@@ -1,0 +1,177 @@
+"""Spark-written Parquet files turned into Delta add actions.
+
+Executors write the data; the driver only lists the files and reads their
+footers (a few KB each) to build the add actions with statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote, unquote
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+from pyspark.sql import types as T
+from pyspark.sql.pandas.types import from_arrow_schema
+
+#: Spark's folder name for a null partition value.
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+#: Longest string kept as a min/max statistic (longer ones are left out, never truncated).
+MAX_STAT_STRING = 32
+
+
+def spark_to_arrow(schema: T.StructType) -> pa.Schema:
+    """Arrow schema for a Spark schema (timestamps as UTC microseconds)."""
+    return pa.schema([pa.field(f.name, _arrow_type(f.dataType), f.nullable) for f in schema.fields])
+
+
+def arrow_to_spark(schema: pa.Schema) -> T.StructType:
+    """Spark schema for an Arrow schema read from a Delta log (view types widened)."""
+    widened = pa.schema([pa.field(f.name, plain_arrow_type(f.type), f.nullable) for f in schema])
+    return from_arrow_schema(widened)
+
+
+def plain_arrow_type(t: pa.DataType) -> pa.DataType:
+    """The plain Arrow type Spark understands (string_view -> string, large lists -> lists)."""
+    if t in (pa.string_view(), pa.large_string()):
+        return pa.string()
+    if t in (pa.binary_view(), pa.large_binary()):
+        return pa.binary()
+    if pa.types.is_large_list(t) or pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
+        return pa.list_(plain_arrow_type(t.value_type))
+    if pa.types.is_list(t):
+        return pa.list_(plain_arrow_type(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, plain_arrow_type(f.type), f.nullable) for f in t])
+    if pa.types.is_map(t):
+        return pa.map_(plain_arrow_type(t.key_type), plain_arrow_type(t.item_type))
+    return t
+
+
+def _arrow_type(dt: T.DataType) -> pa.DataType:
+    simple: dict[type, pa.DataType] = {
+        T.StringType: pa.string(), T.LongType: pa.int64(), T.IntegerType: pa.int32(),
+        T.ShortType: pa.int16(), T.ByteType: pa.int8(), T.DoubleType: pa.float64(),
+        T.FloatType: pa.float32(), T.BooleanType: pa.bool_(), T.DateType: pa.date32(),
+        T.TimestampType: pa.timestamp("us", tz="UTC"), T.BinaryType: pa.binary(),
+        T.TimestampNTZType: pa.timestamp("us"),
+    }
+    for spark_type, arrow_type in simple.items():
+        if isinstance(dt, spark_type):
+            return arrow_type
+    if isinstance(dt, T.DecimalType):
+        return pa.decimal128(dt.precision, dt.scale)
+    if isinstance(dt, T.ArrayType):
+        return pa.list_(_arrow_type(dt.elementType))
+    if isinstance(dt, T.MapType):
+        return pa.map_(_arrow_type(dt.keyType), _arrow_type(dt.valueType))
+    if isinstance(dt, T.StructType):
+        return pa.struct([pa.field(f.name, _arrow_type(f.dataType), f.nullable) for f in dt.fields])
+    raise TypeError(f"no Delta/Arrow mapping for Spark type {dt.simpleString()}")
+
+
+def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Arrow filesystem and in-filesystem path for a local path or URI."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), uri
+    return pafs.FileSystem.from_uri(uri)
+
+
+def list_parquet(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
+    """Every Parquet file below ``folder`` (empty if it does not exist)."""
+    if fs.get_file_info(folder).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+    return [i for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
+
+
+def add_action_fields(fs: pafs.FileSystem, table_path: str, info: pafs.FileInfo,
+                      partition_by: Sequence[str]) -> dict[str, Any] | None:
+    """Fields of a Delta AddAction for one written file, or None if it holds no rows."""
+    meta = pq.read_metadata(info.path, filesystem=fs)
+    if meta.num_rows == 0:
+        return None
+    rel = info.path[len(table_path.rstrip("/")) + 1:]
+    partition_values: dict[str, str | None] = {}
+    for segment in rel.split("/")[:-1]:
+        key, sep, value = segment.partition("=")
+        if sep and key in partition_by:
+            value = unquote(value)
+            partition_values[key] = None if value == HIVE_NULL else value
+    missing = [c for c in partition_by if c not in partition_values]
+    if missing:
+        raise ValueError(f"file {info.path} has no folder for partition column(s) {missing}")
+    mtime = info.mtime_ns // 1_000_000 if info.mtime_ns else 0
+    return {
+        "path": quote(rel, safe="/="),
+        "size": info.size,
+        "partition_values": partition_values,
+        "modification_time": mtime,
+        "data_change": True,
+        "stats": json.dumps(file_stats(meta)),
+    }
+
+
+def file_stats(meta: pq.FileMetaData) -> dict[str, Any]:
+    """Delta statistics (numRecords, minValues, maxValues, nullCount) from a footer."""
+    mins: dict[str, Any] = {}
+    maxs: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    schema = meta.schema
+    for col in range(meta.num_columns):
+        column = schema.column(col)
+        if "." in column.path:  # nested leaves: left out
+            continue
+        name = column.name
+        lo: Any = None
+        hi: Any = None
+        null_count = 0
+        usable = True
+        for rg in range(meta.num_row_groups):
+            stats = meta.row_group(rg).column(col).statistics
+            if stats is None or not stats.has_null_count:
+                usable = False
+                break
+            null_count += stats.null_count
+            if stats.has_min_max:
+                lo = stats.min if lo is None else min(lo, stats.min)
+                hi = stats.max if hi is None else max(hi, stats.max)
+        if not usable:
+            continue
+        nulls[name] = null_count
+        lo_json, hi_json = _stat_json(lo), _stat_json(hi, upper=True)
+        if lo_json is not None and hi_json is not None:
+            mins[name], maxs[name] = lo_json, hi_json
+    return {"numRecords": meta.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls}
+
+
+def _stat_json(value: Any, upper: bool = False) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        if upper and value.microsecond % 1000:
+            # Stats keep milliseconds: round a maximum up so no reader skips a file wrongly.
+            value += timedelta(microseconds=1000 - value.microsecond % 1000)
+        return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (int, Decimal)):
+        return value if isinstance(value, int) else float(value)
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if isinstance(value, str):
+        return value if len(value) <= MAX_STAT_STRING else None
+    return None

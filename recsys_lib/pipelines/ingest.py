@@ -1,0 +1,191 @@
+"""The ingest job: raw landing folder -> ``events`` + ``events_quarantine``.
+
+Every input line ends up exactly once as a new event, a quarantined line, or a
+counted duplicate. The counts are reconciled against an independent count of
+the input lines before anything is committed, and the rows committed are
+checked against the counts afterwards.
+
+Concurrency: one ingest runs at a time per lake (the Airflow DAG sets
+``max_active_runs=1``). A re-run after a crash is safe: what was committed is
+recognised as duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recsys_lib.core.config import RecsysConfig
+from recsys_lib.core.schema import (
+    EVENTS_PARTITION_BY,
+    EVENTS_SCHEMA,
+    EVENTS_TABLE,
+    QUARANTINE_PARTITION_BY,
+    QUARANTINE_SCHEMA,
+    QUARANTINE_TABLE,
+)
+from recsys_lib.ingest.dedup import DUPLICATE_STATUSES, Status, label
+from recsys_lib.ingest.validate import RAW_FILE_GLOB, classify, read_raw
+from recsys_lib.lake import Lake, TableSpec
+
+EVENTS_SPEC = TableSpec(EVENTS_TABLE, EVENTS_SCHEMA, EVENTS_PARTITION_BY)
+QUARANTINE_SPEC = TableSpec(QUARANTINE_TABLE, QUARANTINE_SCHEMA, QUARANTINE_PARTITION_BY)
+
+
+class IngestError(RuntimeError):
+    """Ingestion could not run, or its counts did not reconcile."""
+
+
+@dataclass
+class IngestSummary:
+    """What one ingest run did. ``input_records == valid + quarantined + duplicates``."""
+
+    run_id: str
+    input_dir: str
+    input_records: int
+    valid: int
+    quarantined: int
+    duplicates: int
+    duplicates_by_kind: dict[str, int] = field(default_factory=dict)
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    events_version: int = -1
+    quarantine_version: int = -1
+    seconds: float = 0.0
+
+    @property
+    def balanced(self) -> bool:
+        """True when every input record is accounted for exactly once."""
+        return self.input_records == self.valid + self.quarantined + self.duplicates
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as written by ``--summary-json``."""
+        out = asdict(self)
+        out["balanced"] = self.balanced
+        out["events_per_second"] = round(self.input_records / self.seconds, 1) if self.seconds else None
+        return out
+
+
+def run_ingest(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: str | None = None,
+               *, summary_json: str | None = None, now: datetime | None = None) -> IngestSummary:
+    """Ingest every raw file below ``input_dir`` (default: the configured landing folder).
+
+    Raises:
+        IngestError: If the folder is missing or the counts do not reconcile.
+    """
+    started = time.monotonic()
+    source = input_dir or cfg.landing_dir
+    _check_input(source)
+    now = now or datetime.now(timezone.utc)
+    run_id = f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    lake.create(EVENTS_SPEC)
+    lake.create(QUARANTINE_SPEC)
+
+    raw = read_raw(spark, source)
+    input_records = raw.count()
+    classified = classify(raw, max_line_bytes=cfg.ingest.max_line_bytes,
+                          max_future_skew_s=cfg.ingest.max_future_skew, now=now)
+    labelled = label(classified, lake.read(EVENTS_TABLE).select("event_id"),
+                     lake.read(QUARANTINE_TABLE).select("record_key"))
+    labelled = labelled.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = _count(labelled)
+        summary = _summarise(run_id, source, input_records, counts)
+        if not summary.balanced:
+            raise IngestError(
+                f"ingest {run_id}: counts do not reconcile: {input_records} input records but "
+                f"{summary.valid} valid + {summary.quarantined} quarantined + {summary.duplicates} "
+                "duplicates; nothing was committed"
+            )
+        ingested_at = F.lit(now).cast("timestamp")
+        meta = {"run_id": run_id, "input_dir": source}
+        events = _events_rows(labelled, run_id, ingested_at)
+        ev = lake.append(EVENTS_SPEC, events, metadata=meta)
+        quarantine = _quarantine_rows(labelled, run_id, ingested_at)
+        qv = lake.append(QUARANTINE_SPEC, quarantine, metadata=meta)
+    finally:
+        labelled.unpersist()
+    if ev.rows != summary.valid or qv.rows != summary.quarantined:
+        raise IngestError(
+            f"ingest {run_id}: committed {ev.rows} events and {qv.rows} quarantined lines, "
+            f"but counted {summary.valid} and {summary.quarantined}"
+        )
+    summary.events_version = ev.version
+    summary.quarantine_version = qv.version
+    summary.seconds = round(time.monotonic() - started, 3)
+    if summary_json:
+        write_json(summary_json, summary.to_json())
+    return summary
+
+
+def _check_input(source: str) -> None:
+    if "://" in source or source.startswith("file:"):
+        return
+    path = Path(source)
+    if not path.is_dir():
+        raise IngestError(f"input folder {source} does not exist (or is not a folder)")
+    if not any(p.is_file() for p in path.rglob("*") if not p.name.startswith((".", "_"))):
+        raise IngestError(f"input folder {source} holds no raw files (expected {RAW_FILE_GLOB})")
+
+
+def _count(labelled: DataFrame) -> dict[tuple[str, str | None], int]:
+    reason = F.when(F.col("reason_field").isNotNull(),
+                    F.concat_ws(":", "reason", "reason_field")).otherwise(F.col("reason"))
+    rows = labelled.groupBy("status", reason.alias("why")).count().collect()
+    return {(r["status"], r["why"]): int(r["count"]) for r in rows}
+
+
+def _summarise(run_id: str, source: str, input_records: int,
+               counts: Mapping[tuple[str, str | None], int]) -> IngestSummary:
+    by_status: dict[str, int] = {}
+    by_reason: dict[str, int] = {}
+    for (status, why), n in counts.items():
+        by_status[status] = by_status.get(status, 0) + n
+        if status == Status.QUARANTINED.value and why:
+            by_reason[why] = by_reason.get(why, 0) + n
+    dups = {s.value: by_status.get(s.value, 0) for s in DUPLICATE_STATUSES}
+    return IngestSummary(
+        run_id=run_id, input_dir=source, input_records=input_records,
+        valid=by_status.get(Status.NEW.value, 0), quarantined=by_status.get(Status.QUARANTINED.value, 0),
+        duplicates=sum(dups.values()), duplicates_by_kind=dups,
+        quarantined_by_reason=dict(sorted(by_reason.items())),
+    )
+
+
+def _events_rows(labelled: DataFrame, run_id: str, ingested_at: F.Column) -> DataFrame:
+    return (
+        labelled.where(F.col("status") == Status.NEW.value)
+        .withColumn("ingest_run_id", F.lit(run_id))
+        .withColumn("ingested_at", ingested_at)
+        .withColumn("event_date", F.to_date("event_ts"))
+        .select(*EVENTS_SCHEMA.fieldNames())
+    )
+
+
+def _quarantine_rows(labelled: DataFrame, run_id: str, ingested_at: F.Column) -> DataFrame:
+    return (
+        labelled.where(F.col("status") == Status.QUARANTINED.value)
+        .withColumnRenamed("value", "raw")
+        .withColumn("ingest_run_id", F.lit(run_id))
+        .withColumn("ingested_at", ingested_at)
+        .withColumn("ingest_date", F.to_date(ingested_at))
+        .select(*QUARANTINE_SCHEMA.fieldNames())
+    )
+
+
+def write_json(path: str, payload: Mapping[str, Any]) -> None:
+    """Write JSON atomically (temp file, then rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(target)
