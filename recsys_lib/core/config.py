@@ -42,7 +42,8 @@ class _Strict(BaseModel):
 class SparkConfig(_Strict):
     """How to build the SparkSession."""
 
-    master: str = "local[*]"
+    #: None: spark-submit's ``--master`` when launched by spark-submit, else ``local[*]``.
+    master: str | None = None
     app_name: str = "recsys"
     driver_memory: str = Field("4g", pattern=r"^\d+[kmgt]?$")
     shuffle_partitions: int | Literal["auto"] = "auto"

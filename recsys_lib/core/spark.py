@@ -43,17 +43,20 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
+    master = resolve_master(cfg)
     conf = dict(_BASE_CONF)
     conf["spark.driver.memory"] = cfg.driver_memory
     conf["spark.ui.enabled"] = str(cfg.ui_enabled).lower()
     conf["spark.sql.shuffle.partitions"] = str(shuffle_partitions(cfg))
-    if cfg.master.startswith("local-cluster"):
+    if master and master.startswith("local-cluster"):
         shim = java_flag_shim()
         if shim:
             conf["spark.executorEnv.JAVA_HOME"] = shim
     conf.update(cfg.conf)
 
-    builder = SparkSession.builder.master(cfg.master).appName(cfg.app_name)
+    builder = SparkSession.builder.appName(cfg.app_name)
+    if master:
+        builder = builder.master(master)
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -61,11 +64,23 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
     return spark
 
 
+def under_spark_submit() -> bool:
+    """True when this Python process was started by spark-submit."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def resolve_master(cfg: SparkConfig) -> str | None:
+    """The master to set: the configured one, none under spark-submit, else ``local[*]``."""
+    if cfg.master:
+        return cfg.master
+    return None if under_spark_submit() else "local[*]"
+
+
 def shuffle_partitions(cfg: SparkConfig) -> int:
     """Shuffle partitions: the configured number, or twice the cores on ``auto``."""
     if cfg.shuffle_partitions != "auto":
         return int(cfg.shuffle_partitions)
-    return 2 * master_cores(cfg.master)
+    return 2 * master_cores(resolve_master(cfg) or "local[*]")
 
 
 def master_cores(master: str) -> int:

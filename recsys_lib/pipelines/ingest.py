@@ -189,3 +189,20 @@ def write_json(path: str, payload: Mapping[str, Any]) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     tmp.replace(target)
+
+
+def format_summary(summary: IngestSummary) -> str:
+    """A human-readable reconciliation table."""
+    lines = [
+        f"ingest run {summary.run_id} from {summary.input_dir}",
+        f"  input records  {summary.input_records:>12,}",
+        f"  valid (new)    {summary.valid:>12,}",
+        f"  quarantined    {summary.quarantined:>12,}",
+        f"  duplicates     {summary.duplicates:>12,}",
+        f"  balanced       {'yes' if summary.balanced else 'NO'}",
+    ]
+    lines += [f"    duplicate: {kind:<28} {n:>10,}" for kind, n in summary.duplicates_by_kind.items() if n]
+    lines += [f"    quarantine: {why:<27} {n:>10,}" for why, n in summary.quarantined_by_reason.items()]
+    lines.append(f"  events table version {summary.events_version}, quarantine version "
+                 f"{summary.quarantine_version}, {summary.seconds:.1f}s")
+    return "\n".join(lines)

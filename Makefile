@@ -1,0 +1,56 @@
+# recsys: every target installs what it needs first (the venv is created if missing).
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed
+PYTEST := $(BIN)/pytest
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export PYTHONHASHSEED ?= 0
+
+.PHONY: install demo test test-unit test-spark test-tf test-airflow test-notebook test-slow \
+        lint typecheck check bench dist clean
+
+$(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create the venv and install the suite
+
+demo: $(STAMP)  ## generate a sample and run the suite end to end (data under ./data)
+	$(BIN)/recsys demo
+
+test: $(STAMP)  ## the whole suite, every tier
+	$(PYTEST) -q
+
+test-unit: $(STAMP)
+	$(PYTEST) -q -m unit
+test-spark: $(STAMP)
+	$(PYTEST) -q -m "spark and not slow"
+test-tf: $(STAMP)
+	$(PYTEST) -q -m tf
+test-airflow: $(STAMP)
+	$(PYTEST) -q -m airflow
+test-notebook: $(STAMP)
+	$(PYTEST) -q -m notebook
+test-slow: $(STAMP)
+	$(PYTEST) -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check recsys_lib jobs bench tests
+typecheck: $(STAMP)
+	$(BIN)/mypy
+check: lint typecheck
+
+bench: $(STAMP)  ## ingestion benchmark at 1M and 10M events (writes bench/results/ingest.json)
+	$(PY) bench/ingest.py --sizes 1000000 10000000
+
+dist: $(STAMP)  ## wheel plus a zip for spark-submit --py-files
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+	rm -f dist/recsys_lib.zip && zip -qr dist/recsys_lib.zip recsys_lib -x '*__pycache__*'
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache

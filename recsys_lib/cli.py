@@ -1,0 +1,175 @@
+"""The ``recsys`` command line: a thin face over :mod:`recsys_lib.pipelines`.
+
+Every command takes ``--conf FILE`` (repeatable) and ``--set dotted.key=value``
+(repeatable). Exit codes: 0 ok, 1 the job failed, 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import date
+
+from recsys_lib import __version__
+from recsys_lib.core.config import ConfigError, RecsysConfig, load_config
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("config")
+    group.add_argument("--conf", action="append", default=[], metavar="FILE",
+                       help="YAML config overlay (repeatable; later files win)")
+    group.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                       help="override one dotted config key, e.g. spark.master=local[2] (repeatable)")
+    group.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used by the ``jobs/`` entry points)."""
+    common = _common()
+    parser = argparse.ArgumentParser(prog="recsys", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"recsys {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser("generate", parents=[common], help="write synthetic raw logs with planted signal")
+    gen.add_argument("--out", required=True, help="landing folder to write date=YYYY-MM-DD/ files into")
+    gen.add_argument("--users", type=int, default=2_000)
+    gen.add_argument("--items", type=int, default=1_000)
+    gen.add_argument("--days", type=int, default=14)
+    gen.add_argument("--events", type=int, default=100_000, help="valid events (dirt comes on top)")
+    gen.add_argument("--bad-fraction", type=float, default=0.01)
+    gen.add_argument("--duplicate-fraction", type=float, default=0.005)
+    gen.add_argument("--late-fraction", type=float, default=0.01)
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--start", type=date.fromisoformat, default=date(2024, 1, 1), help="first day (YYYY-MM-DD)")
+    gen.add_argument("--no-gzip", action="store_true", help="write plain .jsonl instead of .jsonl.gz")
+
+    ing = sub.add_parser("ingest", parents=[common], help="validate raw logs into the events Delta table")
+    ing.add_argument("--input", help="raw landing folder (default: ingest.landing_dir)")
+    ing.add_argument("--summary-json", help="also write the reconciliation summary here")
+
+    adapt = sub.add_parser("adapt", help="convert a real data set into raw logs")
+    adapt_sub = adapt.add_subparsers(dest="source", required=True, metavar="DATASET")
+    ml = adapt_sub.add_parser("movielens", parents=[common], help="MovieLens ratings.csv + movies.csv")
+    ml.add_argument("--ratings", required=True)
+    ml.add_argument("--movies", required=True)
+    ml.add_argument("--out", required=True)
+    tb = adapt_sub.add_parser("taobao", parents=[common], help="Taobao UserBehavior CSV")
+    tb.add_argument("--input", required=True)
+    tb.add_argument("--out", required=True)
+
+    lake = sub.add_parser("lake", help="inspect and maintain Delta tables")
+    lake_sub = lake.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("history", "commit history"), ("show", "first rows"),
+                         ("compact", "bin-pack small files"), ("vacuum", "delete unreferenced files")):
+        p = lake_sub.add_parser(action, parents=[common], help=text)
+        p.add_argument("table")
+        if action == "history":
+            p.add_argument("--limit", type=int, default=10)
+        if action == "show":
+            p.add_argument("--rows", type=int, default=20)
+            p.add_argument("--version", type=int, dest="table_version")
+        if action == "vacuum":
+            p.add_argument("--retention-hours", type=float, default=168.0)
+
+    sub.add_parser("config", parents=[common], help="print the resolved config")
+    demo = sub.add_parser("demo", parents=[common], help="generate a sample and run the suite end to end")
+    demo.add_argument("--events", type=int, default=200_000)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(getattr(args, "conf", []), getattr(args, "overrides", []))
+        return _dispatch(args, cfg)
+    except ConfigError as exc:
+        print(f"recsys: config error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the face turns failures into exit codes
+        logging.getLogger("recsys").debug("failure", exc_info=True)
+        print(f"recsys {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, cfg: RecsysConfig) -> int:
+    if args.command == "config":
+        print(json.dumps({"resolved": cfg.model_dump(), "home_dir": cfg.home_dir,
+                          "lake_root": cfg.lake_root, "landing_dir": cfg.landing_dir}, indent=2))
+        return 0
+    if args.command == "generate":
+        return _generate(args)
+    if args.command == "adapt":
+        from recsys_lib.pipelines.data import run_adapt
+
+        result = run_adapt(args.source, args.out, ratings=getattr(args, "ratings", None),
+                           movies=getattr(args, "movies", None), taobao_csv=getattr(args, "input", None))
+        print(f"adapted {result.source_rows:,} {args.source} rows into {result.events:,} events "
+              f"({result.skipped:,} skipped) in {result.files:,} files under {args.out}")
+        return 0
+    if args.command == "demo":
+        from recsys_lib.pipelines.demo import run_demo
+
+        summary = run_demo(cfg, events=args.events)
+        return 0 if summary.balanced else 1
+    return _spark_command(args, cfg)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from recsys_lib.datagen.synthetic import GeneratorSpec
+    from recsys_lib.pipelines.data import run_generate
+
+    spec = GeneratorSpec(users=args.users, items=args.items, days=args.days, events=args.events,
+                         bad_fraction=args.bad_fraction, duplicate_fraction=args.duplicate_fraction,
+                         late_fraction=args.late_fraction, seed=args.seed, start=args.start,
+                         compress=not args.no_gzip)
+    m = run_generate(spec, args.out)
+    print(f"wrote {m.lines:,} lines ({m.valid_events:,} events, {m.duplicates:,} duplicates, "
+          f"{m.bad:,} bad, {m.late_events:,} late) in {m.files} files under {args.out}")
+    return 0
+
+
+def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
+    from recsys_lib.pipelines.context import start
+
+    ctx = start(cfg)
+    try:
+        if args.command == "ingest":
+            from recsys_lib.pipelines.ingest import format_summary, run_ingest
+
+            summary = run_ingest(ctx.spark, ctx.lake, cfg, args.input, summary_json=args.summary_json)
+            print(format_summary(summary))
+            return 0 if summary.balanced else 1
+        if args.command == "lake":
+            return _lake(args, ctx.lake)
+        raise ValueError(f"unknown command {args.command!r}")
+    finally:
+        ctx.stop()
+
+
+def _lake(args: argparse.Namespace, lake: object) -> int:
+    from recsys_lib.lake import Lake
+
+    assert isinstance(lake, Lake)
+    if args.action == "history":
+        for entry in lake.history(args.table, args.limit):
+            print(json.dumps(entry, default=str))
+    elif args.action == "show":
+        lake.read(args.table, version=args.table_version).show(args.rows, truncate=40)
+    elif args.action == "compact":
+        print(json.dumps(lake.compact(args.table), default=str))
+    elif args.action == "vacuum":
+        removed = lake.vacuum(args.table, args.retention_hours)
+        print(f"vacuum {args.table}: removed {len(removed)} files")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data sources: the synthetic log generator and real-data adapters."""

@@ -1,0 +1,1 @@
+"""Pipelines: one function per job. Faces (CLI, jobs, DAGs, notebooks) call these."""
