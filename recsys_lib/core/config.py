@@ -27,6 +27,18 @@ from recsys_lib.core.durations import parse_duration
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
+
+def _spark_value(value: object) -> object:
+    """Spark settings are strings: ``true``/``7`` given as YAML scalars are written as Spark would."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+SparkValue = Annotated[str, BeforeValidator(_spark_value)]
+
 #: Keys below these prefixes are free-form maps: the rest of the dotted key is one key.
 _FREE_FORM_PREFIXES = ("spark.conf.", "lake.storage_options.")
 
@@ -49,7 +61,7 @@ class SparkConfig(_Strict):
     shuffle_partitions: int | Literal["auto"] = "auto"
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
     ui_enabled: bool = False
-    conf: dict[str, str] = Field(default_factory=dict)
+    conf: dict[str, SparkValue] = Field(default_factory=dict)
 
 
 class LakeConfig(_Strict):
@@ -60,7 +72,7 @@ class LakeConfig(_Strict):
     commit_retries: int = Field(6, ge=0, le=100)
     retry_backoff: Duration = 0.05
     retry_backoff_max: Duration = 5.0
-    storage_options: dict[str, str] = Field(default_factory=dict)
+    storage_options: dict[str, SparkValue] = Field(default_factory=dict)
 
 
 class IngestConfig(_Strict):

@@ -1,0 +1,50 @@
+"""Shared fixtures: one session-scoped SparkSession, per-test config and lake."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """The one SparkSession for the whole test run (local[2], two shuffle partitions)."""
+    from recsys_lib.core.config import SparkConfig
+    from recsys_lib.core.spark import build_spark
+
+    session = build_spark(SparkConfig(master="local[2]", shuffle_partitions=2, driver_memory="2g",
+                                      log_level="ERROR"))
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def cfg(tmp_path: Path):
+    """Config rooted at a fresh temporary data folder."""
+    from recsys_lib.core.config import load_config
+
+    return load_config(overrides=[f"home={tmp_path / 'home'}", "spark.master=local[2]",
+                                  "lake.retry_backoff=1ms"])
+
+
+@pytest.fixture
+def lake(spark, cfg):
+    """A delta-rs lake in a fresh folder."""
+    from recsys_lib.lake import open_lake
+
+    return open_lake(spark, cfg, engine="delta-rs")
+
+
+def shared_dataset(*parts: str) -> Path:
+    """Path below ../shared/datasets, or skip the test saying why."""
+    path = SHARED_DATASETS.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared dataset {path} is absent (tests that read real data need ../shared/datasets)")
+    return path

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import pytest
+
+from recsys_lib.cli import build_parser, main
+
+pytestmark = pytest.mark.unit
+
+COMMANDS = ["generate", "ingest", "adapt", "lake", "config", "demo"]
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command in out
+
+
+@pytest.mark.parametrize("argv", [[c, "--help"] for c in COMMANDS] + [["adapt", "movielens", "--help"],
+                                                                     ["adapt", "taobao", "--help"],
+                                                                     ["lake", "history", "--help"]])
+def test_every_command_has_help(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    assert "--conf" in capsys.readouterr().out or argv[0] in ("adapt", "lake")
+
+
+def test_bad_config_exits_2_naming_the_key(capsys):
+    assert main(["config", "--set", "spark.nope=1"]) == 2
+    assert "unknown config key 'spark.nope'" in capsys.readouterr().err
+
+
+def test_job_failure_exits_1_with_a_message(tmp_path, capsys):
+    code = main(["adapt", "taobao", "--input", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o")])
+    assert code == 1
+    assert "missing.csv is not a file" in capsys.readouterr().err
+
+
+def test_generate_command_writes_a_dataset(tmp_path, capsys):
+    out = tmp_path / "raw"
+    assert main(["generate", "--out", str(out), "--events", "500", "--days", "2", "--users", "50",
+                 "--items", "40", "--no-gzip"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["_manifest.json", "date=2024-01-01", "date=2024-01-02"]
+    assert "500 events" in capsys.readouterr().out
+
+
+def test_parser_is_shared_with_jobs():
+    args = build_parser().parse_args(["ingest", "--input", "x", "--set", "a.b=1"])
+    assert (args.command, args.input, args.overrides) == ("ingest", "x", ["a.b=1"])
