@@ -22,13 +22,16 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from recsys_lib.lake.base import CommitResult, Lake, TableNotFound, TableSpec
 from recsys_lib.lake.files import (
     add_action_fields,
     arrow_to_spark,
+    check_hive_layout,
     filesystem_for,
     list_parquet,
+    partition_value_from_path,
     plain_arrow_type,
     spark_to_arrow,
 )
@@ -203,27 +206,18 @@ class DeltaRsLake(Lake):
     def _snapshot_df(self, table: DeltaTable) -> DataFrame:
         schema = arrow_to_spark(pa.schema(table.schema().to_arrow()))
         partition_by = list(table.metadata().partition_columns)
-        data_schema = schema.__class__([f for f in schema.fields if f.name not in partition_by])
+        data_schema = T.StructType([f for f in schema.fields if f.name not in partition_by])
         actions = pa.table(table.get_add_actions(flatten=True))
-        paths = [f"{self.uri_of(table)}/{p}" for p in actions.column("path").to_pylist()]
-        if not paths:
+        rel_paths = actions.column("path").to_pylist()
+        if not rel_paths:
             return self.spark.createDataFrame([], schema)
-        df = self.spark.read.schema(data_schema).parquet(*paths)
         if partition_by:
-            names = [p.rsplit("/", 1)[-1] for p in actions.column("path").to_pylist()]
-            rows = [
-                (n, *[actions.column(f"partition.{c}")[i].as_py() for c in partition_by])
-                for i, n in enumerate(names)
-            ]
-            lookup = self.spark.createDataFrame(rows, ["_file", *partition_by])
-            for field in schema.fields:
-                if field.name in partition_by:
-                    lookup = lookup.withColumn(field.name, F.col(field.name).cast(field.dataType))
-            df = (
-                df.withColumn("_file", F.element_at(F.split(F.col("_metadata.file_path"), "/"), -1))
-                .join(F.broadcast(lookup), "_file")
-                .drop("_file")
-            )
+            check_hive_layout(rel_paths, {c: actions.column(f"partition.{c}").to_pylist() for c in partition_by},
+                              table=table.table_uri)
+        df = self.spark.read.schema(data_schema).parquet(*[f"{self.uri_of(table)}/{p}" for p in rel_paths])
+        for field in schema.fields:
+            if field.name in partition_by:
+                df = df.withColumn(field.name, partition_value_from_path(field.name).cast(field.dataType))
         return df.select(*schema.fieldNames())
 
     def uri_of(self, table: DeltaTable) -> str:

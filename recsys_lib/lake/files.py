@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -17,6 +18,7 @@ from urllib.parse import quote, unquote
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -74,6 +76,32 @@ def _arrow_type(dt: T.DataType) -> pa.DataType:
     if isinstance(dt, T.StructType):
         return pa.struct([pa.field(f.name, _arrow_type(f.dataType), f.nullable) for f in dt.fields])
     raise TypeError(f"no Delta/Arrow mapping for Spark type {dt.simpleString()}")
+
+
+def partition_value_from_path(column: str) -> F.Column:
+    """A file's partition value, read from its Hive-style ``column=value`` folder.
+
+    Spark and delta-rs both lay partitioned files out this way (column mapping,
+    which would not, is never enabled); :func:`check_hive_layout` verifies it.
+    """
+    raw = F.regexp_extract(F.col("_metadata.file_path"), f"/{re.escape(column)}=([^/]*)/", 1)
+    return F.when(raw == HIVE_NULL, F.lit(None)).otherwise(F.url_decode(raw))
+
+
+def check_hive_layout(paths: Sequence[str], values: dict[str, list[Any]], *, table: str) -> None:
+    """Raise if any file's folder disagrees with its add action's partition values."""
+    for i, path in enumerate(paths):
+        folders = dict(seg.partition("=")[::2] for seg in unquote(path).split("/")[:-1] if "=" in seg)
+        for column, column_values in values.items():
+            found = folders.get(column)
+            found = None if found == HIVE_NULL else found
+            value = column_values[i]
+            expected = None if value is None else value.isoformat() if isinstance(value, date) else str(value)
+            if found != expected:
+                raise ValueError(
+                    f"table {table}: file {path} is not in a '{column}={expected}' folder; "
+                    "only Hive-style partition layouts are readable by the delta-rs engine"
+                )
 
 
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:

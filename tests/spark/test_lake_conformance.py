@@ -195,3 +195,12 @@ def test_failed_commit_leaves_table_and_folder_clean(spark, lake, cfg, monkeypat
     assert lake.version("t") == version
     assert _rows(lake) == [("a", 1, D1)]
     assert sorted(Path(cfg.table_uri("t")).rglob("*.parquet")) == files  # written files were removed
+
+
+def test_one_task_writing_many_partitions_reads_back_each_row_once(spark, engine_lake):
+    # one Spark task writes same-named files into several partition folders
+    rows = [(f"k{i}", i, None, date(2024, 1, 1 + i % 5)) for i in range(50)]
+    engine_lake.append(SPEC, _df(spark, rows).coalesce(1))
+    got = engine_lake.read("t")
+    assert got.count() == 50
+    assert sorted((r["k"], r["d"]) for r in got.collect()) == sorted((k, d) for k, _, _, d in rows)

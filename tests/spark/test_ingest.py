@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recsys_lib.datagen.synthetic import GeneratorSpec, generate
+from recsys_lib.pipelines.ingest import IngestError, run_ingest
+
+pytestmark = pytest.mark.spark
+
+NOW = datetime(2024, 6, 1, tzinfo=timezone.utc)
+#: generator bad kind -> the quarantine reason ingestion must give it
+EXPECTED_REASON = {
+    "unparseable": "unparseable", "not_an_object": "not_an_object", "ill_typed": "ill_typed:price",
+    "missing_field": "missing_field:user_id", "unknown_event_type": "unknown_event_type:event_type",
+    "bad_timestamp": "bad_timestamp:event_ts", "future_timestamp": "future_timestamp:event_ts",
+    "negative_price": "negative_price:price", "bad_quantity": "bad_quantity:quantity",
+    "missing_item_id": "missing_field:item_id", "oversized_line": "oversized_line",
+}
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    out = tmp_path / "landing"
+    generate(GeneratorSpec(users=200, items=150, days=3, events=6_000, bad_fraction=0.05,
+                           duplicate_fraction=0.02, seed=5), out)
+    return out, json.loads((out / "_manifest.json").read_text())
+
+
+def test_reconciles_with_what_the_generator_planted(spark, lake, cfg, corpus, tmp_path):
+    out, manifest = corpus
+    summary_path = tmp_path / "summary.json"
+    summary = run_ingest(spark, lake, cfg, str(out), summary_json=str(summary_path), now=NOW)
+    assert summary.input_records == manifest["lines"]
+    assert summary.valid == manifest["valid_events"] == 6_000
+    assert summary.duplicates == manifest["duplicates"]
+    assert summary.quarantined == manifest["bad"]
+    expected = {EXPECTED_REASON[k]: n for k, n in manifest["bad_by_kind"].items()}
+    assert summary.quarantined_by_reason == expected
+    assert summary.balanced
+    written = json.loads(summary_path.read_text())
+    assert written["balanced"] is True and written["input_records"] == manifest["lines"]
+    events = lake.read("events")
+    assert events.count() == 6_000
+    assert events.select("event_id").distinct().count() == 6_000
+    assert lake.read("events_quarantine").count() == manifest["bad"]
+    row = events.first()
+    assert row["source_file"].endswith(".jsonl.gz") and row["ingest_run_id"] == summary.run_id
+    assert row["event_date"] == row["event_ts"].date()
+
+
+def test_reingesting_changes_nothing(spark, lake, cfg, corpus):
+    out, manifest = corpus
+    first = run_ingest(spark, lake, cfg, str(out), now=NOW)
+    before = sorted(r["event_id"] for r in lake.read("events").select("event_id").collect())
+    second = run_ingest(spark, lake, cfg, str(out), now=NOW)
+    assert (second.valid, second.quarantined) == (0, 0)
+    assert second.duplicates == second.input_records == manifest["lines"]
+    assert second.duplicates_by_kind["duplicate_existing"] == manifest["valid_events"]
+    assert second.duplicates_by_kind["already_quarantined"] == manifest["bad"]
+    assert lake.version("events") == first.events_version
+    assert lake.version("events_quarantine") == first.quarantine_version
+    assert sorted(r["event_id"] for r in lake.read("events").select("event_id").collect()) == before
+
+
+def test_overlapping_second_folder_only_adds_new_events(spark, lake, cfg, tmp_path):
+    a, b = tmp_path / "a" / "date=2024-01-01", tmp_path / "b" / "date=2024-01-01"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    line = '{{"event_id":"{}","event_ts":"2024-01-01T00:00:00Z","user_id":"u","event_type":"view","item_id":"i"}}'
+    (a / "x.jsonl").write_text("\n".join(line.format(i) for i in ("e1", "e2")) + "\n")
+    (b / "y.jsonl").write_text("\n".join(line.format(i) for i in ("e2", "e3", "e3")) + "\n")
+    run_ingest(spark, lake, cfg, str(tmp_path / "a"), now=NOW)
+    s = run_ingest(spark, lake, cfg, str(tmp_path / "b"), now=NOW)
+    assert (s.valid, s.duplicates) == (1, 2)
+    assert s.duplicates_by_kind == {"duplicate_in_batch": 1, "duplicate_existing": 1, "already_quarantined": 0}
+    assert sorted(r[0] for r in lake.read("events").select("event_id").collect()) == ["e1", "e2", "e3"]
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"),
+                                max_size=80), min_size=1, max_size=30))
+def test_random_garbage_is_quarantined_and_balanced(spark, lake, cfg, tmp_path_factory, garbage):
+    folder = tmp_path_factory.mktemp("garbage") / "date=2024-01-01"
+    folder.mkdir()
+    good = '{"event_id":"ok-1","event_ts":"2024-01-01T00:00:00Z","user_id":"u","event_type":"view","item_id":"i"}'
+    (folder / "g.jsonl").write_text("\n".join([good, *garbage]) + "\n", encoding="utf-8")
+    s = run_ingest(spark, lake, cfg, str(folder.parent), now=NOW)
+    assert s.balanced
+    assert s.input_records == len(garbage) + 1
+    assert s.valid + s.duplicates_by_kind["duplicate_existing"] == 1  # the good line, new or seen before
+
+
+def test_missing_input_is_a_clear_error(spark, lake, cfg, tmp_path):
+    with pytest.raises(IngestError, match="does not exist"):
+        run_ingest(spark, lake, cfg, str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IngestError, match="holds no raw files"):
+        run_ingest(spark, lake, cfg, str(tmp_path / "empty"))
