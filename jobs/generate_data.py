@@ -1,6 +1,6 @@
 """Entry point: write synthetic raw logs (pure Python; spark-submit not required).
 
-    python jobs/generate_data.py --out DIR --events N [...]
+python jobs/generate_data.py --out DIR --events N [...]
 """
 
 from recsys_lib.cli import main

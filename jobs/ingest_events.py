@@ -1,6 +1,6 @@
 """spark-submit entry: raw logs -> events + events_quarantine.
 
-    spark-submit --py-files dist/recsys_lib.zip jobs/ingest_events.py --input DIR [--conf F] [--set k=v]
+spark-submit --py-files dist/recsys_lib.zip jobs/ingest_events.py --input DIR [--conf F] [--set k=v]
 """
 
 from recsys_lib.cli import main

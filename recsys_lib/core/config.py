@@ -87,9 +87,9 @@ class RecsysConfig(_Strict):
     """The whole suite's configuration."""
 
     home: str | None = None
-    spark: SparkConfig = Field(default_factory=SparkConfig)
-    lake: LakeConfig = Field(default_factory=LakeConfig)
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    spark: SparkConfig = SparkConfig()
+    lake: LakeConfig = LakeConfig()
+    ingest: IngestConfig = IngestConfig()
 
     @property
     def home_dir(self) -> str:
@@ -128,6 +128,7 @@ def load_config(
 
     Raises:
         ConfigError: On unreadable files, unknown keys or bad values.
+
     """
     merged: dict[str, Any] = {}
     for conf_file in conf_files:

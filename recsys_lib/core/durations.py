@@ -16,6 +16,7 @@ def parse_duration(value: object) -> float:
 
     Raises:
         ValueError: If the value is negative or not a duration.
+
     """
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like '1h', got {value!r}")

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys_lib.datagen.writer import day_folder, records_to_lines, write_lines
+from recsys_lib.datagen.writer import day_folder, masked, records_to_lines, write_lines
 
 TAOBAO_BEHAVIOR = {"pv": "view", "fav": "click", "cart": "add_to_cart", "buy": "purchase"}
 
@@ -67,7 +67,7 @@ def adapt_movielens(ratings_csv: str | Path, movies_csv: str | Path, out: str | 
         "event_type": etype,
         "item_id": ratings["movieId"].astype(str),
         "category_id": category,
-        "quantity": np.where(np.isin(etype, ("add_to_cart", "purchase")), 1, None),
+        "quantity": masked(np.isin(etype, ("add_to_cart", "purchase")), 1),
     })
     files = _write_by_day(raw, out, ratings["timestamp"])
     return AdaptResult(source_rows=len(ratings), events=len(raw), skipped=0, files=files)
@@ -89,7 +89,7 @@ def adapt_taobao(input_csv: str | Path, out: str | Path) -> AdaptResult:
         "event_type": etype,
         "item_id": rows["item"],
         "category_id": rows["category"],
-        "quantity": np.where(etype.isin(["add_to_cart", "purchase"]), 1, None),
+        "quantity": masked(etype.isin(["add_to_cart", "purchase"]).to_numpy(), 1),
     })[known]
     files = _write_by_day(raw, out, rows["ts"][known])
     return AdaptResult(source_rows=len(rows), events=int(known.sum()), skipped=int((~known).sum()), files=files)

@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from recsys_lib.datagen.writer import day_folder, records_to_lines, write_lines
+from recsys_lib.datagen.writer import day_folder, masked, records_to_lines, write_lines
 
 BAD_KINDS: tuple[str, ...] = (
     "unparseable", "not_an_object", "ill_typed", "missing_field", "unknown_event_type",
@@ -188,7 +188,7 @@ def _sessions(spec: GeneratorSpec, world: _World, rng: np.random.Generator, day:
               alive_users: np.ndarray, user_p: np.ndarray) -> pd.DataFrame:
     users = rng.choice(alive_users, size=n, p=user_p)
     hour = rng.choice(24, size=n, p=world.hour_p)
-    day0 = datetime.combine(spec.start, datetime.min.time(), tzinfo=timezone.utc).timestamp() + day * 86400
+    day0 = datetime.combine(spec.start, datetime.min.time(), tzinfo=UTC).timestamp() + day * 86400
     start = day0 + hour * 3600 + rng.uniform(0, 3600, size=n)
     steps = rng.geometric(0.3, size=n)
     session = np.repeat(np.arange(n), steps)
@@ -245,13 +245,12 @@ def _to_raw(events: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
         "event_ts": event_ts,
         "user_id": ["u" + str(u) for u in events["user"].to_numpy()],
         "event_type": etype,
-        "item_id": np.where(is_search, None, ["i" + str(i) for i in events["item"].to_numpy()]),
+        "item_id": masked(~is_search, ["i" + str(i) for i in events["item"].to_numpy()]),
         "category_id": ["c" + str(c) for c in events["category"].to_numpy()],
-        "price": np.where(is_search, None, events["price"].to_numpy().astype(object)),
-        "quantity": np.where(np.isin(etype, ("add_to_cart", "purchase")),
-                             rng.geometric(0.7, size=len(events)), None),
+        "price": masked(~is_search, events["price"].to_numpy()),
+        "quantity": masked(np.isin(etype, ("add_to_cart", "purchase")), rng.geometric(0.7, size=len(events))),
         "session_id": events["session"].to_numpy(),
-        "query": np.where(is_search, ["cat" + str(c) + " deals" for c in events["category"].to_numpy()], None),
+        "query": masked(is_search, ["cat" + str(c) + " deals" for c in events["category"].to_numpy()]),
     })
     return raw
 

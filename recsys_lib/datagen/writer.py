@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 
@@ -38,3 +40,10 @@ def records_to_lines(frame: pd.DataFrame) -> list[str]:
         return []
     text = frame.to_json(orient="records", lines=True, date_format="iso", force_ascii=False)
     return [line for line in text.splitlines() if line]
+
+
+def masked(mask: np.ndarray, values: Any) -> np.ndarray:
+    """An object array holding ``values`` where ``mask`` is true and None elsewhere."""
+    out = np.full(len(mask), None, dtype=object)
+    out[mask] = np.asarray(values, dtype=object)[mask] if np.ndim(values) else values
+    return out

@@ -39,6 +39,7 @@ def label(classified: DataFrame, existing_event_ids: DataFrame, existing_quarant
         classified: Output of :func:`recsys_lib.ingest.validate.classify`.
         existing_event_ids: Column ``event_id`` of events already stored.
         existing_quarantine_keys: Column ``record_key`` of lines already quarantined.
+
     """
     valid = F.col("reason").isNull()
     keyed = classified.withColumn(

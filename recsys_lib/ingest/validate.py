@@ -88,6 +88,7 @@ def classify(raw: DataFrame, *, max_line_bytes: int, max_future_skew_s: float,
     Returns:
         ``raw``'s columns plus ``raw_bytes``, ``reason`` and ``reason_field`` (both null
         for a valid record) and the typed event fields.
+
     """
     size = F.octet_length("value")
     parsed = F.from_json("value", RAW_RECORD_SCHEMA,

@@ -6,6 +6,8 @@ on the classpath (or when ``lake.engine: native``), else delta-rs.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyspark.sql import SparkSession
 
 from recsys_lib.core.config import RecsysConfig
@@ -32,7 +34,7 @@ def delta_jar_available(spark: SparkSession) -> bool:
     if "DeltaSparkSessionExtension" not in extensions:
         return False
     try:
-        jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+        jvm: Any = getattr(spark.sparkContext, "_jvm")  # noqa: B009 - private, may be absent
         loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
         loader.loadClass("io.delta.tables.DeltaTable")
         return True
@@ -45,6 +47,7 @@ def open_lake(spark: SparkSession, cfg: RecsysConfig, engine: str | None = None)
 
     Raises:
         LakeError: If the native engine is asked for but the Delta jar is missing.
+
     """
     choice = engine or cfg.lake.engine
     retry = RetryPolicy(cfg.lake.commit_retries, cfg.lake.retry_backoff, cfg.lake.retry_backoff_max)

@@ -59,6 +59,7 @@ class CommitResult:
         skipped: True when the (app id, batch id) was already committed, or there was nothing to do.
         rows: Rows added by the commit (from file statistics).
         files: Files added by the commit.
+
     """
 
     version: int
@@ -81,6 +82,7 @@ class RetryPolicy:
 
         Raises:
             LakeConflictError: When every attempt conflicted.
+
         """
         last: BaseException | None = None
         for attempt in range(self.attempts + 1):
@@ -146,6 +148,7 @@ class Lake(ABC):
         Args:
             update: Column -> SQL expression over ``t`` (target) and ``s`` (source)
                 for matched rows; default replaces every column with the source's.
+
         """
 
     @abstractmethod

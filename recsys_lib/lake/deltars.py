@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
-from deltalake.transaction import AddAction
+from deltalake.transaction import AddAction, RemoveAction
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_lib.lake.base import CommitResult, Lake, TableNotFound, TableSpec
@@ -97,7 +96,7 @@ class DeltaRsLake(Lake):
             return done
         table_uri = self.uri(spec.name)
         fs, table_path = filesystem_for(table_uri)
-        folder = f"w{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+        folder = f"w{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
         write_dir = f"{table_path}/{folder}"
         ordered = df.select(*spec.schema.fieldNames())
         writer = ordered.write.mode("errorifexists")
@@ -105,14 +104,14 @@ class DeltaRsLake(Lake):
             writer = writer.partitionBy(*spec.partition_by)
         writer.parquet(f"{table_uri}/{folder}")
 
-        actions: list[AddAction] = []
+        actions: list[AddAction | RemoveAction] = []
         for info in list_parquet(fs, write_dir):
             fields = add_action_fields(fs, table_path, info, spec.partition_by)
             if fields is None:
                 fs.delete_file(info.path)
             else:
                 actions.append(AddAction(**fields))
-        rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
+        rows = sum(json.loads(a.stats)["numRecords"] for a in actions if isinstance(a, AddAction))
         if not actions and mode == "append" and app_id is None:
             return CommitResult(version=self.version(spec.name), skipped=True)
 

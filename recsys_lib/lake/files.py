@@ -10,7 +10,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, unquote
@@ -184,11 +184,11 @@ def _stat_json(value: Any, upper: bool = False) -> Any:
         return value
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         if upper and value.microsecond % 1000:
             # Stats keep milliseconds: round a maximum up so no reader skips a file wrongly.
             value += timedelta(microseconds=1000 - value.microsecond % 1000)
-        return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, float):

@@ -19,6 +19,7 @@ def run_adapt(source: str, out: str | Path, *, ratings: str | None = None, movie
 
     Raises:
         ValueError: On an unknown source or missing input file.
+
     """
     if source == "movielens":
         if not ratings or not movies:

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +81,12 @@ def run_ingest(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
 
     Raises:
         IngestError: If the folder is missing or the counts do not reconcile.
+
     """
     started = time.monotonic()
     source = input_dir or cfg.landing_dir
     _check_input(source)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     run_id = f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     lake.create(EVENTS_SPEC)
     lake.create(QUARANTINE_SPEC)

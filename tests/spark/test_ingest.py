@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +12,7 @@ from recsys_lib.pipelines.ingest import IngestError, run_ingest
 
 pytestmark = pytest.mark.spark
 
-NOW = datetime(2024, 6, 1, tzinfo=timezone.utc)
+NOW = datetime(2024, 6, 1, tzinfo=UTC)
 #: generator bad kind -> the quarantine reason ingestion must give it
 EXPECTED_REASON = {
     "unparseable": "unparseable", "not_an_object": "not_an_object", "ill_typed": "ill_typed:price",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -82,7 +82,7 @@ def test_overwrite_replaces_everything_in_one_version(spark, engine_lake):
 def test_time_travel_by_version_and_timestamp(spark, engine_lake):
     v1 = engine_lake.append(SPEC, _df(spark, [("a", 1, None, D1)])).version
     time.sleep(1.1)
-    between = datetime.now(timezone.utc)
+    between = datetime.now(UTC)
     time.sleep(1.1)
     engine_lake.append(SPEC, _df(spark, [("b", 2, None, D1)]))
     assert _rows(engine_lake, version=v1) == [("a", 1, D1)]

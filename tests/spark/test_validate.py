@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -8,7 +8,7 @@ from recsys_lib.ingest.validate import classify
 
 pytestmark = pytest.mark.spark
 
-NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 GOOD = '"event_id":"e1","event_ts":"2024-05-01T10:00:00Z","user_id":"u1"'
 
 

@@ -4,7 +4,6 @@ import gzip
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -49,7 +48,10 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 def test_manifest_accounts_for_every_line(dataset):
     out, manifest = dataset
-    lines = sum(len(gzip.open(p, "rt").read().splitlines()) for p in out.glob("date=*/*.gz"))
+    lines = 0
+    for path in out.glob("date=*/*.gz"):
+        with gzip.open(path, "rt") as fh:
+            lines += len(fh.read().splitlines())
     assert lines == manifest["lines"]
     assert manifest["lines"] == manifest["valid_events"] + manifest["duplicates"] + manifest["bad"]
     assert manifest["valid_events"] == 30_000
