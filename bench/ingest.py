@@ -86,6 +86,7 @@ def main() -> None:
             "wall_seconds_process": round(wall, 2), "ingest_seconds_in_job": summary["seconds"],
             "events_per_second_wall": round(lines / wall), "events_per_second_job": round(lines / summary["seconds"]),
             "peak_rss_mb": round(peak / 2**20), "balanced": summary["balanced"],
+            "stage_seconds": summary.get("stage_seconds"),
             "valid": summary["valid"], "quarantined": summary["quarantined"], "duplicates": summary["duplicates"],
         })
         print(json.dumps(results[-1]), flush=True)

@@ -61,6 +61,7 @@ class IngestSummary:
     events_version: int = -1
     quarantine_version: int = -1
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def balanced(self) -> bool:
@@ -91,8 +92,10 @@ def run_ingest(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     lake.create(EVENTS_SPEC)
     lake.create(QUARANTINE_SPEC)
 
+    stages = _Stopwatch()
     raw = read_raw(spark, source)
     input_records = raw.count()
+    stages.lap("count_input")
     classified = classify(raw, max_line_bytes=cfg.ingest.max_line_bytes,
                           max_future_skew_s=cfg.ingest.max_future_skew, now=now)
     labelled = label(classified, lake.read(EVENTS_TABLE).select("event_id"),
@@ -100,6 +103,7 @@ def run_ingest(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     labelled = labelled.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts = _count(labelled)
+        stages.lap("parse_validate_dedupe")
         summary = _summarise(run_id, source, input_records, counts)
         if not summary.balanced:
             raise IngestError(
@@ -111,8 +115,10 @@ def run_ingest(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
         meta = {"run_id": run_id, "input_dir": source}
         events = _events_rows(labelled, run_id, ingested_at)
         ev = lake.append(EVENTS_SPEC, events, metadata=meta)
+        stages.lap("write_commit_events")
         quarantine = _quarantine_rows(labelled, run_id, ingested_at)
         qv = lake.append(QUARANTINE_SPEC, quarantine, metadata=meta)
+        stages.lap("write_commit_quarantine")
     finally:
         labelled.unpersist()
     if ev.rows != summary.valid or qv.rows != summary.quarantined:
@@ -123,9 +129,23 @@ def run_ingest(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     summary.events_version = ev.version
     summary.quarantine_version = qv.version
     summary.seconds = round(time.monotonic() - started, 3)
+    summary.stage_seconds = stages.laps
     if summary_json:
         write_json(summary_json, summary.to_json())
     return summary
+
+
+class _Stopwatch:
+    """Named laps, for the summary's per-stage timings."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def _check_input(source: str) -> None:
