@@ -35,7 +35,7 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
+def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, int, str]:
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ps = psutil.Process(proc.pid)
@@ -50,8 +50,12 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
             pass
         time.sleep(0.25)
     reader.join()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(output))
     if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{''.join(output)[-3000:]}")
+        errors = [line for line in output if "error" in line.lower() and not line.startswith("\tat ")]
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\nfull log: {log}\n"
+                         + "".join(errors[-20:]))
     return time.monotonic() - start, peak, "".join(output)
 
 
@@ -73,12 +77,14 @@ def main() -> None:
             shutil.rmtree(raw, ignore_errors=True)
             gen_s, _, _ = run_measured([recsys, "generate", "--out", str(raw), "--events", str(size),
                                         "--users", str(max(2000, size // 200)), "--items",
-                                        str(max(1000, size // 1000)), "--days", "30", "--seed", "1"], env)
+                                        str(max(1000, size // 1000)), "--days", "30", "--seed", "1"], env,
+                                       Path(args.work) / f"generate-{size}.log")
         home = Path(args.work) / f"home-{size}"
         shutil.rmtree(home, ignore_errors=True)
         summary_path = home / "summary.json"
         wall, peak, _ = run_measured([recsys, "ingest", "--input", str(raw), "--summary-json", str(summary_path),
-                                      "--set", f"home={home}", "--set", f"spark.master={args.master}"], env)
+                                      "--set", f"home={home}", "--set", f"spark.master={args.master}"], env,
+                                     Path(args.work) / f"ingest-{size}.log")
         summary = json.loads(summary_path.read_text())
         lines = summary["input_records"]
         results.append({

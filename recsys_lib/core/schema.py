@@ -45,6 +45,13 @@ RAW_RECORD_SCHEMA = T.StructType(
     ]
 )
 
+#: Where and when a stored row was ingested (in both ``events`` and its quarantine).
+INGEST_METADATA: tuple[T.StructField, ...] = (
+    T.StructField("source_file", T.StringType(), False),
+    T.StructField("ingest_run_id", T.StringType(), False),
+    T.StructField("ingested_at", T.TimestampType(), False),
+)
+
 EVENTS_SCHEMA = T.StructType(
     [
         T.StructField("event_id", T.StringType(), False),
@@ -57,9 +64,7 @@ EVENTS_SCHEMA = T.StructType(
         T.StructField("quantity", T.LongType()),
         T.StructField("session_id", T.StringType()),
         T.StructField("query", T.StringType()),
-        T.StructField("source_file", T.StringType(), False),
-        T.StructField("ingest_run_id", T.StringType(), False),
-        T.StructField("ingested_at", T.TimestampType(), False),
+        *INGEST_METADATA,
         T.StructField("event_date", T.DateType(), False),
     ]
 )
@@ -72,9 +77,7 @@ QUARANTINE_SCHEMA = T.StructType(
         T.StructField("raw_bytes", T.LongType(), False),
         T.StructField("reason", T.StringType(), False),
         T.StructField("reason_field", T.StringType()),
-        T.StructField("source_file", T.StringType(), False),
-        T.StructField("ingest_run_id", T.StringType(), False),
-        T.StructField("ingested_at", T.TimestampType(), False),
+        *INGEST_METADATA,
         T.StructField("ingest_date", T.DateType(), False),
     ]
 )

@@ -2,8 +2,9 @@
 
 Valid records are keyed by ``event_id``; bad ones by a hash of (source file, raw
 line), so re-ingesting a folder neither duplicates events nor re-quarantines
-lines. Within a run the record kept for a key is the first by (source file, raw
-text), which makes the choice independent of partitioning.
+lines. Within a run the record kept for a key is the first by (source file, 64-bit
+hash of the raw text), which makes the choice independent of partitioning. Valid
+records leave their raw text behind here: only quarantined lines store it.
 """
 
 from __future__ import annotations
@@ -51,8 +52,13 @@ def label(classified: DataFrame, existing_event_ids: DataFrame, existing_quarant
         .distinct()
         .withColumn("_exists", F.lit(True))
     )
-    order = Window.partitionBy("_key").orderBy("source_file", "value")
-    ranked = keyed.withColumn("_rank", F.row_number().over(order))
+    # A valid row's raw text is not stored, so it leaves here and only a hash of it
+    # travels through the shuffle (it orders conflicting copies of one event id).
+    slim = keyed.withColumn("_text_hash", F.xxhash64("value")).withColumn(
+        "value", F.when(~valid, F.col("value"))
+    )
+    order = Window.partitionBy("_key").orderBy("source_file", "_text_hash")
+    ranked = slim.withColumn("_rank", F.row_number().over(order))
     joined = ranked.join(existing, "_key", "left")
     status = (
         F.when(F.col("_rank") > 1, F.lit(Status.DUPLICATE_IN_BATCH.value))
@@ -61,4 +67,4 @@ def label(classified: DataFrame, existing_event_ids: DataFrame, existing_quarant
         .when(valid, F.lit(Status.NEW.value))
         .otherwise(F.lit(Status.QUARANTINED.value))
     )
-    return joined.withColumn("status", status).drop("_key", "_rank", "_exists")
+    return joined.withColumn("status", status).drop("_key", "_rank", "_exists", "_text_hash")

@@ -90,59 +90,75 @@ def classify(raw: DataFrame, *, max_line_bytes: int, max_future_skew_s: float,
         for a valid record) and the typed event fields.
 
     """
-    size = F.octet_length("value")
+    # Three projections, each computing an expensive value once (JSON parse, then
+    # timestamp parse, then the rule index). Spark does not collapse a projection
+    # whose costly expressions the next one references several times.
     parsed = F.from_json("value", RAW_RECORD_SCHEMA,
                          {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_COLUMN})
-    df = raw.withColumn("raw_bytes", size.cast("long")).withColumn(
-        "_j", F.when(F.col("raw_bytes") <= max_line_bytes, parsed)
+    size = F.octet_length("value").cast("long")
+    step1 = raw.select("value", "source_file", size.alias("raw_bytes"),
+                       F.when(size <= max_line_bytes, parsed).alias("_j"))
+    fields = RAW_RECORD_SCHEMA.fieldNames()
+    step2 = step1.select("value", "source_file", "raw_bytes",
+                         *[F.col(f"_j.{n}").alias(n) for n in fields],
+                         parse_event_ts(F.col("_j.event_ts")).alias("_ts"))
+    rules = _rules(max_line_bytes, max_future_skew_s, now)
+    index: Column = F.lit(None).cast("int")
+    for position, (condition, _, _) in reversed(list(enumerate(rules, start=1))):
+        index = F.when(condition, F.lit(position)).otherwise(index)
+    reasons = F.array(*[F.lit(code.value) for _, code, _ in rules])
+    reason_fields = F.array(*[F.lit(field).cast("string") for _, _, field in rules])
+    step3 = step2.withColumn("_rule", index)
+    return step3.select(
+        "value", "source_file", "raw_bytes",
+        F.when(F.col("_rule").isNotNull(), F.element_at(reasons, F.col("_rule"))).alias("reason"),
+        F.when(F.col("_rule").isNotNull(), F.element_at(reason_fields, F.col("_rule"))).alias("reason_field"),
+        "event_id", F.col("_ts").alias("event_ts"), "user_id", "event_type",
+        *[F.when(~_blank(F.col(n)), F.col(n)).alias(n) for n in ("item_id", "category_id")],
+        "price", "quantity",
+        *[F.when(~_blank(F.col(n)), F.col(n)).alias(n) for n in ("session_id", "query")],
     )
-    j = {name: F.col(f"_j.{name}") for name in RAW_RECORD_SCHEMA.fieldNames()}
-    corrupt = j[CORRUPT_COLUMN].isNotNull()
-    looks_like_object = F.ltrim(F.col("value")).startswith("{")
 
-    checks: list[tuple[Column, Reason, Column | None]] = [
-        (F.col("raw_bytes") > max_line_bytes, Reason.OVERSIZED_LINE, None),
+
+#: Every (reason, field) a record can be quarantined with, in rule order.
+def reason_keys() -> list[str]:
+    """``reason`` or ``reason:field`` for every rule, as the ingest summary counts them."""
+    now = datetime(2000, 1, 1)
+    keys = []
+    for _, code, field in _rules(1, 0.0, now):
+        key = f"{code.value}:{field}" if field else code.value
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def _rules(max_line_bytes: int, max_future_skew_s: float, now: datetime) -> list[tuple[Column, Reason, str | None]]:
+    """The validation rules in order: (failing condition, reason, field). Columns are step 2's."""
+    c = F.col
+    corrupt = c(CORRUPT_COLUMN).isNotNull()
+    looks_like_object = F.ltrim(c("value")).startswith("{")
+    rules: list[tuple[Column, Reason, str | None]] = [
+        (c("raw_bytes") > max_line_bytes, Reason.OVERSIZED_LINE, None),
         (~looks_like_object & F.try_parse_json("value").isNull(), Reason.UNPARSEABLE, None),
         (~looks_like_object, Reason.NOT_AN_OBJECT, None),
     ]
     for name in NUMERIC_FIELDS:
         present_raw = F.get_json_object("value", f"$.{name}").isNotNull()
-        checks.append((corrupt & j[name].isNull() & present_raw, Reason.ILL_TYPED, F.lit(name)))
-    checks.append((corrupt, Reason.UNPARSEABLE, None))
-    checks.append((F.isnan(j["price"]) | (F.abs(j["price"]) == float("inf")), Reason.ILL_TYPED,
-                   F.lit("price")))
+        rules.append((corrupt & c(name).isNull() & present_raw, Reason.ILL_TYPED, name))
+    rules.append((corrupt, Reason.UNPARSEABLE, None))
+    rules.append((F.isnan(c("price")) | (F.abs(c("price")) == float("inf")), Reason.ILL_TYPED, "price"))
     for name in _TEXT_FIELDS:
-        checks.append((F.substring(F.ltrim(j[name]), 1, 1).isin("{", "["), Reason.ILL_TYPED, F.lit(name)))
+        rules.append((F.substring(F.ltrim(c(name)), 1, 1).isin("{", "["), Reason.ILL_TYPED, name))
     for name in REQUIRED_FIELDS:
-        checks.append((_blank(j[name]), Reason.MISSING_FIELD, F.lit(name)))
-    checks.append((~j["event_type"].isin(*EVENT_TYPES), Reason.UNKNOWN_EVENT_TYPE, F.lit("event_type")))
-    checks.append(((j["event_type"] != "search") & _blank(j["item_id"]), Reason.MISSING_FIELD,
-                   F.lit("item_id")))
-    ts = parse_event_ts(j["event_ts"])
+        rules.append((_blank(c(name)), Reason.MISSING_FIELD, name))
+    rules.append((~c("event_type").isin(*EVENT_TYPES), Reason.UNKNOWN_EVENT_TYPE, "event_type"))
+    rules.append(((c("event_type") != "search") & _blank(c("item_id")), Reason.MISSING_FIELD, "item_id"))
     limit = F.lit(now).cast("timestamp") + F.make_dt_interval(secs=F.lit(float(max_future_skew_s)))
-    checks.append((ts.isNull(), Reason.BAD_TIMESTAMP, F.lit("event_ts")))
-    checks.append((ts > limit, Reason.FUTURE_TIMESTAMP, F.lit("event_ts")))
-    checks.append((j["price"] < 0, Reason.NEGATIVE_PRICE, F.lit("price")))
-    checks.append((j["quantity"] < 1, Reason.BAD_QUANTITY, F.lit("quantity")))
-
-    reason: Column = F.lit(None).cast("string")
-    reason_field: Column = F.lit(None).cast("string")
-    for condition, code, field in reversed(checks):
-        reason = F.when(condition, F.lit(code.value)).otherwise(reason)
-        reason_field = F.when(condition, field if field is not None else F.lit(None)).otherwise(reason_field)
-
-    typed = [
-        j["event_id"].alias("event_id"),
-        ts.alias("event_ts"),
-        j["user_id"].alias("user_id"),
-        j["event_type"].alias("event_type"),
-        *[F.when(~_blank(j[n]), j[n]).alias(n) for n in ("item_id", "category_id")],
-        j["price"].alias("price"),
-        j["quantity"].alias("quantity"),
-        *[F.when(~_blank(j[n]), j[n]).alias(n) for n in ("session_id", "query")],
-    ]
-    return df.select("value", "source_file", "raw_bytes", reason.alias("reason"),
-                     reason_field.alias("reason_field"), *typed)
+    rules.append((c("_ts").isNull(), Reason.BAD_TIMESTAMP, "event_ts"))
+    rules.append((c("_ts") > limit, Reason.FUTURE_TIMESTAMP, "event_ts"))
+    rules.append((c("price") < 0, Reason.NEGATIVE_PRICE, "price"))
+    rules.append((c("quantity") < 1, Reason.BAD_QUANTITY, "quantity"))
+    return rules
 
 
 def _blank(col: Column) -> Column:

@@ -117,10 +117,9 @@ class DeltaRsLake(Lake):
 
         def commit(_attempt: int) -> CommitResult:
             table = self._table(spec.name)
-            if app_id is not None and batch_id is not None:
-                last = table.transaction_version(app_id)
-                if last is not None and last >= batch_id:
-                    return CommitResult(version=table.version(), skipped=True)
+            done = _done(table, app_id, batch_id)
+            if done is not None:
+                return done
             table.create_write_transaction(
                 actions, mode=mode, schema=spark_to_arrow(spec.schema),
                 partition_by=list(spec.partition_by) or None,
@@ -156,10 +155,9 @@ class DeltaRsLake(Lake):
 
         def run(_attempt: int) -> CommitResult:
             table = self._table(spec.name)
-            if app_id is not None and batch_id is not None:
-                last = table.transaction_version(app_id)
-                if last is not None and last >= batch_id:
-                    return CommitResult(version=table.version(), skipped=True)
+            done = _done(table, app_id, batch_id)
+            if done is not None:
+                return done
             if source.num_rows == 0 and app_id is None:
                 return CommitResult(version=table.version(), skipped=True)
             merger = table.merge(
@@ -181,11 +179,7 @@ class DeltaRsLake(Lake):
             raise ValueError(f"write to '{name}': give both app_id and batch_id, or neither")
         if app_id is None or batch_id is None:
             return None
-        table = self._table(name)
-        last = table.transaction_version(app_id)
-        if last is not None and last >= batch_id:
-            return CommitResult(version=table.version(), skipped=True)
-        return None
+        return _done(self._table(name), app_id, batch_id)
 
     @staticmethod
     def _commit_properties(app_id: str | None, batch_id: int | None,
@@ -246,6 +240,16 @@ class DeltaRsLake(Lake):
                                                 enforce_retention_duration=False),
             is_conflict=is_conflict, table=name, what="vacuum",
         )
+
+
+def _done(table: DeltaTable, app_id: str | None, batch_id: int | None) -> CommitResult | None:
+    """A skipped result if ``app_id`` already committed ``batch_id`` (or a later one) to ``table``."""
+    if app_id is None or batch_id is None:
+        return None
+    last = table.transaction_version(app_id)
+    if last is not None and last >= batch_id:
+        return CommitResult(version=table.version(), skipped=True)
+    return None
 
 
 def _delete_quietly(fs: Any, folder: str) -> None:
