@@ -83,6 +83,27 @@ class IngestConfig(_Strict):
     max_future_skew: Duration = 3600.0
 
 
+class FeaturesConfig(_Strict):
+    """Feature definitions' parameters (see docs/features.md)."""
+
+    half_lives: tuple[Duration, ...] = (3600.0, 86400.0, 604800.0)
+    recent_items: int = Field(20, ge=1, le=500)
+    affinity_half_life: Duration = 604800.0
+    affinity_top_k: int = Field(5, ge=1, le=100)
+    #: Weight of each event type in category affinity.
+    affinity_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0, "search": 1.0}
+    )
+    #: Smoothed rates: (successes + mean * strength) / (trials + strength).
+    ctr_prior_mean: float = Field(0.05, gt=0, lt=1)
+    ctr_prior_strength: float = Field(20.0, gt=0)
+    cvr_prior_mean: float = Field(0.1, gt=0, lt=1)
+    cvr_prior_strength: float = Field(20.0, gt=0)
+    #: Feature tables are partitioned by a hash bucket of the key, so merges touch few files.
+    key_buckets: int = Field(16, ge=1, le=4096)
+    hll_lg_k: int = Field(12, ge=4, le=21)
+
+
 class RecsysConfig(_Strict):
     """The whole suite's configuration."""
 
@@ -90,6 +111,7 @@ class RecsysConfig(_Strict):
     spark: SparkConfig = SparkConfig()
     lake: LakeConfig = LakeConfig()
     ingest: IngestConfig = IngestConfig()
+    features: FeaturesConfig = FeaturesConfig()
 
     @property
     def home_dir(self) -> str:

@@ -1,0 +1,103 @@
+"""Each feature family against values computed by hand on tiny inline events."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from recsys_lib.core.config import FeaturesConfig
+from recsys_lib.features import ITEM, USER, USER_CATEGORY, entities, finalise, fold
+from tests.spark.features_data import T0, event, events_df
+
+pytestmark = pytest.mark.spark
+
+H = timedelta(hours=1)
+FC = FeaturesConfig()
+ROWS = [
+    event("e1", "u1", "view", 0 * H, "i1", "c1", 10.0),
+    event("e2", "u1", "click", 1 * H, "i1", "c1"),
+    event("e3", "u1", "purchase", 2 * H, "i1", "c1", 10.0, 2),
+    event("e4", "u1", "view", 2 * H, "i2", "c2", 5.0),   # same time as e3: ties break on event_id
+    event("e5", "u2", "search", 1 * H),
+    event("e6", "u2", "view", 0 * H, "i1", "c1", 12.0),  # older than u1's e1... but later event_id
+]
+
+
+@pytest.fixture(scope="module")
+def states(spark):
+    ev = events_df(spark, ROWS)
+    ents = entities(FC)
+    return {name: {tuple(r[k] for k in ents[name].keys): r for r in fold(ev, ents[name], FC).collect()}
+            for name in (USER, ITEM, USER_CATEGORY)}
+
+
+def test_counts_and_decayed_sums(states):
+    u1 = states[USER][("u1",)]
+    assert u1["as_of"] == u1["last_event_ts"] == T0 + 2 * H
+    assert (u1["view_count"], u1["click_count"], u1["purchase_count"], u1["search_count"]) == (2, 1, 1, 0)
+    assert u1["view_decayed_1h"] == pytest.approx(2 ** -2 + 1)
+    assert u1["view_decayed_1d"] == pytest.approx(2 ** (-2 / 24) + 1)
+    assert u1["view_decayed_7d"] == pytest.approx(2 ** (-2 / 168) + 1)
+    assert u1["click_decayed_1h"] == pytest.approx(0.5)
+    assert u1["purchase_decayed_1d"] == pytest.approx(1.0)
+    assert u1["add_to_cart_decayed_1h"] == 0.0
+    u2 = states[USER][("u2",)]
+    assert u2["search_count"] == 1 and u2["search_decayed_1h"] == pytest.approx(1.0)
+    assert u2["view_decayed_1h"] == pytest.approx(0.5)
+
+
+def test_recent_items_newest_first_ties_by_event_id(states):
+    u1 = states[USER][("u1",)]
+    assert [(x["item_id"], x["event_id"]) for x in u1["recent_items"]] == [("i2", "e4"), ("i1", "e3")]
+    assert [x["item_id"] for x in states[USER][("u2",)]["recent_items"]] == ["i1"]
+
+
+def test_recent_items_keep_only_the_limit(spark):
+    fc = FeaturesConfig(recent_items=2)
+    rows = [event(f"e{i}", "u", "view", i * H, f"i{i % 3}") for i in range(7)]
+    [u] = fold(events_df(spark, rows), entities(fc)[USER], fc).collect()
+    # items i0..i2 last seen at e6 (i0), e5 (i2), e4 (i1): newest two
+    assert [x["item_id"] for x in u["recent_items"]] == ["i0", "i2"]
+
+
+def test_purchase_spend_and_category_weights(states):
+    u1 = states[USER][("u1",)]
+    assert (u1["purchase_spend"], u1["purchase_price_sum"], u1["purchase_priced_count"]) == (20.0, 10.0, 1)
+    w = u1["category_weights"]
+    assert w["c1"] == pytest.approx(1 * 2 ** (-2 / 168) + 2 * 2 ** (-1 / 168) + 8)
+    assert w["c2"] == pytest.approx(1.0)
+
+
+def test_item_latest_values_and_distinct_users(states):
+    i1 = states[ITEM][("i1",)]
+    assert i1["latest_category"]["value"] == "c1"
+    assert (i1["latest_price"]["value"], i1["latest_price"]["event_id"]) == (10.0, "e3")
+    assert (i1["view_count"], i1["click_count"], i1["purchase_count"]) == (2, 1, 1)
+    assert ("u2",) not in states[ITEM] and (None,) not in states[ITEM]  # search has no item
+
+
+def test_user_category_rows(states):
+    uc = states[USER_CATEGORY]
+    assert sorted(uc) == [("u1", "c1"), ("u1", "c2"), ("u2", "c1")]
+    assert uc[("u1", "c1")]["as_of"] == T0 + 2 * H
+    assert uc[("u1", "c2")]["view_decayed_1h"] == pytest.approx(1.0)
+
+
+def test_read_time_features(spark):
+    ev = events_df(spark, ROWS)
+    ents = entities(FC)
+    at = T0 + 4 * H
+    users = {r["user_id"]: r for r in finalise(fold(ev, ents[USER], FC), ents[USER], FC, at).collect()}
+    u1 = users["u1"]
+    assert u1["view_decayed_1h"] == pytest.approx((2 ** -2 + 1) * 2 ** -2)  # moved 2h further
+    assert u1["recency_seconds"] == pytest.approx(7200.0)
+    assert u1["ctr"] == pytest.approx((1 + 0.05 * 20) / (2 + 20))
+    assert u1["cvr"] == pytest.approx((1 + 0.1 * 20) / (1 + 20))
+    assert u1["recent_item_ids"] == ["i2", "i1"]
+    assert [c["category_id"] for c in u1["top_categories"]] == ["c1", "c2"]
+    assert u1["top_categories"][1]["weight"] == pytest.approx(2 ** (-2 / 168))
+    assert u1["avg_purchase_price"] == 10.0
+    assert users["u2"]["avg_purchase_price"] is None
+    items = {r["item_id"]: r for r in finalise(fold(ev, ents[ITEM], FC), ents[ITEM], FC, at).collect()}
+    assert (items["i1"]["category_id"], items["i1"]["price"], items["i1"]["distinct_users"]) == ("c1", 10.0, 2)
