@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime, timezone
 
 from recsys_lib import __version__
 from recsys_lib.core.config import ConfigError, RecsysConfig, load_config
@@ -76,10 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "vacuum":
             p.add_argument("--retention-hours", type=float, default=168.0)
 
+    feats = sub.add_parser("features", help="feature tables: full refresh and catalogue")
+    feats_sub = feats.add_subparsers(dest="action", required=True, metavar="ACTION")
+    refresh = feats_sub.add_parser("refresh", parents=[common], help="recompute every feature table from events")
+    refresh.add_argument("--until", type=_timestamp, help="only fold events at or before this ISO-8601 time")
+    refresh.add_argument("--summary-json", help="also write the refresh summary here")
+    cat = feats_sub.add_parser("catalogue", parents=[common], help="print (or write) docs/features.md")
+    cat.add_argument("--out", help="write the catalogue to this file")
+
     sub.add_parser("config", parents=[common], help="print the resolved config")
     demo = sub.add_parser("demo", parents=[common], help="generate a sample and run the suite end to end")
     demo.add_argument("--events", type=int, default=200_000)
     return parser
+
+
+def _timestamp(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,6 +126,17 @@ def _dispatch(args: argparse.Namespace, cfg: RecsysConfig) -> int:
                            movies=getattr(args, "movies", None), taobao_csv=getattr(args, "input", None))
         print(f"adapted {result.source_rows:,} {args.source} rows into {result.events:,} events "
               f"({result.skipped:,} skipped) in {result.files:,} files under {args.out}")
+        return 0
+    if args.command == "features" and args.action == "catalogue":
+        from recsys_lib.features.catalogue import render
+
+        text = render(cfg.features)
+        if args.out:
+            with open(args.out, "w") as fh:
+                fh.write(text)
+            print(f"wrote {args.out}")
+        else:
+            print(text)
         return 0
     if args.command == "demo":
         from recsys_lib.pipelines.demo import run_demo
@@ -149,6 +173,15 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
             return 0 if summary.balanced else 1
         if args.command == "lake":
             return _lake(args, ctx.lake)
+        if args.command == "features":
+            from recsys_lib.pipelines.features import format_refresh, run_refresh
+            from recsys_lib.pipelines.ingest import write_json
+
+            refreshed = run_refresh(ctx.spark, ctx.lake, cfg, until=args.until)
+            print(format_refresh(refreshed))
+            if args.summary_json:
+                write_json(args.summary_json, refreshed.to_json())
+            return 0
         raise ValueError(f"unknown command {args.command!r}")
     finally:
         ctx.stop()

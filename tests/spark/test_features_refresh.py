@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+from pyspark.sql import functions as F
+
+from recsys_lib.datagen.synthetic import GeneratorSpec, generate
+from recsys_lib.features import load_features
+from recsys_lib.pipelines.features import FeatureRefreshError, run_refresh
+from recsys_lib.pipelines.ingest import run_ingest
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture
+def ingested(spark, lake, cfg, tmp_path):
+    generate(GeneratorSpec(users=60, items=40, days=3, events=3_000, seed=21), tmp_path / "raw")
+    run_ingest(spark, lake, cfg, str(tmp_path / "raw"), now=datetime(2024, 6, 1, tzinfo=timezone.utc))
+    return lake.read("events")
+
+
+def test_refresh_builds_every_table_from_events(spark, lake, cfg, ingested):
+    summary = run_refresh(spark, lake, cfg)
+    users = lake.read("user_features")
+    assert users.count() == ingested.select("user_id").distinct().count()
+    assert lake.read("item_features").count() == ingested.where("item_id is not null").select(
+        "item_id").distinct().count()
+    assert lake.read("user_category_features").count() == ingested.where("category_id is not null").select(
+        "user_id", "category_id").distinct().count()
+    per_type = {r["event_type"]: r["count"] for r in ingested.groupBy("event_type").count().collect()}
+    totals = users.agg(*[F.sum(f"{t}_count").alias(t) for t in per_type]).first().asDict()
+    assert totals == per_type
+    assert summary.watermark == ingested.agg(F.max("event_ts")).first()[0].replace(tzinfo=timezone.utc).isoformat()
+    meta = json.loads(lake.history("user_features", 1)[0]["recsys"])
+    assert meta["events_version"] == lake.version("events") and meta["watermark"] == summary.watermark
+
+
+def test_until_excludes_later_events_and_each_refresh_is_a_new_version(spark, lake, cfg, ingested):
+    cut = datetime(2024, 1, 2, 12, tzinfo=timezone.utc)
+    first = run_refresh(spark, lake, cfg, until=cut)
+    expected = ingested.where(F.col("event_ts") <= F.lit(cut).cast("timestamp")).count()
+    users = lake.read("user_features")
+    counted = users.agg(sum(F.sum(f"{t}_count") for t in ("view", "click", "add_to_cart", "purchase", "search"))).first()[0]
+    assert counted == expected
+    assert users.agg(F.max("as_of")).first()[0] <= cut.replace(tzinfo=None)
+    second = run_refresh(spark, lake, cfg)
+    assert second.tables["user_features"]["version"] == first.tables["user_features"]["version"] + 1
+    old = load_features(spark, "user", cfg=cfg, version=first.tables["user_features"]["version"])
+    assert old.agg(F.max("as_of")).first()[0] <= cut.replace(tzinfo=None)
+
+
+def test_load_features_adds_read_time_columns(spark, lake, cfg, ingested):
+    run_refresh(spark, lake, cfg)
+    at = datetime(2024, 2, 1, tzinfo=timezone.utc)
+    items = load_features(spark, "item", at, cfg=cfg)
+    row = items.orderBy(F.desc("view_count")).first()
+    assert row["category_id"] is not None and row["distinct_users"] >= 1
+    assert 0 < row["ctr"] < 1 and row["recency_seconds"] > 0
+    with pytest.raises(ValueError, match="unknown feature entity 'shop'"):
+        load_features(spark, "shop", cfg=cfg)
+
+
+def test_refresh_without_events_is_a_clear_error(spark, lake, cfg):
+    with pytest.raises(FeatureRefreshError, match="run `recsys ingest` first"):
+        run_refresh(spark, lake, cfg)
