@@ -1,0 +1,70 @@
+"""Full-refresh benchmark: wall time and events/s of `recsys features refresh` at several sizes.
+
+Builds (once) an `events` table per size from bench/work/raw-<N> (made by
+bench/ingest.py), then times the refresh in a fresh process on local[2],
+sampling the RSS of the process tree. Writes bench/results/features.json.
+
+    python bench/features.py --sizes 1000000 10000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest import run_measured  # noqa: E402 - shared measuring helper of the benchmarks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--work", default=str(ROOT / "bench" / "work"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "features.json"))
+    args = parser.parse_args()
+    recsys = str(Path(sys.executable).with_name("recsys"))
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    work = Path(args.work)
+    results = []
+    for size in args.sizes:
+        raw = work / f"raw-{size}"
+        if not (raw / "_manifest.json").exists():
+            raise SystemExit(f"{raw} is missing: run bench/ingest.py --sizes {size} first")
+        home = work / f"features-home-{size}"
+        common = ["--set", f"home={home}", "--set", f"spark.master={args.master}"]
+        if not (home / "lake" / "events" / "_delta_log").exists():
+            shutil.rmtree(home, ignore_errors=True)
+            run_measured([recsys, "ingest", "--input", str(raw), *common], env, work / f"features-ingest-{size}.log")
+        summary_path = home / "refresh.json"
+        wall, peak, _ = run_measured([recsys, "features", "refresh", "--summary-json", str(summary_path), *common],
+                                     env, work / f"features-refresh-{size}.log")
+        summary = json.loads(summary_path.read_text())
+        results.append({
+            "events": size, "wall_seconds_process": round(wall, 2), "refresh_seconds_in_job": summary["seconds"],
+            "events_per_second_job": round(size / summary["seconds"]),
+            "events_per_second_wall": round(size / wall), "peak_rss_mb": round(peak / 2**20),
+            "tables": summary["tables"],
+        })
+        print(json.dumps(results[-1]), flush=True)
+    growth = None
+    if len(results) >= 2:
+        a, b = results[0], results[-1]
+        growth = round((b["refresh_seconds_in_job"] / a["refresh_seconds_in_job"]) / (b["events"] / a["events"]), 3)
+    out = {"benchmark": "features_full_refresh", "master": args.master, "cpus": os.cpu_count(),
+           "python": platform.python_version(), "target_events_per_second_at_largest": 300_000,
+           "results": results, "time_growth_vs_linear": growth}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
