@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from recsys_lib import __version__
 from recsys_lib.core.config import ConfigError, RecsysConfig, load_config
@@ -84,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     cat = feats_sub.add_parser("catalogue", parents=[common], help="print (or write) docs/features.md")
     cat.add_argument("--out", help="write the catalogue to this file")
 
+    ts = sub.add_parser("training-set", help="point-in-time training data")
+    ts_sub = ts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    build = ts_sub.add_parser("build", parents=[common], help="one row per labelled event, features strictly before it")
+    build.add_argument("--label-types", default="purchase,add_to_cart,click",
+                       help="comma-separated event types that make examples")
+    build.add_argument("--from", dest="first_day", type=date.fromisoformat, help="first label day (YYYY-MM-DD)")
+    build.add_argument("--to", dest="last_day", type=date.fromisoformat, help="last label day, inclusive")
+    build.add_argument("--summary-json", help="also write the build summary here")
+
     sub.add_parser("config", parents=[common], help="print the resolved config")
     demo = sub.add_parser("demo", parents=[common], help="generate a sample and run the suite end to end")
     demo.add_argument("--events", type=int, default=200_000)
@@ -92,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _timestamp(text: str) -> datetime:
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,6 +182,17 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
             return 0 if summary.balanced else 1
         if args.command == "lake":
             return _lake(args, ctx.lake)
+        if args.command == "training-set":
+            from recsys_lib.pipelines.ingest import write_json
+            from recsys_lib.pipelines.training import run_training_set
+
+            built = run_training_set(ctx.spark, ctx.lake, cfg, [t.strip() for t in args.label_types.split(",") if t],
+                                     args.first_day, args.last_day)
+            print(f"training set: {built['rows']:,} rows in '{built['table']}' version {built['version']} "
+                  f"from events version {built['events_version']} ({built['seconds']:.1f}s)")
+            if args.summary_json:
+                write_json(args.summary_json, built)
+            return 0
         if args.command == "features":
             from recsys_lib.pipelines.features import format_refresh, run_refresh
             from recsys_lib.pipelines.ingest import write_json

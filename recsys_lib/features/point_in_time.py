@@ -45,6 +45,7 @@ def training_rows(events: DataFrame, label_types: list[str], fc: FeaturesConfig,
         first_day: Only labels on or after this day (UTC).
         last_day: Only labels on or before this day (UTC).
         recent_lookback: Events looked back over for ``u_recent_items``.
+
     """
     ev = events.select("event_id", "user_id", "item_id", "category_id", "event_type", "event_ts", "price",
                        F.unix_micros("event_ts").alias("_t"))

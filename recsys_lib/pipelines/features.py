@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -58,7 +58,7 @@ def run_refresh(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, until: da
         events = events.where(F.col("event_ts") <= F.lit(until).cast("timestamp"))
     watermark_row = events.agg(F.max("event_ts")).first()
     watermark = watermark_row[0] if watermark_row else None
-    stamp = datetime.now(timezone.utc)
+    stamp = datetime.now(UTC)
     summary = RefreshSummary(events_version=events_version, watermark=_iso(watermark), until=_iso(until))
     for name, entity in entities(cfg.features).items():
         if only and name not in only:
@@ -78,8 +78,8 @@ def _iso(ts: datetime | None) -> str | None:
     if ts is None:
         return None
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    return ts.astimezone(timezone.utc).isoformat()
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC).isoformat()
 
 
 def format_refresh(summary: RefreshSummary) -> str:

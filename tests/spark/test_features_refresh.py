@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from pyspark.sql import functions as F
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.spark
 @pytest.fixture
 def ingested(spark, lake, cfg, tmp_path):
     generate(GeneratorSpec(users=60, items=40, days=3, events=3_000, seed=21), tmp_path / "raw")
-    run_ingest(spark, lake, cfg, str(tmp_path / "raw"), now=datetime(2024, 6, 1, tzinfo=timezone.utc))
+    run_ingest(spark, lake, cfg, str(tmp_path / "raw"), now=datetime(2024, 6, 1, tzinfo=UTC))
     return lake.read("events")
 
 
@@ -32,17 +32,18 @@ def test_refresh_builds_every_table_from_events(spark, lake, cfg, ingested):
     per_type = {r["event_type"]: r["count"] for r in ingested.groupBy("event_type").count().collect()}
     totals = users.agg(*[F.sum(f"{t}_count").alias(t) for t in per_type]).first().asDict()
     assert totals == per_type
-    assert summary.watermark == ingested.agg(F.max("event_ts")).first()[0].replace(tzinfo=timezone.utc).isoformat()
+    assert summary.watermark == ingested.agg(F.max("event_ts")).first()[0].replace(tzinfo=UTC).isoformat()
     meta = json.loads(lake.history("user_features", 1)[0]["recsys"])
     assert meta["events_version"] == lake.version("events") and meta["watermark"] == summary.watermark
 
 
 def test_until_excludes_later_events_and_each_refresh_is_a_new_version(spark, lake, cfg, ingested):
-    cut = datetime(2024, 1, 2, 12, tzinfo=timezone.utc)
+    cut = datetime(2024, 1, 2, 12, tzinfo=UTC)
     first = run_refresh(spark, lake, cfg, until=cut)
     expected = ingested.where(F.col("event_ts") <= F.lit(cut).cast("timestamp")).count()
     users = lake.read("user_features")
-    counted = users.agg(sum(F.sum(f"{t}_count") for t in ("view", "click", "add_to_cart", "purchase", "search"))).first()[0]
+    types = ("view", "click", "add_to_cart", "purchase", "search")
+    counted = users.agg(sum(F.sum(f"{t}_count") for t in types)).first()[0]
     assert counted == expected
     assert users.agg(F.max("as_of")).first()[0] <= cut.replace(tzinfo=None)
     second = run_refresh(spark, lake, cfg)
@@ -53,7 +54,7 @@ def test_until_excludes_later_events_and_each_refresh_is_a_new_version(spark, la
 
 def test_load_features_adds_read_time_columns(spark, lake, cfg, ingested):
     run_refresh(spark, lake, cfg)
-    at = datetime(2024, 2, 1, tzinfo=timezone.utc)
+    at = datetime(2024, 2, 1, tzinfo=UTC)
     items = load_features(spark, "item", at, cfg=cfg)
     row = items.orderBy(F.desc("view_count")).first()
     assert row["category_id"] is not None and row["distinct_users"] >= 1
@@ -65,3 +66,16 @@ def test_load_features_adds_read_time_columns(spark, lake, cfg, ingested):
 def test_refresh_without_events_is_a_clear_error(spark, lake, cfg):
     with pytest.raises(FeatureRefreshError, match="run `recsys ingest` first"):
         run_refresh(spark, lake, cfg)
+
+
+def test_training_set_job_records_its_inputs(spark, lake, cfg, ingested):
+    from recsys_lib.pipelines.training import run_training_set
+
+    built = run_training_set(spark, lake, cfg, ["purchase", "add_to_cart"], None, None)
+    table = lake.read("training_examples")
+    expected = ingested.where("event_type in ('purchase', 'add_to_cart')").count()
+    assert built["rows"] == table.count() == expected
+    meta = json.loads(lake.history("training_examples", 1)[0]["recsys"])
+    assert meta["events_version"] == lake.version("events") and meta["label_types"] == ["purchase", "add_to_cart"]
+    with pytest.raises(ValueError, match=r"unknown event type\(s\) \['like'\]"):
+        run_training_set(spark, lake, cfg, ["like"], None, None)

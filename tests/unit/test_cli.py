@@ -6,7 +6,7 @@ from recsys_lib.cli import build_parser, main
 
 pytestmark = pytest.mark.unit
 
-COMMANDS = ["generate", "ingest", "adapt", "lake", "config", "demo"]
+COMMANDS = ["generate", "ingest", "adapt", "lake", "features", "training-set", "config", "demo"]
 
 
 def test_help_lists_every_command(capsys):
@@ -20,12 +20,15 @@ def test_help_lists_every_command(capsys):
 
 @pytest.mark.parametrize("argv", [[c, "--help"] for c in COMMANDS] + [["adapt", "movielens", "--help"],
                                                                      ["adapt", "taobao", "--help"],
-                                                                     ["lake", "history", "--help"]])
+                                                                     ["lake", "history", "--help"],
+                                                                     ["features", "refresh", "--help"],
+                                                                     ["training-set", "build", "--help"]])
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 0
-    assert "--conf" in capsys.readouterr().out or argv[0] in ("adapt", "lake")
+    assert "--conf" in capsys.readouterr().out or len(argv) == 2 and argv[0] in ("adapt", "lake", "features",
+                                                                                 "training-set")
 
 
 def test_bad_config_exits_2_naming_the_key(capsys):
