@@ -34,28 +34,47 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
         ev = ev.where(F.col("item_id").isNotNull())
     if entity.name == USER_CATEGORY:
         ev = ev.where(F.col("category_id").isNotNull())
-    ev = ev.withColumn("_ts", seconds(F.col("event_ts"))).withColumn(
-        "_as_of_s", F.max("_ts").over(Window.partitionBy(*keys))
-    )
+    ev = ev.withColumn("_ts", seconds(F.col("event_ts")))
+    terms = {decayed_name(t, h): (F.when(F.col("event_type") == t, F.lit(1.0)), h)
+             for t in EVENT_TYPES for h in fc.half_lives}
     aggs: list[Column] = [F.max("event_ts").alias("as_of"), F.max("event_ts").alias("last_event_ts")]
-    for etype in EVENT_TYPES:
-        is_type = F.col("event_type") == etype
-        aggs.append(F.count_if(is_type).alias(f"{etype}_count"))
-        for h in fc.half_lives:
-            weight = F.pow(F.lit(2.0), -(F.col("_as_of_s") - F.col("_ts")) / h)
-            aggs.append(F.sum(F.when(is_type, weight).otherwise(F.lit(0.0))).alias(decayed_name(etype, h)))
+    aggs += [F.count_if(F.col("event_type") == t).alias(f"{t}_count") for t in EVENT_TYPES]
     if entity.name == USER:
         aggs += _purchase_aggs()
     if entity.name == ITEM:
         aggs += _item_aggs(fc)
-    state = ev.groupBy(*keys).agg(*aggs)
+    state = ev.groupBy(*keys).agg(*aggs).join(decayed_sums(ev, keys, terms, min(fc.half_lives)), keys)
     if entity.name == USER:
-        state = state.join(_recent_items(ev, fc), "user_id", "left").join(_category_weights(ev, fc), "user_id", "left")
+        state = state.join(_recent_items(ev, fc), "user_id", "left").join(
+            _category_weights(ev, fc), "user_id", "left")
         state = state.withColumn("recent_items", F.coalesce("recent_items", F.array())).withColumn(
             "category_weights", F.coalesce("category_weights", F.create_map()))
     stamp = F.lit(updated_at).cast("timestamp") if updated_at else F.current_timestamp()
     state = state.withColumn("updated_at", stamp).withColumn("key_bucket", key_bucket(keys, fc))
     return conform(state, entity)
+
+
+def decayed_sums(ev: DataFrame, keys: list[str], terms: dict[str, tuple[Column, float]],
+                 min_half_life: float) -> DataFrame:
+    """Per key, ``sum weight * 2^-((as_of - ts) / H)`` for each term, ``as_of`` being the key's max ``_ts``.
+
+    Two hash aggregations instead of a sort: first per (key, time block of
+    256 x the smallest half-life), summing ``weight * 2^((ts - block_start) / H)``
+    (at most 2^256: no overflow); then per key, moving each block's sum to
+    ``as_of``. The result equals the direct sum up to rounding.
+    """
+    block = 256.0 * min_half_life
+    blocked = ev.withColumn("_b", F.floor(F.col("_ts") / block))
+    start = F.col("_b") * block
+    partial = blocked.groupBy(*keys, "_b").agg(
+        F.max("_ts").alias("_m"),
+        *[F.sum(weight * F.pow(F.lit(2.0), (F.col("_ts") - start) / h)).alias(name)
+          for name, (weight, h) in terms.items()])
+    as_of = F.max("_m").over(Window.partitionBy(*keys))
+    moved = partial.withColumn("_a", as_of)
+    return moved.groupBy(*keys).agg(*[
+        F.coalesce(F.sum(F.col(name) * F.pow(F.lit(2.0), (F.col("_b") * block - F.col("_a")) / h)), F.lit(0.0))
+        .alias(name) for name, (_, h) in terms.items()])
 
 
 def merge(a: DataFrame, b: DataFrame, entity: Entity, fc: FeaturesConfig,
@@ -114,9 +133,14 @@ def _recent_items(ev: DataFrame, fc: FeaturesConfig) -> DataFrame:
 
 def _category_weights(ev: DataFrame, fc: FeaturesConfig) -> DataFrame:
     weights = F.create_map(*[x for k, v in fc.affinity_weights.items() for x in (F.lit(k), F.lit(float(v)))])
-    decay = F.pow(F.lit(2.0), -(F.col("_as_of_s") - F.col("_ts")) / fc.affinity_half_life)
-    contributions = ev.where(F.col("category_id").isNotNull()).withColumn(
-        "_w", F.coalesce(weights[F.col("event_type")], F.lit(0.0)) * decay)
-    per_category = contributions.groupBy("user_id", "category_id").agg(F.sum("_w").alias("w"))
-    return per_category.groupBy("user_id").agg(
+    with_category = ev.where(F.col("category_id").isNotNull()).withColumn(
+        "_w", F.coalesce(weights[F.col("event_type")], F.lit(0.0)))
+    per_category = decayed_sums(with_category, ["user_id", "category_id"],
+                                {"w": (F.col("_w"), fc.affinity_half_life)}, fc.affinity_half_life)
+    # per-category sums are relative to that category's latest event; move them to the user's as_of
+    latest = with_category.groupBy("user_id", "category_id").agg(F.max("_ts").alias("_c"))
+    user_as_of = ev.groupBy("user_id").agg(F.max("_ts").alias("_u"))
+    moved = per_category.join(latest, ["user_id", "category_id"]).join(user_as_of, "user_id").withColumn(
+        "w", F.col("w") * F.pow(F.lit(2.0), -(F.col("_u") - F.col("_c")) / fc.affinity_half_life))
+    return moved.groupBy("user_id").agg(
         F.map_from_entries(F.collect_list(F.struct("category_id", "w"))).alias("category_weights"))
