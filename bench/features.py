@@ -9,7 +9,6 @@ sampling the RSS of the process tree. Writes bench/results/features.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -18,20 +17,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import run_measured  # noqa: E402 - shared measuring helper of the benchmarks
-
-ROOT = Path(__file__).resolve().parents[1]
+from _common import base_parser, bench_env, run_measured  # noqa: E402 - sibling helper module
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--work", default=str(ROOT / "bench" / "work"))
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "features.json"))
-    args = parser.parse_args()
+    args = base_parser(__doc__.splitlines()[0], "features.json").parse_args()
     recsys = str(Path(sys.executable).with_name("recsys"))
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    env = bench_env()
     work = Path(args.work)
     results = []
     for size in args.sizes:

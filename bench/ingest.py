@@ -9,65 +9,21 @@ JVM + Python). Writes bench/results/ingest.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
-import psutil
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
-def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, int, str]:
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(proc.stdout or []), daemon=True)
-    reader.start()
-    while proc.poll() is None:
-        try:
-            peak = max(peak, tree_rss(ps))
-        except psutil.Error:
-            pass
-        time.sleep(0.25)
-    reader.join()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("".join(output))
-    if proc.returncode != 0:
-        errors = [line for line in output if "error" in line.lower() and not line.startswith("\tat ")]
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\nfull log: {log}\n"
-                         + "".join(errors[-20:]))
-    return time.monotonic() - start, peak, "".join(output)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import base_parser, bench_env, run_measured  # noqa: E402 - sibling helper module
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--work", default=str(ROOT / "bench" / "work"))
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ingest.json"))
-    args = parser.parse_args()
+    args = base_parser(__doc__.splitlines()[0], "ingest.json").parse_args()
     recsys = str(Path(sys.executable).with_name("recsys"))
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    env = bench_env()
     results = []
     for size in args.sizes:
         raw = Path(args.work) / f"raw-{size}"

@@ -1,0 +1,63 @@
+"""Shared pieces of the benchmarks: measuring a process tree and common arguments."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def base_parser(description: str, result_name: str) -> argparse.ArgumentParser:
+    """Arguments every benchmark takes: sizes, master, work folder and result file."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--work", default=str(ROOT / "bench" / "work"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / result_name))
+    return parser
+
+
+def bench_env() -> dict[str, str]:
+    """The environment benchmark subprocesses run with."""
+    return {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, int, str]:
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        try:
+            peak = max(peak, tree_rss(ps))
+        except psutil.Error:
+            pass
+        time.sleep(0.25)
+    reader.join()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(output))
+    if proc.returncode != 0:
+        errors = [line for line in output if "error" in line.lower() and not line.startswith("\tat ")]
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\nfull log: {log}\n"
+                         + "".join(errors[-20:]))
+    return time.monotonic() - start, peak, "".join(output)
