@@ -84,16 +84,33 @@ def run_ingest(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
         IngestError: If the folder is missing or the counts do not reconcile.
 
     """
-    started = time.monotonic()
     source = input_dir or cfg.landing_dir
     _check_input(source)
     now = now or datetime.now(UTC)
     run_id = f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    summary = ingest_frame(spark, lake, cfg, read_raw(spark, source), run_id=run_id, source=source, now=now)
+    if summary_json:
+        write_json(summary_json, summary.to_json())
+    return summary
+
+
+def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFrame, *, run_id: str, source: str,
+                 now: datetime, app_id: str | None = None, batch_id: int | None = None) -> IngestSummary:
+    """Validate, deduplicate and commit raw lines (columns ``value``, ``source_file``).
+
+    The core of both batch ingestion and a streaming micro-batch. With ``app_id``
+    and ``batch_id`` each table's append is an app transaction, so a replayed batch
+    commits nothing twice (a replay finds its events already stored and counts them
+    as duplicates).
+
+    Raises:
+        IngestError: If the counts do not reconcile (then nothing is committed).
+
+    """
+    started = time.monotonic()
     lake.create(EVENTS_SPEC)
     lake.create(QUARANTINE_SPEC)
-
     stages = _Stopwatch()
-    raw = read_raw(spark, source)
     input_records = raw.count()
     stages.lap("count_input")
     classified = classify(raw, max_line_bytes=cfg.ingest.max_line_bytes,
@@ -101,6 +118,7 @@ def run_ingest(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     labelled = label(classified, lake.read(EVENTS_TABLE).select("event_id"),
                      lake.read(QUARANTINE_TABLE).select("record_key"))
     labelled = labelled.persist(StorageLevel.MEMORY_AND_DISK)
+    batch = batch_id if app_id else None
     try:
         counts = _count(labelled)
         stages.lap("parse_validate_dedupe")
@@ -112,16 +130,17 @@ def run_ingest(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
                 "duplicates; nothing was committed"
             )
         ingested_at = F.lit(now).cast("timestamp")
-        meta = {"run_id": run_id, "input_dir": source}
+        meta = {"run_id": run_id, "input": source}
         events = _events_rows(labelled, run_id, ingested_at)
-        ev = lake.append(EVENTS_SPEC, events, metadata=meta)
+        ev = lake.append(EVENTS_SPEC, events, metadata=meta, app_id=txn_app(app_id, EVENTS_TABLE), batch_id=batch)
         stages.lap("write_commit_events")
         quarantine = _quarantine_rows(labelled, run_id, ingested_at)
-        qv = lake.append(QUARANTINE_SPEC, quarantine, metadata=meta)
+        qv = lake.append(QUARANTINE_SPEC, quarantine, metadata=meta, app_id=txn_app(app_id, QUARANTINE_TABLE),
+                         batch_id=batch)
         stages.lap("write_commit_quarantine")
     finally:
         labelled.unpersist()
-    if ev.rows != summary.valid or qv.rows != summary.quarantined:
+    if (not ev.skipped and ev.rows != summary.valid) or (not qv.skipped and qv.rows != summary.quarantined):
         raise IngestError(
             f"ingest {run_id}: committed {ev.rows} events and {qv.rows} quarantined lines, "
             f"but counted {summary.valid} and {summary.quarantined}"
@@ -130,9 +149,12 @@ def run_ingest(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     summary.quarantine_version = qv.version
     summary.seconds = round(time.monotonic() - started, 3)
     summary.stage_seconds = stages.laps
-    if summary_json:
-        write_json(summary_json, summary.to_json())
     return summary
+
+
+def txn_app(app_id: str | None, table: str) -> str | None:
+    """The app-transaction id one application uses for one table."""
+    return f"{app_id}:{table}" if app_id else None
 
 
 class _Stopwatch:

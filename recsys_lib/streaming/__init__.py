@@ -1,0 +1,1 @@
+"""Streaming: micro-batches applied exactly once to events and the feature tables."""
