@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime
 
 from recsys_lib import __version__
 from recsys_lib.core.config import ConfigError, RecsysConfig, load_config
+from recsys_lib.core.durations import parse_duration
 
 
 def _common() -> argparse.ArgumentParser:
@@ -93,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--to", dest="last_day", type=date.fromisoformat, help="last label day, inclusive")
     build.add_argument("--summary-json", help="also write the build summary here")
 
+    stream = sub.add_parser("stream", parents=[common], help="Structured Streaming: landing folder -> tables")
+    stream.add_argument("--input", help="landing folder (default: ingest.landing_dir)")
+    mode = stream.add_mutually_exclusive_group()
+    mode.add_argument("--trigger", type=parse_duration, help="micro-batch interval, e.g. 1s (default: config)")
+    mode.add_argument("--available-now", action="store_true", help="process the backlog, then stop")
+    status = sub.add_parser("stream-status", parents=[common], help="print the stream's last batches")
+    status.add_argument("--limit", type=int, default=10)
+
     sub.add_parser("config", parents=[common], help="print the resolved config")
     demo = sub.add_parser("demo", parents=[common], help="generate a sample and run the suite end to end")
     demo.add_argument("--events", type=int, default=200_000)
@@ -147,6 +156,17 @@ def _dispatch(args: argparse.Namespace, cfg: RecsysConfig) -> int:
         else:
             print(text)
         return 0
+    if args.command == "stream-status":
+        from recsys_lib.streaming.job import last_batches
+
+        batches = last_batches(cfg, args.limit)
+        if not batches:
+            print(f"no batches recorded under {cfg.checkpoint_dir}")
+        for b in batches:
+            print(f"batch {b['batch_id']:>6}: {b['rows_in']:>8,} in {b['new_events']:>8,} new "
+                  f"{b['quarantined']:>6,} quarantined {b['duplicates']:>6,} duplicates "
+                  f"merge {b['merge_seconds']:.2f}s total {b['seconds']:.2f}s max event {b['max_event_ts']}")
+        return 0
     if args.command == "demo":
         from recsys_lib.pipelines.demo import run_demo
 
@@ -182,6 +202,14 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
             return 0 if summary.balanced else 1
         if args.command == "lake":
             return _lake(args, ctx.lake)
+        if args.command == "stream":
+            from recsys_lib.streaming.job import run_stream
+
+            reports = run_stream(ctx.spark, ctx.lake, cfg, args.input, available_now=args.available_now,
+                                 trigger_seconds=args.trigger)
+            print(f"stream stopped after {len(reports)} batches "
+                  f"({sum(r['new_events'] for r in reports):,} new events)")
+            return 0
         if args.command == "training-set":
             from recsys_lib.pipelines.ingest import write_json
             from recsys_lib.pipelines.training import run_training_set

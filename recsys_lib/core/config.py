@@ -104,6 +104,20 @@ class FeaturesConfig(_Strict):
     hll_lg_k: int = Field(12, ge=4, le=21)
 
 
+class StreamingConfig(_Strict):
+    """The Structured Streaming job."""
+
+    #: ``file`` reads the landing folder; ``kafka`` is the production source (not testable here).
+    source: Literal["file", "kafka"] = "file"
+    query_name: str = Field("features", pattern=r"^[A-Za-z0-9_-]+$")
+    #: null: <home>/checkpoints/<query_name>
+    checkpoint_dir: str | None = None
+    trigger: Duration = 1.0
+    max_files_per_trigger: int = Field(1000, ge=1)
+    kafka_bootstrap_servers: str | None = None
+    kafka_topic: str | None = None
+
+
 class RecsysConfig(_Strict):
     """The whole suite's configuration."""
 
@@ -112,6 +126,7 @@ class RecsysConfig(_Strict):
     lake: LakeConfig = LakeConfig()
     ingest: IngestConfig = IngestConfig()
     features: FeaturesConfig = FeaturesConfig()
+    streaming: StreamingConfig = StreamingConfig()
 
     @property
     def home_dir(self) -> str:
@@ -128,6 +143,11 @@ class RecsysConfig(_Strict):
     def landing_dir(self) -> str:
         """Default raw-log landing folder."""
         return self.ingest.landing_dir or _join(self.home_dir, "landing")
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """The streaming query's checkpoint folder."""
+        return self.streaming.checkpoint_dir or _join(_join(self.home_dir, "checkpoints"), self.streaming.query_name)
 
     def table_uri(self, table: str) -> str:
         """Location of the named Delta table."""

@@ -66,7 +66,8 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     added = added.persist()
     try:
         new_events = added.count()
-        max_ts = added.agg(F.max("event_ts")).first()[0] if new_events else None
+        row = added.agg(F.max("event_ts")).first() if new_events else None
+        max_ts = row[0] if row else None
         report = BatchReport(query=query, batch_id=batch_id, rows_in=summary.input_records, new_events=new_events,
                              quarantined=summary.quarantined, duplicates=summary.duplicates,
                              max_event_ts=max_ts.isoformat() if max_ts else None)
