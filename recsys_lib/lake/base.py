@@ -142,12 +142,16 @@ class Lake(ABC):
     @abstractmethod
     def merge(self, spec: TableSpec, df: DataFrame, keys: Sequence[str], *,
               update: Mapping[str, str] | None = None, app_id: str | None = None,
-              batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+              batch_id: int | None = None, metadata: Mapping[str, Any] | None = None,
+              read_version: int | None = None) -> CommitResult:
         """Upsert ``df`` by ``keys``.
 
         Args:
             update: Column -> SQL expression over ``t`` (target) and ``s`` (source)
                 for matched rows; default replaces every column with the source's.
+            read_version: The table version ``df`` was computed from. The merge then
+                runs on that snapshot and is not retried: a conflicting concurrent
+                commit raises :class:`LakeConflictError`, so the caller recomputes.
 
         """
 

@@ -23,7 +23,7 @@ from deltalake.transaction import AddAction, RemoveAction
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from recsys_lib.lake.base import CommitResult, Lake, TableNotFound, TableSpec
+from recsys_lib.lake.base import CommitResult, Lake, LakeConflictError, TableNotFound, TableSpec
 from recsys_lib.lake.files import (
     add_action_fields,
     arrow_to_spark,
@@ -139,7 +139,8 @@ class DeltaRsLake(Lake):
 
     def merge(self, spec: TableSpec, df: DataFrame, keys: Sequence[str], *,
               update: Mapping[str, str] | None = None, app_id: str | None = None,
-              batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+              batch_id: int | None = None, metadata: Mapping[str, Any] | None = None,
+              read_version: int | None = None) -> CommitResult:
         if not keys:
             raise ValueError(f"merge into '{spec.name}' needs at least one key column")
         self.create(spec)
@@ -154,7 +155,7 @@ class DeltaRsLake(Lake):
         }
 
         def run(_attempt: int) -> CommitResult:
-            table = self._table(spec.name)
+            table = self._table(spec.name, version=read_version)
             done = _done(table, app_id, batch_id)
             if done is not None:
                 return done
@@ -172,6 +173,14 @@ class DeltaRsLake(Lake):
             return CommitResult(version=table.version(), rows=rows,
                                 files=int(stats.get("num_target_files_added", 0)))
 
+        if read_version is not None:
+            try:
+                return run(0)
+            except Exception as exc:
+                if is_conflict(exc):
+                    raise LakeConflictError(f"merge on table '{spec.name}' computed from version {read_version} "
+                                            f"conflicted with a concurrent commit: {exc}") from exc
+                raise
         return self.retry.run(run, is_conflict=is_conflict, table=spec.name, what="merge")
 
     def _already_committed(self, name: str, app_id: str | None, batch_id: int | None) -> CommitResult | None:

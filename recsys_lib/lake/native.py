@@ -17,7 +17,7 @@ from deltalake import DeltaTable as RsTable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from recsys_lib.lake.base import CommitResult, Lake, TableSpec
+from recsys_lib.lake.base import CommitResult, Lake, LakeConflictError, TableSpec
 
 _TXN_APP = "spark.databricks.delta.write.txnAppId"
 _TXN_VERSION = "spark.databricks.delta.write.txnVersion"
@@ -100,8 +100,12 @@ class NativeDeltaLake(Lake):
 
     def merge(self, spec: TableSpec, df: DataFrame, keys: Sequence[str], *,
               update: Mapping[str, str] | None = None, app_id: str | None = None,
-              batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+              batch_id: int | None = None, metadata: Mapping[str, Any] | None = None,
+              read_version: int | None = None) -> CommitResult:
         self.create(spec)
+        if read_version is not None and read_version != self.version(spec.name):
+            raise LakeConflictError(f"merge on table '{spec.name}' computed from version {read_version}, "
+                                    f"but the table is now at {self.version(spec.name)}")
         skipped = self._skip(spec.name, app_id, batch_id)
         if skipped:
             return skipped

@@ -47,12 +47,23 @@ def table_spec(entity: Entity) -> TableSpec:
 
 
 def run_refresh(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, until: datetime | None = None,
-                only: list[str] | None = None) -> RefreshSummary:
-    """Recompute the feature tables from ``events`` (optionally only events up to ``until``)."""
+                only: list[str] | None = None, events_version: int | None = None) -> RefreshSummary:
+    """Recompute the feature tables from ``events`` (optionally only events up to ``until``).
+
+    Args:
+        spark: The session.
+        lake: The lake.
+        cfg: Config.
+        until: Only fold events at or before this time.
+        only: Only these entities (default: all).
+        events_version: Read this ``events`` version (default: the latest).
+
+    """
     started = time.monotonic()
     if not lake.exists(EVENTS_TABLE):
         raise FeatureRefreshError(f"no '{EVENTS_TABLE}' table at {lake.uri(EVENTS_TABLE)}: run `recsys ingest` first")
-    events_version = lake.version(EVENTS_TABLE)
+    if events_version is None:
+        events_version = lake.version(EVENTS_TABLE)
     events = lake.read(EVENTS_TABLE, version=events_version)
     if until is not None:
         events = events.where(F.col("event_ts") <= F.lit(until).cast("timestamp"))

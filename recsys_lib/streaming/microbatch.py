@@ -1,22 +1,30 @@
-"""One streaming micro-batch: ingest exactly once, then fold and merge into every feature table.
+"""One streaming micro-batch: ingest exactly once, then bring every feature table up to date.
 
-Exactly-once, per (query, batch id):
+1. ``events`` and ``events_quarantine`` appends are Delta app transactions
+   (``stream-<query>:<table>``, batch id): a replayed batch commits nothing twice.
+2. **Fencing with the full refresh.** Every feature-table commit records the
+   ``events`` version it covers (``events_version`` in its commit metadata): the
+   refresh the version it read, the stream the version it folded up to. A
+   micro-batch reads the covered version C, folds the ``events`` change feed
+   for versions (C, E] (E = the events version now), merges that state into
+   the stored rows of the affected keys, and commits with ``events_version = E``.
+   The merge runs on the table version C was read from, so if a refresh commits
+   in between, the merge conflicts and the step is redone from the new C.
+   Therefore:
 
-1. ``events`` and ``events_quarantine`` appends are app transactions
-   (``stream-<query>:<table>``, batch id), so a replay commits nothing twice;
-2. the events this batch added are read back by their ``ingest_run_id``
-   (``stream-<query>-<batch id>``), so a replay after a crash folds exactly the same
-   events even though they are now duplicates for ingestion;
-3. each feature table is merged under its own app transaction: the stored rows of
-   the affected keys are merged with the batch's state by the same monoid merge
-   the exactness property tests check, then upserted.
+   * a refresh that lands mid-stream is never double counted (its C covers the events);
+   * events between a refresh's read and its commit are refolded by the next batch (none are lost);
+   * a replayed batch finds C >= E and does nothing;
+   * events appended by batch ``recsys ingest`` are folded too.
 
-Not yet done (see the streaming issue): fencing against a concurrent full
-refresh. Until then, run the stream and ``recsys features refresh`` one at a time.
+The change feed is read through the driver (Arrow), fine for micro-batches; after
+a long outage, a full refresh is the cheaper catch-up.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -26,11 +34,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_lib.core.config import RecsysConfig
-from recsys_lib.core.schema import EVENTS_TABLE
+from recsys_lib.core.schema import EVENTS_SCHEMA, EVENTS_TABLE
 from recsys_lib.features import entities, fold, merge
-from recsys_lib.lake import Lake
+from recsys_lib.features.definitions import Entity
+from recsys_lib.lake import Lake, LakeConflictError
 from recsys_lib.pipelines.features import table_spec
-from recsys_lib.pipelines.ingest import ingest_frame, txn_app
+from recsys_lib.pipelines.ingest import ingest_frame
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,7 +57,6 @@ class BatchReport:
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     merge_seconds: float = 0.0
     seconds: float = 0.0
-    max_event_ts: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The report as a JSON-able dict."""
@@ -59,41 +69,65 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     started = time.monotonic()
     now = now or datetime.now(UTC)
     app = f"stream-{query}"
-    run_id = f"{app}-{batch_id}"
-    summary = ingest_frame(spark, lake, cfg, raw, run_id=run_id, source=f"stream:{query}", now=now,
+    summary = ingest_frame(spark, lake, cfg, raw, run_id=f"{app}-{batch_id}", source=f"stream:{query}", now=now,
                            app_id=app, batch_id=batch_id)
-    added = lake.read(EVENTS_TABLE).where(F.col("ingest_run_id") == run_id)
-    added = added.persist()
-    try:
-        new_events = added.count()
-        row = added.agg(F.max("event_ts")).first() if new_events else None
-        max_ts = row[0] if row else None
-        report = BatchReport(query=query, batch_id=batch_id, rows_in=summary.input_records, new_events=new_events,
-                             quarantined=summary.quarantined, duplicates=summary.duplicates,
-                             max_event_ts=max_ts.isoformat() if max_ts else None)
-        t0 = time.monotonic()
-        for entity in entities(cfg.features).values():
-            report.tables[entity.table] = _merge_entity(lake, cfg, added, entity, app, batch_id, now)
-        report.merge_seconds = round(time.monotonic() - t0, 3)
-    finally:
-        added.unpersist()
+    report = BatchReport(query=query, batch_id=batch_id, rows_in=summary.input_records, new_events=summary.valid,
+                         quarantined=summary.quarantined, duplicates=summary.duplicates)
+    t0 = time.monotonic()
+    report.tables = update_features(spark, lake, cfg, now=now, batch_id=batch_id)
+    report.merge_seconds = round(time.monotonic() - t0, 3)
     report.seconds = round(time.monotonic() - started, 3)
     return report
 
 
-def _merge_entity(lake: Lake, cfg: RecsysConfig, added: DataFrame, entity: Any, app: str, batch_id: int,
-                  now: datetime) -> dict[str, Any]:
+def update_features(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, now: datetime,
+                    batch_id: int | None = None) -> dict[str, dict[str, Any]]:
+    """Fold every ``events`` version not yet covered into each feature table."""
+    events_version = lake.version(EVENTS_TABLE)
+    return {entity.table: _update_entity(lake, cfg, entity, events_version, now, batch_id)
+            for entity in entities(cfg.features).values()}
+
+
+def covered_events_version(lake: Lake, table: str) -> int:
+    """The ``events`` version a feature table is complete up to (-1 if none)."""
+    for entry in lake.history(table, limit=100):
+        meta = entry.get("recsys")
+        if meta:
+            covered = json.loads(meta).get("events_version")
+            if covered is not None:
+                return int(covered)
+    return -1
+
+
+def events_between(lake: Lake, first_version: int, last_version: int) -> DataFrame:
+    """Events inserted in ``events`` versions ``first_version``..``last_version`` (the change feed)."""
+    changes = lake.changes(EVENTS_TABLE, first_version, last_version)
+    return changes.where(F.col("_change_type") == "insert").select(*EVENTS_SCHEMA.fieldNames())
+
+
+def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version: int, now: datetime,
+                   batch_id: int | None) -> dict[str, Any]:
     spec = table_spec(entity)
-    app_id = txn_app(app, entity.table)
-    assert app_id is not None
-    lake.create(spec)
-    last = lake.txn_version(entity.table, app_id)
-    if last is not None and last >= batch_id:
-        return {"skipped": True, "version": lake.version(entity.table)}
     keys = list(entity.keys)
-    batch_state = fold(added, entity, cfg.features, updated_at=now)
-    stored = lake.read(entity.table).join(batch_state.select(*keys), keys, "left_semi")
-    merged = merge(stored, batch_state, entity, cfg.features, updated_at=now)
-    result = lake.merge(spec, merged, keys, app_id=app_id, batch_id=batch_id,
-                        metadata={"job": "stream", "batch_id": batch_id})
-    return {"skipped": result.skipped, "version": result.version, "rows": result.rows}
+    lake.create(spec)
+    for attempt in range(cfg.lake.commit_retries + 1):
+        table_version = lake.version(entity.table)
+        covered = covered_events_version(lake, entity.table)
+        if covered >= events_version:
+            return {"skipped": True, "version": table_version, "covered_events_version": covered}
+        new = events_between(lake, covered + 1, events_version)
+        batch_state = fold(new, entity, cfg.features, updated_at=now)
+        stored = lake.read(entity.table, version=table_version).join(batch_state.select(*keys), keys, "left_semi")
+        merged = merge(stored, batch_state, entity, cfg.features, updated_at=now)
+        meta = {"job": "stream", "events_version": events_version, "from_events_version": covered + 1,
+                "batch_id": batch_id}
+        try:
+            result = lake.merge(spec, merged, keys, metadata=meta, read_version=table_version)
+        except LakeConflictError as exc:
+            log.warning("feature merge into %s conflicted (attempt %d), recomputing: %s", entity.table,
+                        attempt + 1, exc)
+            continue
+        return {"skipped": False, "version": result.version, "rows": result.rows,
+                "covered_events_version": events_version, "folded_from": covered + 1}
+    raise LakeConflictError(f"feature merge into '{entity.table}' kept conflicting with concurrent writers "
+                            f"after {cfg.lake.commit_retries + 1} attempts")
