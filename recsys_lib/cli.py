@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("stream-status", parents=[common], help="print the stream's last batches")
     status.add_argument("--limit", type=int, default=10)
 
+    maintain = sub.add_parser("maintain", parents=[common], help="compact and vacuum every table (safe mid-stream)")
+    maintain.add_argument("--tables", nargs="*", help="only these tables (default: all)")
+    maintain.add_argument("--retention-hours", type=float, default=168.0)
+    maintain.add_argument("--no-vacuum", action="store_true")
+
     sub.add_parser("config", parents=[common], help="print the resolved config")
     demo = sub.add_parser("demo", parents=[common], help="generate a sample and run the suite end to end")
     demo.add_argument("--events", type=int, default=200_000)
@@ -202,6 +207,15 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
             return 0 if summary.balanced else 1
         if args.command == "lake":
             return _lake(args, ctx.lake)
+        if args.command == "maintain":
+            from recsys_lib.pipelines.maintenance import run_maintenance
+
+            done = run_maintenance(ctx.lake, args.tables, retention_hours=args.retention_hours,
+                                   vacuum=not args.no_vacuum)
+            for table, info in done.items():
+                print(f"{table:<26} compacted +{info['files_added']}/-{info['files_removed']} files, "
+                      f"vacuumed {info['vacuumed']}, version {info['version']}, {info['seconds']:.1f}s")
+            return 0
         if args.command == "stream":
             from recsys_lib.streaming.job import run_stream
 

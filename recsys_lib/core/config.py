@@ -81,6 +81,8 @@ class IngestConfig(_Strict):
     landing_dir: str | None = None
     max_line_bytes: int = Field(65536, ge=256)
     max_future_skew: Duration = 3600.0
+    #: Events older than ingest time minus this are quarantined as ``too_late``; null accepts any age.
+    allowed_lateness: Duration | None = None
 
 
 class FeaturesConfig(_Strict):

@@ -16,6 +16,7 @@ missing_field          a required field is absent, null or blank; ``item_id`` is
 unknown_event_type     ``event_type`` is not one of view, click, add_to_cart, purchase, search
 bad_timestamp          ``event_ts`` is neither ISO-8601 with a zone nor epoch milliseconds
 future_timestamp       ``event_ts`` is later than ingest time + ``ingest.max_future_skew``
+too_late               ``event_ts`` is older than ingest time - ``ingest.allowed_lateness`` (off by default)
 negative_price         ``price`` < 0
 bad_quantity           ``quantity`` < 1
 =====================  ==============================================================
@@ -76,14 +77,15 @@ def parse_event_ts(text: Column) -> Column:
 
 
 def classify(raw: DataFrame, *, max_line_bytes: int, max_future_skew_s: float,
-             now: datetime) -> DataFrame:
+             now: datetime, allowed_lateness_s: float | None = None) -> DataFrame:
     """Parse and validate raw lines.
 
     Args:
         raw: Columns ``value`` (the line) and ``source_file``.
         max_line_bytes: Longer lines are ``oversized_line``.
         max_future_skew_s: How far past ``now`` an ``event_ts`` may lie.
-        now: The ingest time (UTC) the future check is made against.
+        now: The ingest time (UTC) the future and lateness checks are made against.
+        allowed_lateness_s: Older events are ``too_late``; None accepts any age.
 
     Returns:
         ``raw``'s columns plus ``raw_bytes``, ``reason`` and ``reason_field`` (both null
@@ -102,7 +104,7 @@ def classify(raw: DataFrame, *, max_line_bytes: int, max_future_skew_s: float,
     step2 = step1.select("value", "source_file", "raw_bytes",
                          *[F.col(f"_j.{n}").alias(n) for n in fields],
                          parse_event_ts(F.col("_j.event_ts")).alias("_ts"))
-    rules = _rules(max_line_bytes, max_future_skew_s, now)
+    rules = _rules(max_line_bytes, max_future_skew_s, now, allowed_lateness_s)
     index: Column = F.lit(None).cast("int")
     for position, (condition, _, _) in reversed(list(enumerate(rules, start=1))):
         index = F.when(condition, F.lit(position)).otherwise(index)
@@ -120,19 +122,8 @@ def classify(raw: DataFrame, *, max_line_bytes: int, max_future_skew_s: float,
     )
 
 
-#: Every (reason, field) a record can be quarantined with, in rule order.
-def reason_keys() -> list[str]:
-    """``reason`` or ``reason:field`` for every rule, as the ingest summary counts them."""
-    now = datetime(2000, 1, 1)
-    keys = []
-    for _, code, field in _rules(1, 0.0, now):
-        key = f"{code.value}:{field}" if field else code.value
-        if key not in keys:
-            keys.append(key)
-    return keys
-
-
-def _rules(max_line_bytes: int, max_future_skew_s: float, now: datetime) -> list[tuple[Column, Reason, str | None]]:
+def _rules(max_line_bytes: int, max_future_skew_s: float, now: datetime,
+           allowed_lateness_s: float | None = None) -> list[tuple[Column, Reason, str | None]]:
     """The validation rules in order: (failing condition, reason, field). Columns are step 2's."""
     c = F.col
     corrupt = c(CORRUPT_COLUMN).isNotNull()
@@ -156,6 +147,9 @@ def _rules(max_line_bytes: int, max_future_skew_s: float, now: datetime) -> list
     limit = F.lit(now).cast("timestamp") + F.make_dt_interval(secs=F.lit(float(max_future_skew_s)))
     rules.append((c("_ts").isNull(), Reason.BAD_TIMESTAMP, "event_ts"))
     rules.append((c("_ts") > limit, Reason.FUTURE_TIMESTAMP, "event_ts"))
+    if allowed_lateness_s is not None:
+        oldest = F.lit(now).cast("timestamp") - F.make_dt_interval(secs=F.lit(float(allowed_lateness_s)))
+        rules.append((c("_ts") < oldest, Reason.TOO_LATE, "event_ts"))
     rules.append((c("price") < 0, Reason.NEGATIVE_PRICE, "price"))
     rules.append((c("quantity") < 1, Reason.BAD_QUANTITY, "quantity"))
     return rules

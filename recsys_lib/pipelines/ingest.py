@@ -114,7 +114,8 @@ def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFr
     input_records = raw.count()
     stages.lap("count_input")
     classified = classify(raw, max_line_bytes=cfg.ingest.max_line_bytes,
-                          max_future_skew_s=cfg.ingest.max_future_skew, now=now)
+                          max_future_skew_s=cfg.ingest.max_future_skew, now=now,
+                          allowed_lateness_s=cfg.ingest.allowed_lateness)
     labelled = label(classified, lake.read(EVENTS_TABLE).select("event_id"),
                      lake.read(QUARANTINE_TABLE).select("record_key"))
     labelled = labelled.persist(StorageLevel.MEMORY_AND_DISK)

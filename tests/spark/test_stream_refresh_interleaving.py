@@ -91,3 +91,17 @@ def test_refresh_committing_during_a_merge_forces_a_recompute(spark, lake, cfg, 
     monkeypatch.undo()
     assert lake.read("user_features").where("user_id = 'u1'").first()["purchase_count"] == 1
     _assert_equals_full_refresh(spark, lake, cfg, tmp_path)
+
+
+def test_maintenance_between_batches_keeps_every_count(spark, lake, cfg, tmp_path, drops):
+    from recsys_lib.pipelines.maintenance import lake_tables, run_maintenance
+
+    _ingest(spark, lake, cfg, drops[0], 0)
+    update_features(spark, lake, cfg, now=NOW)
+    report = run_maintenance(lake, retention_hours=0)
+    assert {"events", "events_quarantine", "user_features", "item_features"} <= set(lake_tables(lake))
+    assert set(report) == set(lake_tables(lake))
+    _ingest(spark, lake, cfg, drops[1], 1)
+    update_features(spark, lake, cfg, now=NOW)
+    assert lake.read("events").count() == 4
+    _assert_equals_full_refresh(spark, lake, cfg, tmp_path)

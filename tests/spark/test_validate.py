@@ -86,3 +86,13 @@ def test_future_skew_is_configurable(spark):
     line = '{"event_id":"e","event_ts":"2024-06-01T12:30:00Z","user_id":"u","event_type":"view","item_id":"i"}'
     assert _classify(spark, [line], skew_s=3600)[0]["reason"] is None
     assert _classify(spark, [line], skew_s=60)[0]["reason"] == "future_timestamp"
+
+
+def test_allowed_lateness_quarantines_old_events_only_when_set(spark):
+    old = '{"event_id":"e","event_ts":"2024-05-31T10:00:00Z","user_id":"u","event_type":"view","item_id":"i"}'
+    raw = spark.createDataFrame([(old, "f")], "value string, source_file string")
+    default = classify(raw, max_line_bytes=2048, max_future_skew_s=3600, now=NOW).first()
+    strict = classify(raw, max_line_bytes=2048, max_future_skew_s=3600, now=NOW, allowed_lateness_s=3600).first()
+    lenient = classify(raw, max_line_bytes=2048, max_future_skew_s=3600, now=NOW, allowed_lateness_s=2 * 86400).first()
+    assert default["reason"] is None and lenient["reason"] is None
+    assert (strict["reason"], strict["reason_field"]) == ("too_late", "event_ts")

@@ -6,8 +6,8 @@ from recsys_lib.cli import build_parser, main
 
 pytestmark = pytest.mark.unit
 
-COMMANDS = ["generate", "ingest", "adapt", "lake", "features", "training-set", "stream", "stream-status", "config",
-            "demo"]
+COMMANDS = ["generate", "ingest", "adapt", "lake", "features", "training-set", "stream", "stream-status", "maintain",
+            "config", "demo"]
 
 
 def test_help_lists_every_command(capsys):
