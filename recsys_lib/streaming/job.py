@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.ingest.validate import RAW_FILE_GLOB
 from recsys_lib.lake import Lake
+from recsys_lib.streaming.faults import fault_point
 from recsys_lib.streaming.microbatch import process_batch
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def run_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
             status_path.parent.mkdir(parents=True, exist_ok=True)
             with status_path.open("a") as fh:
                 fh.write(json.dumps(record, default=str) + "\n")
+        fault_point("before_checkpoint_commit")  # every Delta commit done, Spark's commit log not yet
 
     writer = (source_stream(spark, cfg, source).writeStream.foreachBatch(on_batch)
               .option("checkpointLocation", checkpoint).queryName(cfg.streaming.query_name))

@@ -40,6 +40,7 @@ from recsys_lib.features.definitions import Entity
 from recsys_lib.lake import Lake, LakeConflictError
 from recsys_lib.pipelines.features import table_spec
 from recsys_lib.pipelines.ingest import ingest_frame
+from recsys_lib.streaming.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     app = f"stream-{query}"
     summary = ingest_frame(spark, lake, cfg, raw, run_id=f"{app}-{batch_id}", source=f"stream:{query}", now=now,
                            app_id=app, batch_id=batch_id)
+    fault_point("after_ingest_commit")
     report = BatchReport(query=query, batch_id=batch_id, rows_in=summary.input_records, new_events=summary.valid,
                          quarantined=summary.quarantined, duplicates=summary.duplicates)
     t0 = time.monotonic()
@@ -84,8 +86,11 @@ def update_features(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, now: 
                     batch_id: int | None = None) -> dict[str, dict[str, Any]]:
     """Fold every ``events`` version not yet covered into each feature table."""
     events_version = lake.version(EVENTS_TABLE)
-    return {entity.table: _update_entity(lake, cfg, entity, events_version, now, batch_id)
-            for entity in entities(cfg.features).values()}
+    done = {}
+    for entity in entities(cfg.features).values():
+        done[entity.table] = _update_entity(lake, cfg, entity, events_version, now, batch_id)
+        fault_point("between_feature_merges")
+    return done
 
 
 def covered_events_version(lake: Lake, table: str) -> int:
