@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED ?= 0
 
 .PHONY: install demo test test-unit test-spark test-tf test-airflow test-notebook test-slow \
-        lint typecheck check bench bench-features dist clean
+        lint typecheck check bench bench-features bench-streaming dist clean
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench: $(STAMP)  ## ingestion benchmark at 1M and 10M events (writes bench/resul
 
 bench-features: $(STAMP)  ## full-refresh benchmark (needs bench/work from `make bench`)
 	$(PY) bench/features.py --sizes 1000000 10000000
+
+bench-streaming: $(STAMP)  ## incremental cost and freshness (needs bench-features first)
+	$(PY) bench/streaming.py --sizes 10000000 --rate 2000 --seconds 120
 
 dist: $(STAMP)  ## wheel plus a zip for spark-submit --py-files
 	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w dist .

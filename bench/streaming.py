@@ -1,0 +1,138 @@
+"""Streaming benchmarks; writes bench/results/streaming.json.
+
+* incremental: merge a 1% increment into tables built from N events (a copy of
+  bench/work/features-home-N, made by bench/features.py) with one
+  ``recsys stream --available-now`` batch, then time a full refresh of the same
+  lake in the same run; report the ratio (target <= 5%).
+* freshness: run ``recsys stream --trigger 1s`` while a feeder drops one file per
+  second of ``--rate`` events (atomic rename) for ``--seconds``. Each file carries a
+  sentinel user; the delay is from the file's rename to the sentinel being readable
+  in ``user_features`` (target p99 <= 2 s).
+
+    python bench/streaming.py --sizes 10000000 --rate 2000 --seconds 120
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import base_parser, bench_env, run_measured  # noqa: E402 - sibling helper module
+
+
+def incremental(recsys: str, work: Path, size: int, master: str, env: dict[str, str]) -> dict:
+    base = work / f"features-home-{size}"
+    if not (base / "lake" / "user_features" / "_delta_log").exists():
+        raise SystemExit(f"{base} has no feature tables: run bench/features.py --sizes {size} first")
+    home = work / f"incremental-home-{size}"
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.copytree(base / "lake", home / "lake")
+    increment = work / f"increment-{size // 100}"
+    if not (increment / "_manifest.json").exists():
+        run_measured([recsys, "generate", "--out", str(increment), "--events", str(size // 100), "--days", "1",
+                      "--start", "2024-02-01", "--seed", "99", "--users", str(max(2000, size // 200)),
+                      "--items", str(max(1000, size // 1000))], env, work / "increment-generate.log")
+    common = ["--set", f"home={home}", "--set", f"spark.master={master}",
+              "--set", "streaming.max_files_per_trigger=100000"]
+    wall, peak, _ = run_measured([recsys, "stream", "--input", str(increment), "--available-now", *common], env,
+                                 work / f"incremental-stream-{size}.log")
+    batches = [json.loads(x) for x in (home / "checkpoints" / "features" / "batches.jsonl").read_text().splitlines()]
+    batch_seconds = sum(b["seconds"] for b in batches)
+    summary = home / "refresh.json"
+    run_measured([recsys, "features", "refresh", "--summary-json", str(summary), *common], env,
+                 work / f"incremental-refresh-{size}.log")
+    refresh_seconds = json.loads(summary.read_text())["seconds"]
+    shutil.rmtree(home, ignore_errors=True)
+    return {"base_events": size, "increment_events": sum(b["new_events"] for b in batches),
+            "batches": len(batches), "incremental_batch_seconds": round(batch_seconds, 2),
+            "incremental_merge_seconds": round(sum(b["merge_seconds"] for b in batches), 2),
+            "incremental_process_wall_seconds": round(wall, 2), "full_refresh_seconds": refresh_seconds,
+            "ratio": round(batch_seconds / refresh_seconds, 3), "target_ratio": 0.05,
+            "peak_rss_mb": round(peak / 2**20)}
+
+
+def freshness(recsys: str, work: Path, rate: int, seconds: int, master: str, env: dict[str, str]) -> dict:
+    from deltalake import DeltaTable, QueryBuilder
+
+    home, landing = work / "freshness-home", work / "freshness-landing"
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(landing, ignore_errors=True)
+    landing.mkdir(parents=True)
+    proc = subprocess.Popen([recsys, "stream", "--input", str(landing), "--trigger", "1s", "--set", f"home={home}",
+                             "--set", f"spark.master={master}"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    dropped: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+
+    def feed() -> None:
+        n = 0
+        start = time.time()
+        while not stop.is_set() and time.time() - start < seconds:
+            sentinel = f"fresh-{n}"
+            lines = [json.dumps({"event_id": f"f{n}-{i}", "event_ts": int(time.time() * 1000),
+                                 "user_id": sentinel if i == 0 else f"u{i % 500}", "event_type": "view",
+                                 "item_id": f"i{i % 300}", "category_id": f"c{i % 10}"}) for i in range(rate)]
+            tmp = landing / f".f{n}.jsonl.tmp"
+            tmp.write_text("\n".join(lines) + "\n")
+            tmp.rename(landing / f"f{n:05d}.jsonl")
+            dropped[sentinel] = time.time()
+            n += 1
+            time.sleep(max(0.0, start + n - time.time()))
+
+    time.sleep(15)  # JVM and first empty batch
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    table_uri = str(home / "lake" / "user_features")
+    deadline = time.time() + seconds + 240
+    while time.time() < deadline and (feeder.is_alive() or len(seen) < len(dropped)):
+        try:
+            table = DeltaTable(table_uri)
+            rows = QueryBuilder().register("uf", table).execute(
+                "select user_id from uf where user_id like 'fresh-%'").read_all()
+            now = time.time()
+            for user in rows.column("user_id").to_pylist():
+                seen.setdefault(str(user), now)
+        except Exception:  # noqa: BLE001 - the table may not exist yet
+            pass
+        time.sleep(0.25)
+    stop.set()
+    proc.kill()
+    proc.wait()
+    delays = sorted(seen[s] - dropped[s] for s in seen if s in dropped)
+    missing = len(dropped) - len(delays)
+
+    def pct(p: float) -> float | None:
+        return round(delays[min(len(delays) - 1, int(p * len(delays)))], 2) if delays else None
+
+    return {"rate_events_per_second": rate, "seconds": seconds, "files": len(dropped), "seen": len(delays),
+            "not_seen_in_time": missing, "p50_s": pct(0.50), "p95_s": pct(0.95), "p99_s": pct(0.99),
+            "target_p99_s": 2.0}
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0], "streaming.json")
+    parser.add_argument("--rate", type=int, default=2000)
+    parser.add_argument("--seconds", type=int, default=120)
+    args = parser.parse_args()
+    recsys = str(Path(sys.executable).with_name("recsys"))
+    env = bench_env()
+    work = Path(args.work)
+    out = {"benchmark": "streaming", "master": args.master,
+           "incremental": [incremental(recsys, work, s, args.master, env) for s in args.sizes]}
+    print(json.dumps(out["incremental"]), flush=True)
+    out["freshness"] = freshness(recsys, work, args.rate, args.seconds, args.master, env)
+    print(json.dumps(out["freshness"]), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
