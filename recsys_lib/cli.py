@@ -170,7 +170,8 @@ def _dispatch(args: argparse.Namespace, cfg: RecsysConfig) -> int:
         for b in batches:
             print(f"batch {b['batch_id']:>6}: {b['rows_in']:>8,} in {b['new_events']:>8,} new "
                   f"{b['quarantined']:>6,} quarantined {b['duplicates']:>6,} duplicates "
-                  f"merge {b['merge_seconds']:.2f}s total {b['seconds']:.2f}s")
+                  f"merge {b['merge_seconds']:.2f}s total {b['seconds']:.2f}s "
+                  f"lag {b.get('freshness_lag_min_s')}..{b.get('freshness_lag_max_s')}s")
         return 0
     if args.command == "demo":
         from recsys_lib.pipelines.demo import run_demo

@@ -38,6 +38,7 @@ from recsys_lib.core.schema import EVENTS_SCHEMA, EVENTS_TABLE
 from recsys_lib.features import entities, fold, merge
 from recsys_lib.features.definitions import Entity
 from recsys_lib.lake import Lake, LakeConflictError
+from recsys_lib.lake.files import filesystem_for
 from recsys_lib.pipelines.features import table_spec
 from recsys_lib.pipelines.ingest import ingest_frame
 from recsys_lib.streaming.faults import fault_point
@@ -58,6 +59,9 @@ class BatchReport:
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     merge_seconds: float = 0.0
     seconds: float = 0.0
+    #: Seconds from the earliest / latest file arrival (mtime) in the batch until its features were committed.
+    freshness_lag_max_s: float | None = None
+    freshness_lag_min_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The report as a JSON-able dict."""
@@ -70,6 +74,7 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     started = time.monotonic()
     now = now or datetime.now(UTC)
     app = f"stream-{query}"
+    arrivals = _arrival_times([r[0] for r in raw.select("source_file").distinct().collect()])
     summary = ingest_frame(spark, lake, cfg, raw, run_id=f"{app}-{batch_id}", source=f"stream:{query}", now=now,
                            app_id=app, batch_id=batch_id)
     fault_point("after_ingest_commit")
@@ -79,7 +84,23 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     report.tables = update_features(spark, lake, cfg, now=now, batch_id=batch_id)
     report.merge_seconds = round(time.monotonic() - t0, 3)
     report.seconds = round(time.monotonic() - started, 3)
+    if arrivals:
+        done = time.time()
+        report.freshness_lag_max_s = round(done - min(arrivals), 3)
+        report.freshness_lag_min_s = round(done - max(arrivals), 3)
     return report
+
+
+def _arrival_times(files: list[str]) -> list[float]:
+    """Modification times (epoch seconds) of the batch's files: when each was renamed into the landing folder."""
+    times = []
+    for uri in files:
+        path = uri[len("file:"):] if uri.startswith("file:") else uri
+        fs, inner = filesystem_for(path)
+        info = fs.get_file_info(inner)
+        if info.mtime_ns:
+            times.append(info.mtime_ns / 1e9)
+    return times
 
 
 def update_features(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, now: datetime,

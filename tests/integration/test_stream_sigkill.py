@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from recsys_lib.datagen.synthetic import GeneratorSpec, generate
-from tests.spark.test_features_exactness import _by_key, assert_same_state
+from tests.spark.helpers import assert_same_state, by_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 RECSYS = str(Path(sys.executable).with_name("recsys"))
@@ -91,10 +91,10 @@ def test_sigkill_at_random_moments_and_fault_points(spark, tmp_path):
     assert events.count() == manifest["valid_events"]
     assert events.select("event_id").distinct().count() == manifest["valid_events"]
     assert lake.read("events_quarantine").count() == manifest["bad"]
-    incremental = {n: _by_key(lake.read(e.table), e) for n, e in entities(cfg.features).items()}
+    incremental = {n: by_key(lake.read(e.table), e) for n, e in entities(cfg.features).items()}
     scratch_cfg = load_config(overrides=[f"home={tmp_path / 'scratch'}"])
     scratch = open_lake(spark, scratch_cfg, engine="delta-rs")
     scratch.append(EVENTS_SPEC, events)
     run_refresh(spark, scratch, scratch_cfg)
     for name, entity in entities(cfg.features).items():
-        assert_same_state(_by_key(scratch.read(entity.table), entity), incremental[name], entity)
+        assert_same_state(by_key(scratch.read(entity.table), entity), incremental[name], entity)

@@ -7,7 +7,6 @@ timestamps.
 
 from __future__ import annotations
 
-import math
 from datetime import timedelta
 from functools import reduce
 
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 from recsys_lib.core.config import FeaturesConfig
 from recsys_lib.core.schema import EVENT_TYPES
 from recsys_lib.features import ITEM, USER, USER_CATEGORY, entities, fold, merge
-from tests.spark.features_data import event, events_df
+from tests.spark.helpers import assert_same_state, by_key, event, events_df
 
 pytestmark = pytest.mark.spark
 
@@ -43,28 +42,6 @@ def _events(raw):
     return rows
 
 
-def _by_key(df, entity):
-    return {tuple(r[k] for k in entity.keys): r.asDict(recursive=True) for r in df.collect()}
-
-
-def assert_same_state(full, merged, entity):
-    assert full.keys() == merged.keys()
-    for key, want in full.items():
-        got = merged[key]
-        for column in entity.columns:
-            a, b = want[column.name], got[column.name]
-            if column.name == "users_hll":
-                continue  # compared through its estimate below
-            if isinstance(a, float):
-                assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-300), (key, column.name, a, b)
-            elif column.name == "category_weights":
-                assert a.keys() == b.keys(), (key, column.name)
-                for k in a:
-                    assert math.isclose(a[k], b[k], rel_tol=1e-9), (key, column.name, k)
-            else:
-                assert a == b, (key, column.name, a, b)
-
-
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(raw=st.lists(event_strategy, min_size=1, max_size=25), cuts=st.lists(st.integers(0, 25), max_size=3),
@@ -79,7 +56,7 @@ def test_any_batch_split_merges_to_the_full_refresh(spark, raw, cuts, order):
         full = fold(events_df(spark, rows), entity, FC)
         parts = [fold(events_df(spark, batch), entity, FC) for batch in batches]
         merged = reduce(lambda a, b: merge(a, b, entity, FC), parts)
-        assert_same_state(_by_key(full, entity), _by_key(merged, entity), entity)
+        assert_same_state(by_key(full, entity), by_key(merged, entity), entity)
         if name == ITEM:
             from pyspark.sql import functions as F
 
@@ -95,6 +72,6 @@ def test_merge_is_commutative_and_has_an_identity(spark):
     a = fold(events_df(spark, rows[:1]), entity, FC)
     b = fold(events_df(spark, rows[1:]), entity, FC)
     empty = fold(events_df(spark, []), entity, FC)
-    ab, ba = _by_key(merge(a, b, entity, FC), entity), _by_key(merge(b, a, entity, FC), entity)
+    ab, ba = by_key(merge(a, b, entity, FC), entity), by_key(merge(b, a, entity, FC), entity)
     assert_same_state(ab, ba, entity)
-    assert_same_state(_by_key(a, entity), _by_key(merge(a, empty, entity, FC), entity), entity)
+    assert_same_state(by_key(a, entity), by_key(merge(a, empty, entity, FC), entity), entity)

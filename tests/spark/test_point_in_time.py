@@ -8,7 +8,7 @@ import pytest
 
 from recsys_lib.core.config import FeaturesConfig
 from recsys_lib.features.point_in_time import training_rows
-from tests.spark.features_data import T0, event, events_df
+from tests.spark.helpers import T0, event, events_df
 
 pytestmark = pytest.mark.spark
 

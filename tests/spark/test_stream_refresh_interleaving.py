@@ -11,8 +11,7 @@ from recsys_lib.ingest.validate import read_raw
 from recsys_lib.pipelines.features import run_refresh
 from recsys_lib.pipelines.ingest import ingest_frame
 from recsys_lib.streaming.microbatch import covered_events_version, update_features
-from tests.spark.test_features_exactness import _by_key, assert_same_state
-from tests.spark.test_microbatch import _line, _write
+from tests.spark.helpers import assert_same_state, by_key, raw_line, write_lines
 
 pytestmark = pytest.mark.spark
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -28,7 +27,7 @@ def _assert_equals_full_refresh(spark, lake, cfg, tmp_path):
     from recsys_lib.core.config import load_config
     from recsys_lib.lake import open_lake
 
-    incremental = {n: _by_key(lake.read(e.table), e) for n, e in entities(cfg.features).items()}
+    incremental = {n: by_key(lake.read(e.table), e) for n, e in entities(cfg.features).items()}
     scratch_cfg = load_config(overrides=[f"home={tmp_path / 'scratch'}"])
     scratch = open_lake(spark, scratch_cfg, engine="delta-rs")
     from recsys_lib.pipelines.ingest import EVENTS_SPEC
@@ -36,15 +35,15 @@ def _assert_equals_full_refresh(spark, lake, cfg, tmp_path):
     scratch.append(EVENTS_SPEC, lake.read("events"))
     run_refresh(spark, scratch, scratch_cfg)
     for name, entity in entities(cfg.features).items():
-        assert_same_state(_by_key(scratch.read(entity.table), entity), incremental[name], entity)
+        assert_same_state(by_key(scratch.read(entity.table), entity), incremental[name], entity)
 
 
 @pytest.fixture
 def drops(tmp_path):
-    _write(tmp_path / "d0", "a.jsonl", [_line("e1", "u1", "view", "2024-01-01T10:00:00Z"),
-                                        _line("e2", "u2", "click", "2024-01-01T11:00:00Z", "i2", "c2")])
-    _write(tmp_path / "d1", "b.jsonl", [_line("e3", "u1", "purchase", "2024-01-01T12:00:00Z", price=3.0),
-                                        _line("e4", "u3", "view", "2024-01-01T09:00:00Z", "i3", "c1")])
+    write_lines(tmp_path / "d0", "a.jsonl", [raw_line("e1", "u1", "view", "2024-01-01T10:00:00Z"),
+                                        raw_line("e2", "u2", "click", "2024-01-01T11:00:00Z", "i2", "c2")])
+    write_lines(tmp_path / "d1", "b.jsonl", [raw_line("e3", "u1", "purchase", "2024-01-01T12:00:00Z", price=3.0),
+                                        raw_line("e4", "u3", "view", "2024-01-01T09:00:00Z", "i3", "c1")])
     return tmp_path / "d0", tmp_path / "d1"
 
 
