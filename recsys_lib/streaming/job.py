@@ -61,7 +61,7 @@ def run_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
         report = process_batch(spark, lake, cfg, batch, query=cfg.streaming.query_name, batch_id=batch_id)
         record = report.to_json()
         reports.append(record)
-        log.warning("batch %d: %d in, %d new, %d quarantined, %d duplicates, merge %.2fs", batch_id,
+        log.info("batch %d: %d in, %d new, %d quarantined, %d duplicates, merge %.2fs", batch_id,
                     report.rows_in, report.new_events, report.quarantined, report.duplicates, report.merge_seconds)
         if status_path is not None:
             status_path.parent.mkdir(parents=True, exist_ok=True)
