@@ -49,7 +49,8 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
     conf["spark.driver.memory"] = cfg.driver_memory
     conf["spark.ui.enabled"] = str(cfg.ui_enabled).lower()
     conf["spark.sql.shuffle.partitions"] = str(shuffle_partitions(cfg))
-    if master and master.startswith("local-cluster"):
+    effective = master or _submitted_master()
+    if effective.startswith("local-cluster"):
         shim = java_flag_shim()
         if shim:
             conf["spark.executorEnv.JAVA_HOME"] = shim
@@ -68,6 +69,15 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
 def under_spark_submit() -> bool:
     """True when this Python process was started by spark-submit."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def _submitted_master() -> str:
+    """The ``--master`` spark-submit was given ('' when not under spark-submit)."""
+    if not under_spark_submit():
+        return ""
+    from pyspark import SparkConf
+
+    return SparkConf().get("spark.master", "") or ""
 
 
 def resolve_master(cfg: SparkConfig) -> str | None:
