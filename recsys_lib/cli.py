@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime
 from recsys_lib import __version__
 from recsys_lib.core.config import ConfigError, RecsysConfig, load_config
 from recsys_lib.core.durations import parse_duration
+from recsys_lib.lake import Lake
 
 
 def _common() -> argparse.ArgumentParser:
@@ -250,10 +251,7 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
         ctx.stop()
 
 
-def _lake(args: argparse.Namespace, lake: object) -> int:
-    from recsys_lib.lake import Lake
-
-    assert isinstance(lake, Lake)
+def _lake(args: argparse.Namespace, lake: Lake) -> int:
     if args.action == "history":
         for entry in lake.history(args.table, args.limit):
             print(json.dumps(entry, default=str))

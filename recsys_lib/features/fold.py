@@ -43,10 +43,12 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
         aggs += _purchase_aggs()
     if entity.name == ITEM:
         aggs += _item_aggs(fc)
-    state = ev.groupBy(*keys).agg(*aggs).join(decayed_sums(ev, keys, terms, min(fc.half_lives)), keys)
+    decayed = decayed_sums(ev, keys, terms, min(fc.half_lives)).drop("_as_of_s")
+    state = ev.groupBy(*keys).agg(*aggs).join(decayed, keys)
     if entity.name == USER:
+        user_as_of = state.select("user_id", seconds(F.col("as_of")).alias("_u"))
         state = state.join(_recent_items(ev, fc), "user_id", "left").join(
-            _category_weights(ev, fc), "user_id", "left")
+            _category_weights(ev, fc, user_as_of), "user_id", "left")
         state = state.withColumn("recent_items", F.coalesce("recent_items", F.array())).withColumn(
             "category_weights", F.coalesce("category_weights", F.create_map()))
     stamp = F.lit(updated_at).cast("timestamp") if updated_at else F.current_timestamp()
@@ -57,6 +59,8 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
 def decayed_sums(ev: DataFrame, keys: list[str], terms: dict[str, tuple[Column, float]],
                  min_half_life: float) -> DataFrame:
     """Per key, ``sum weight * 2^-((as_of - ts) / H)`` for each term, ``as_of`` being the key's max ``_ts``.
+
+    The result also carries that ``as_of`` (epoch seconds) as ``_as_of_s``.
 
     Two hash aggregations instead of a sort: first per (key, time block of
     256 x the smallest half-life), summing ``weight * 2^((ts - block_start) / H)``
@@ -72,7 +76,7 @@ def decayed_sums(ev: DataFrame, keys: list[str], terms: dict[str, tuple[Column, 
           for name, (weight, h) in terms.items()])
     as_of = F.max("_m").over(Window.partitionBy(*keys))
     moved = partial.withColumn("_a", as_of)
-    return moved.groupBy(*keys).agg(*[
+    return moved.groupBy(*keys).agg(F.max("_a").alias("_as_of_s"), *[
         F.coalesce(F.sum(F.col(name) * F.pow(F.lit(2.0), (F.col("_b") * block - F.col("_a")) / h)), F.lit(0.0))
         .alias(name) for name, (_, h) in terms.items()])
 
@@ -131,16 +135,14 @@ def _recent_items(ev: DataFrame, fc: FeaturesConfig) -> DataFrame:
         F.slice(F.sort_array(F.collect_list("entry"), asc=False), 1, fc.recent_items).alias("recent_items"))
 
 
-def _category_weights(ev: DataFrame, fc: FeaturesConfig) -> DataFrame:
+def _category_weights(ev: DataFrame, fc: FeaturesConfig, user_as_of: DataFrame) -> DataFrame:
     weights = F.create_map(*[x for k, v in fc.affinity_weights.items() for x in (F.lit(k), F.lit(float(v)))])
     with_category = ev.where(F.col("category_id").isNotNull()).withColumn(
         "_w", F.coalesce(weights[F.col("event_type")], F.lit(0.0)))
     per_category = decayed_sums(with_category, ["user_id", "category_id"],
                                 {"w": (F.col("_w"), fc.affinity_half_life)}, fc.affinity_half_life)
     # per-category sums are relative to that category's latest event; move them to the user's as_of
-    latest = with_category.groupBy("user_id", "category_id").agg(F.max("_ts").alias("_c"))
-    user_as_of = ev.groupBy("user_id").agg(F.max("_ts").alias("_u"))
-    moved = per_category.join(latest, ["user_id", "category_id"]).join(user_as_of, "user_id").withColumn(
-        "w", F.col("w") * F.pow(F.lit(2.0), -(F.col("_u") - F.col("_c")) / fc.affinity_half_life))
+    moved = per_category.join(user_as_of, "user_id").withColumn(
+        "w", F.col("w") * F.pow(F.lit(2.0), -(F.col("_u") - F.col("_as_of_s")) / fc.affinity_half_life))
     return moved.groupBy("user_id").agg(
         F.map_from_entries(F.collect_list(F.struct("category_id", "w"))).alias("category_weights"))
