@@ -120,6 +120,72 @@ class StreamingConfig(_Strict):
     kafka_topic: str | None = None
 
 
+class TrainConfig(_Strict):
+    """The two-tower model, its input pipeline and its distribution (see recsys_lib/models)."""
+
+    #: default: one device; mirrored: all local GPUs; multi_worker: TF_CONFIG's cluster.
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    mixed_precision: bool = False
+    label_types: tuple[str, ...] = ("purchase", "add_to_cart", "click")
+    #: Training rows' features as of: ``event`` (just before each label) or ``day_start`` (its day's midnight).
+    feature_time: Literal["event", "day_start"] = "day_start"
+    #: Labels on the last ``holdout_days`` days are the temporal holdout.
+    holdout_days: int = Field(2, ge=1)
+    embedding_dim: int = Field(32, ge=2, le=1024)
+    tower_layers: tuple[int, ...] = (64,)
+    oov_buckets: int = Field(8, ge=1)
+    price_buckets: tuple[float, ...] = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+    temperature: float = Field(0.3, gt=0)
+    #: False: every user shares the hashed OOV buckets (no per-user embedding).
+    user_id_embedding: bool = True
+    #: Smoothing of the explicit category-affinity match term (see recsys_lib/models/two_tower.py).
+    affinity_smoothing: float = Field(0.05, gt=0)
+    learning_rate: float = Field(0.003, gt=0)
+    batch_size: int = Field(512, ge=2)
+    epochs: int = Field(6, ge=1)
+    shuffle_buffer: int = Field(50_000, ge=1)
+    seed: int = 42
+    #: Warm start trains on the newest ``warm_start_days`` of labels only.
+    warm_start_days: int = Field(3, ge=1)
+    warm_start_epochs: int = Field(3, ge=1)
+
+
+class EvaluateConfig(_Strict):
+    """Offline evaluation and the promotion gate."""
+
+    ks: tuple[int, ...] = (10, 50, 100)
+    filter_purchased: bool = True
+    #: Promotion compares candidate and champion on this holdout metric.
+    promote_metric: str = "recall@50"
+    promote_margin: float = Field(0.0, ge=0)
+    popularity_half_life: Duration = 86400.0
+    als_rank: int = Field(32, ge=1)
+    als_iterations: int = Field(10, ge=1)
+    als_reg: float = Field(0.05, gt=0)
+    als_alpha: float = Field(10.0, gt=0)
+
+
+class MlflowConfig(_Strict):
+    """Tracking and registry. null locations: SQLite and an artifact folder under <home>/mlflow."""
+
+    tracking_uri: str | None = None
+    artifact_location: str | None = None
+    experiment: str = "recsys-two-tower"
+    registered_model: str = "recsys-two-tower"
+
+
+class ServeConfig(_Strict):
+    """The ANN index and recommendations."""
+
+    #: auto: ScaNN for catalogues of at least ``scann_min_items``, else exact brute force.
+    index: Literal["auto", "brute_force", "scann"] = "auto"
+    scann_min_items: int = Field(20_000, ge=1)
+    k: int = Field(10, ge=1)
+    batch_k: int = Field(50, ge=1)
+    #: Users with an event in this window before the watermark get batch recommendations.
+    active_window: Duration = 30 * 86400.0
+
+
 class RecsysConfig(_Strict):
     """The whole suite's configuration."""
 
@@ -129,6 +195,10 @@ class RecsysConfig(_Strict):
     ingest: IngestConfig = IngestConfig()
     features: FeaturesConfig = FeaturesConfig()
     streaming: StreamingConfig = StreamingConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    serve: ServeConfig = ServeConfig()
 
     @property
     def home_dir(self) -> str:
@@ -150,6 +220,16 @@ class RecsysConfig(_Strict):
     def checkpoint_dir(self) -> str:
         """The streaming query's checkpoint folder."""
         return self.streaming.checkpoint_dir or _join(_join(self.home_dir, "checkpoints"), self.streaming.query_name)
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        """MLflow tracking URI (embedded default: SQLite under <home>/mlflow)."""
+        return self.mlflow.tracking_uri or f"sqlite:///{_join(_join(self.home_dir, 'mlflow'), 'mlflow.db')}"
+
+    @property
+    def mlflow_artifact_location(self) -> str:
+        """Where new experiments store artifacts."""
+        return self.mlflow.artifact_location or _join(_join(self.home_dir, "mlflow"), "artifacts")
 
     def table_uri(self, table: str) -> str:
         """Location of the named Delta table."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -171,6 +172,16 @@ class Lake(ABC):
     @abstractmethod
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commit history, newest first."""
+
+    def job_metadata(self, name: str, key: str, limit: int = 100) -> Any:
+        """The newest value of ``key`` in the suite's commit metadata (``recsys``), or None."""
+        for entry in self.history(name, limit=limit):
+            meta = entry.get("recsys")
+            if meta:
+                value = json.loads(meta).get(key)
+                if value is not None:
+                    return value
+        return None
 
     @abstractmethod
     def changes(self, name: str, since_version: int, until_version: int | None = None) -> DataFrame:

@@ -38,8 +38,9 @@ def run_training_set(spark: SparkSession, lake: Lake, cfg: RecsysConfig, label_t
     started = time.monotonic()
     events_version = lake.version(EVENTS_TABLE)
     rows = training_rows(lake.read(EVENTS_TABLE, version=events_version), label_types, cfg.features,
-                         first_day=first_day, last_day=last_day)
+                         first_day=first_day, last_day=last_day, feature_time=cfg.train.feature_time)
     meta = {"job": "training_set", "events_version": events_version, "label_types": label_types,
+            "feature_time": cfg.train.feature_time,
             "from": str(first_day) if first_day else None, "to": str(last_day) if last_day else None}
     result = lake.overwrite(TableSpec(TRAINING_TABLE, rows.schema, ("label_date",)), rows, metadata=meta)
     return {**meta, "table": TRAINING_TABLE, "version": result.version, "rows": result.rows,

@@ -116,13 +116,8 @@ def update_features(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, now: 
 
 def covered_events_version(lake: Lake, table: str) -> int:
     """The ``events`` version a feature table is complete up to (-1 if none)."""
-    for entry in lake.history(table, limit=100):
-        meta = entry.get("recsys")
-        if meta:
-            covered = json.loads(meta).get("events_version")
-            if covered is not None:
-                return int(covered)
-    return -1
+    covered = lake.job_metadata(table, "events_version")
+    return -1 if covered is None else int(covered)
 
 
 def events_between(lake: Lake, first_version: int, last_version: int) -> DataFrame:

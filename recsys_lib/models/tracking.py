@@ -1,0 +1,115 @@
+"""MLflow tracking, registry and the promotion gate.
+
+Each training run logs its params, per-epoch metrics, input Delta versions and the
+git commit, the evaluation report (JSON + PNG), and the bundle (query-tower
+SavedModel, item embeddings, ANN index) as a pyfunc model registered under
+``mlflow.registered_model``. The ``champion`` alias marks the serving version;
+:func:`promotion_decision` decides whether a candidate may take it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from recsys_lib.core.config import RecsysConfig
+
+CHAMPION = "champion"
+
+
+def configure(cfg: RecsysConfig) -> MlflowClient:
+    """Point MLflow at the configured store and make sure the experiment exists."""
+    if cfg.mlflow.tracking_uri is None:
+        Path(cfg.home_dir, "mlflow").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
+    mlflow.set_registry_uri(cfg.mlflow_tracking_uri)
+    if mlflow.get_experiment_by_name(cfg.mlflow.experiment) is None:
+        mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=cfg.mlflow_artifact_location)
+    mlflow.set_experiment(cfg.mlflow.experiment)
+    return MlflowClient()
+
+
+def git_commit() -> str | None:
+    """The source tree's commit, when it is a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent, check=False)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+class RecommenderModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
+    """pyfunc face of a bundle: rows of raw user features in, top-k item ids out."""
+
+    def load_context(self, context: Any) -> None:
+        from recsys_lib.models.bundle import Bundle
+
+        self.bundle = Bundle(Path(context.artifacts["bundle"]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        import pyarrow as pa
+
+        k = int((params or {}).get("k", 10))
+        queries = self.bundle.encode_queries(pa.Table.from_pandas(model_input, preserve_index=False))
+        idx, scores = self.bundle.index.search(queries, k)
+        ids = self.bundle.items["item_id"].to_numpy()
+        return pd.DataFrame({"item_ids": [list(ids[row]) for row in idx], "scores": [list(s) for s in scores]})
+
+
+def log_bundle(bundle_dir: Path, registered_model: str) -> str:
+    """Log the bundle as a pyfunc model of the active run and register it; returns the new version."""
+    info = mlflow.pyfunc.log_model(name="recommender", python_model=RecommenderModel(),
+                                   artifacts={"bundle": str(bundle_dir)}, registered_model_name=registered_model,
+                                   pip_requirements=["recsys", "tensorflow", "tensorflow-recommenders"])
+    return str(info.registered_model_version)
+
+
+@dataclass(frozen=True)
+class Version:
+    """A registered model version and where its bundle is."""
+
+    version: str
+    run_id: str | None
+    bundle: Path
+
+
+def model_version(client: MlflowClient, name: str, *, version: str | None = None, alias: str | None = None,
+                  download_to: Path | None = None) -> Version | None:
+    """A version by number, alias or (neither) the latest; None if absent. Downloads its bundle."""
+    try:
+        if alias:
+            mv = client.get_model_version_by_alias(name, alias)
+        elif version:
+            mv = client.get_model_version(name, version)
+        else:
+            versions = client.search_model_versions(f"name='{name}'")
+            if not versions:
+                return None
+            mv = max(versions, key=lambda v: int(v.version))
+    except MlflowException:
+        return None
+    target = download_to or Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}"))
+    if download_to is not None:
+        if target.exists():
+            shutil.rmtree(target)
+        mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=str(target))
+    return Version(version=str(mv.version), run_id=mv.run_id, bundle=target / "artifacts" / "bundle")
+
+
+def promotion_decision(metric: str, candidate: float, champion: float | None, margin: float) -> tuple[bool, str]:
+    """Promote only when there is no champion, or the candidate beats it by more than ``margin``."""
+    if champion is None:
+        return True, f"no champion yet; candidate {metric}={candidate:.4f}"
+    if candidate > champion + margin:
+        return True, f"candidate {metric}={candidate:.4f} beats champion {champion:.4f} by more than {margin}"
+    return False, (f"candidate {metric}={candidate:.4f} does not beat champion {champion:.4f} "
+                   f"by more than the margin {margin}")

@@ -1,0 +1,113 @@
+"""Evaluation against baselines, and the promotion gate.
+
+Both build the holdout from the pinned inputs exactly as training does (same
+cutoff), and re-score registered models on it, so a candidate and the champion
+are always compared on the same users and items.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from recsys_lib.core.config import RecsysConfig
+from recsys_lib.lake import Lake
+from recsys_lib.models.holdout import Holdout, build_holdout
+from recsys_lib.pipelines.train import holdout_metrics, pinned_inputs
+
+Say = Callable[[str], None]
+
+
+def current_holdout(spark: SparkSession, lake: Lake, cfg: RecsysConfig) -> Holdout:
+    """The holdout of the current training set (see :mod:`recsys_lib.models.holdout`)."""
+    _, _, events, cutoff = pinned_inputs(spark, lake, cfg)
+    return build_holdout(events, list(cfg.train.label_types), cutoff, cfg.features)
+
+
+def run_evaluate(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version: str | None = None,
+                 baselines: bool = True, report_json: str | None = None, plot: str | None = None,
+                 say: Say = print) -> dict[str, Any]:
+    """Score the two-tower model (``version``, else the champion, else the latest) and the baselines.
+
+    Returns:
+        ``{"models": {name: metrics}, "cutoff": ..., "two_tower_version": ..., "beats_baselines": {...}}``.
+
+    """
+    from recsys_lib.models import tracking
+    from recsys_lib.models.bundle import Bundle
+    from recsys_lib.models.evaluate import baseline_scorers, beats, comparison_table, evaluate, recall_plot, \
+        write_report
+
+    started = time.monotonic()
+    holdout = current_holdout(spark, lake, cfg)
+    say(f"holdout from {holdout.cutoff:%Y-%m-%d}: {len(holdout.truth):,} users, {len(holdout.items):,} items")
+    results: dict[str, dict[str, float]] = {}
+    client = tracking.configure(cfg)
+    chosen = (tracking.model_version(client, cfg.mlflow.registered_model, version=version) if version else
+              tracking.model_version(client, cfg.mlflow.registered_model, alias=tracking.CHAMPION)
+              or tracking.model_version(client, cfg.mlflow.registered_model))
+    if version and chosen is None:
+        raise ValueError(f"model '{cfg.mlflow.registered_model}' has no version {version}")
+    if chosen is not None:
+        results["two_tower"] = holdout_metrics(Bundle(chosen.bundle).model, holdout, cfg)
+    if baselines:
+        for name, scorer in baseline_scorers(spark, holdout, cfg.evaluate, cfg.train.seed).items():
+            results[name] = evaluate(scorer, holdout, cfg.evaluate.ks, filter_purchased=cfg.evaluate.filter_purchased)
+    say(comparison_table(results))
+    wins = beats(results, "two_tower", ["recall@50", "ndcg@10"]) if "two_tower" in results and len(results) > 1 \
+        else {}
+    if wins:
+        say("two-tower beats every baseline on " + ", ".join(f"{m}: {'yes' if w else 'NO'}" for m, w in wins.items()))
+    extra = {"cutoff": holdout.cutoff.isoformat(), "two_tower_version": chosen.version if chosen else None,
+             "filter_purchased": cfg.evaluate.filter_purchased, "beats_baselines": wins,
+             "seconds": round(time.monotonic() - started, 2)}
+    if report_json:
+        write_report(results, report_json, **extra)
+    if plot:
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        recall_plot(results, cfg.evaluate.ks, plot)
+    return {"models": results, **extra}
+
+
+def run_promote(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version: str | None = None,
+                say: Say = print) -> dict[str, Any]:
+    """Move the ``champion`` alias to ``version`` (default: the latest) if it beats the champion on the holdout.
+
+    Raises:
+        ValueError: If the model has no versions (or not ``version``).
+
+    """
+    from recsys_lib.models import tracking
+    from recsys_lib.models.bundle import Bundle
+
+    client = tracking.configure(cfg)
+    name, metric = cfg.mlflow.registered_model, cfg.evaluate.promote_metric
+    candidate = tracking.model_version(client, name, version=version)
+    if candidate is None:
+        raise ValueError(f"model '{name}' has no version {version or '(none registered)'}: run `recsys train` first")
+    champion = tracking.model_version(client, name, alias=tracking.CHAMPION)
+    if champion is not None and champion.version == candidate.version:
+        say(f"version {candidate.version} is already the champion")
+        return {"promoted": False, "reason": "already champion", "candidate": candidate.version,
+                "champion": champion.version}
+    holdout = current_holdout(spark, lake, cfg)
+    scores = {"candidate": holdout_metrics(Bundle(candidate.bundle).model, holdout, cfg)}
+    if champion is not None:
+        scores["champion"] = holdout_metrics(Bundle(champion.bundle).model, holdout, cfg)
+    if metric not in scores["candidate"]:
+        raise ValueError(f"evaluate.promote_metric: {metric!r} is not a computed metric "
+                         f"(have {sorted(scores['candidate'])})")
+    promote, reason = tracking.promotion_decision(metric, scores["candidate"][metric],
+                                                  scores["champion"][metric] if champion else None,
+                                                  cfg.evaluate.promote_margin)
+    if promote:
+        client.set_registered_model_alias(name, tracking.CHAMPION, candidate.version)
+    client.set_model_version_tag(name, candidate.version, "promotion", reason)
+    say(("promoted" if promote else "not promoted") + f" version {candidate.version}: {reason}")
+    return {"promoted": promote, "reason": reason, "candidate": candidate.version,
+            "champion": champion.version if champion else None,
+            "metric": metric, "scores": {k: v[metric] for k, v in scores.items()}}
