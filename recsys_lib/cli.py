@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
 from recsys_lib import __version__
+from recsys_lib.cli_models import COMMANDS as MODEL_COMMANDS
+from recsys_lib.cli_models import add_model_commands, run_model_command
 from recsys_lib.core.config import ConfigError, RecsysConfig, load_config
 from recsys_lib.core.durations import parse_duration
 from recsys_lib.lake import Lake
@@ -108,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     maintain.add_argument("--retention-hours", type=float, default=168.0)
     maintain.add_argument("--no-vacuum", action="store_true")
 
+    add_model_commands(sub, common)
+
     sub.add_parser("config", parents=[common], help="print the resolved config")
     demo = sub.add_parser("demo", parents=[common], help="generate a sample and run the suite end to end")
     demo.add_argument("--events", type=int, default=200_000)
@@ -201,6 +205,8 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
 
     ctx = start(cfg)
     try:
+        if args.command in MODEL_COMMANDS:
+            return run_model_command(args, ctx)
         if args.command == "ingest":
             from recsys_lib.pipelines.ingest import format_summary, run_ingest
 

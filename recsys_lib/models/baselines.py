@@ -37,7 +37,7 @@ def popularity(history: pd.DataFrame, n_items: int, cutoff_s: float, half_life_s
     return score
 
 
-def cooccurrence(history: pd.DataFrame, n_users: int, n_items: int, recent: Sequence[Sequence[int]]) -> Scorer:
+def cooccurrence(history: pd.DataFrame, n_users: int, n_items: int, recent: Sequence[np.ndarray]) -> Scorer:
     """Cosine item co-occurrence; ``history`` has ``user_idx`` and ``item_idx``; ``recent[u]`` are u's items."""
     pairs = history[["user_idx", "item_idx"]].drop_duplicates()
     x = sparse.csr_matrix((np.ones(len(pairs)), (pairs["user_idx"], pairs["item_idx"])), shape=(n_users, n_items))
@@ -68,9 +68,9 @@ def als(spark: SparkSession, history: pd.DataFrame, n_items: int, holdout_user_i
     model = ALS(rank=rank, maxIter=iterations, regParam=reg, alpha=alpha, implicitPrefs=True, userCol="user_idx",
                 itemCol="item_idx", ratingCol="n", seed=seed, coldStartStrategy="drop").fit(df)
     item_f = np.zeros((n_items, rank))
-    items = model.itemFactors.toPandas()
+    items = pd.DataFrame(model.itemFactors.toPandas())
     item_f[items["id"].to_numpy()] = np.stack(items["features"].to_numpy())
-    users = model.userFactors.toPandas()
+    users = pd.DataFrame(model.userFactors.toPandas())
     user_f = dict(zip(users["id"].to_numpy(), users["features"].to_numpy(), strict=True))
     fallback = item_f.mean(axis=0)
     q = np.stack([np.asarray(user_f.get(int(u), fallback)) for u in holdout_user_idx]) if len(holdout_user_idx) \

@@ -32,7 +32,7 @@ def save_bundle(folder: Path, model: TwoTower, items: pd.DataFrame, item_embeddi
     """Write a bundle (see the module docstring) and return its folder."""
     folder.mkdir(parents=True, exist_ok=True)
     model.spec.save(folder / "spec.json")
-    np.savez(folder / "weights.npz", **weight_arrays(model))
+    np.savez(str(folder / "weights.npz"), **weight_arrays(model))  # type: ignore[arg-type]
     export_query_tower(model, folder / "query_tower")
     table = items[["item_id", "category_id", "price"]].assign(embedding=list(item_embeddings.astype(np.float32)))
     table.to_parquet(folder / "items.parquet", index=False)
@@ -88,7 +88,7 @@ class Bundle:
         return tf.saved_model.load(str(self.path / "query_tower")).signatures["serving_default"]
 
     def encode_queries(self, users: pa.Table) -> np.ndarray:
-        """Query embeddings through the exported SavedModel (rows as :func:`~recsys_lib.models.data.query_chunk` reads)."""
+        """Query embeddings through the exported SavedModel, for rows as ``query_chunk`` reads them."""
         import tensorflow as tf
 
         chunk = query_chunk(users, self.spec)

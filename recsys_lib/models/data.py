@@ -17,9 +17,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import tensorflow as tf
 
 import recsys_lib.models  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow loads
-import tensorflow as tf
 from recsys_lib.lake.files import filesystem_for
 from recsys_lib.models.two_tower import PAD, ModelSpec, input_signature
 
@@ -123,7 +123,8 @@ def training_chunks(files: Sequence[str], spec: ModelSpec, prior: ItemPrior, *, 
     items: a click is usually preceded by a view of the same item seconds earlier,
     and a model that learns to copy it is useless for recommending what comes next.
     """
-    columns = ["user_id", "item_id", "category_id", "price", "u_recent_items", "u_top_categories", "label_type", *spec.query_numeric,
+    columns = ["user_id", "item_id", "category_id", "price", "u_recent_items", "u_top_categories", "label_type",
+               *spec.query_numeric,
                *spec.item_numeric]
     wanted = pa.array(list(label_types)) if label_types else None
     passes = [0]

@@ -66,7 +66,7 @@ def comparison_table(results: Mapping[str, Mapping[str, float]], columns: Sequen
 
 
 def beats(results: Mapping[str, Mapping[str, float]], model: str, metrics: Sequence[str]) -> dict[str, bool]:
-    """For each metric: does ``model`` score strictly above every other model?"""
+    """Whether ``model`` scores strictly above every other model, per metric."""
     others = [r for n, r in results.items() if n != model]
     return {m: all(results[model][m] > r[m] for r in others) for m in metrics}
 

@@ -76,10 +76,11 @@ def catalogue(events: DataFrame, before: datetime, fc: FeaturesConfig) -> DataFr
 def build_holdout(events: DataFrame, label_types: list[str], cutoff: datetime, fc: FeaturesConfig) -> Holdout:
     """Collect the holdout for ``cutoff`` (see the module docstring)."""
     at_us = int(cutoff.timestamp() * 1_000_000)
-    items = catalogue(events, cutoff, fc).toPandas()
+    items = _pandas(catalogue(events, cutoff, fc).toPandas())
     ids = pd.Index(items["item_id"])
     labels = events.where(F.col("event_type").isin(*label_types) & F.col("item_id").isNotNull())
-    after = labels.where(F.col("event_ts") >= F.lit(cutoff)).select("user_id", "item_id").distinct().toPandas()
+    after = _pandas(labels.where(F.col("event_ts") >= F.lit(cutoff)).select("user_id", "item_id").distinct()
+                    .toPandas())
     after = after[ids.get_indexer(after["item_id"]) >= 0]
     users = sorted(after["user_id"].unique())
     user_keys = events.sparkSession.createDataFrame(pd.DataFrame({"user_id": users}), "user_id string")
@@ -88,12 +89,12 @@ def build_holdout(events: DataFrame, label_types: list[str], cutoff: datetime, f
     query = query.take(pa.array(order.get_indexer(users)))
     truth_by_user = after.assign(i=ids.get_indexer(after["item_id"])).groupby("user_id")["i"].apply(set)
     before = events.where(F.col("event_ts") < F.lit(cutoff))
-    bought = (before.where((F.col("event_type") == "purchase") & F.col("user_id").isin(users))
-              .select("user_id", "item_id").distinct().toPandas())
+    bought = _pandas(before.where((F.col("event_type") == "purchase") & F.col("user_id").isin(users))
+                     .select("user_id", "item_id").distinct().toPandas())
     bought = bought.assign(i=ids.get_indexer(bought["item_id"]))
     bought_by_user = bought[bought["i"] >= 0].groupby("user_id")["i"].apply(list)
-    history = (before.join(labels.select("event_id"), "event_id", "left_semi")
-               .select("user_id", "item_id", (F.unix_micros("event_ts") / 1e6).alias("ts_s")).toPandas())
+    history = _pandas(before.join(labels.select("event_id"), "event_id", "left_semi")
+                      .select("user_id", "item_id", (F.unix_micros("event_ts") / 1e6).alias("ts_s")).toPandas())
     train_users = pd.Index(sorted(history["user_id"].unique()))
     history = history.assign(user_idx=train_users.get_indexer(history["user_id"]),
                              item_idx=ids.get_indexer(history["item_id"]))
@@ -101,6 +102,12 @@ def build_holdout(events: DataFrame, label_types: list[str], cutoff: datetime, f
                    truth=[truth_by_user.get(u, set()) for u in users],
                    purchased=[list(bought_by_user.get(u, [])) for u in users],
                    history=history[history["item_idx"] >= 0], train_users=train_users)
+
+
+def _pandas(df: object) -> pd.DataFrame:
+    """Spark's ``toPandas`` result, typed."""
+    assert isinstance(df, pd.DataFrame)
+    return df
 
 
 def recent_indices(holdout: Holdout) -> list[np.ndarray]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -55,7 +55,7 @@ class ScannIndex:
 
     kind = "scann"
 
-    def __init__(self, embeddings: np.ndarray, *, searcher: object | None = None, k: int = 100) -> None:
+    def __init__(self, embeddings: np.ndarray, *, searcher: Any = None, k: int = 100) -> None:
         import scann
 
         self.embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -67,10 +67,10 @@ class ScannIndex:
                 builder = builder.tree(num_leaves=leaves, num_leaves_to_search=max(1, leaves // 5),
                                        training_sample_size=min(n, 250_000))
             searcher = builder.score_ah(2, anisotropic_quantization_threshold=0.2).reorder(max(4 * k, 200)).build()
-        self.searcher = searcher
+        self.searcher: Any = searcher
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        idx, scores = self.searcher.search_batched(np.asarray(queries, dtype=np.float32),  # type: ignore[attr-defined]
+        idx, scores = self.searcher.search_batched(np.asarray(queries, dtype=np.float32),
                                                    final_num_neighbors=k)
         return np.asarray(idx, dtype=np.int64), np.asarray(scores)
 
@@ -79,7 +79,7 @@ class ScannIndex:
         np.save(folder / "embeddings.npy", self.embeddings)
         scann_dir = folder / "scann"
         scann_dir.mkdir(exist_ok=True)
-        self.searcher.serialize(str(scann_dir))  # type: ignore[attr-defined]
+        self.searcher.serialize(str(scann_dir))
         (folder / "index.json").write_text(json.dumps({"kind": self.kind}))
 
 

@@ -47,7 +47,7 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-class RecommenderModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
+class RecommenderModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
     """pyfunc face of a bundle: rows of raw user features in, top-k item ids out."""
 
     def load_context(self, context: Any) -> None:

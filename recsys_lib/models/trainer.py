@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import recsys_lib.models  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf
+
+import recsys_lib.models  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow loads
 from recsys_lib.core.config import TrainConfig
 from recsys_lib.models.data import Chunk, training_dataset
 from recsys_lib.models.two_tower import ModelSpec, TwoTower, build, load_weights
@@ -45,7 +46,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
 
 def worker_position() -> tuple[int, int]:
-    """(this worker's index, number of workers) from ``TF_CONFIG``; (0, 1) without it."""
+    """Return this worker's index and the number of workers from ``TF_CONFIG`` ((0, 1) without it)."""
     conf = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
     cluster = conf.get("cluster", {})
     workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))

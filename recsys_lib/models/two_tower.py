@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-import recsys_lib.models  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
+
+import recsys_lib.models  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow loads
 
 PAD = ""
 #: Query tower inputs, in the exported signature's order.
@@ -76,7 +76,7 @@ class ModelSpec:
 
     def grown(self, users: list[str], items: list[str], item_categories: dict[str, str],
               categories: list[str]) -> ModelSpec:
-        """This spec with new ids appended after the old ones (old ids keep their embedding rows)."""
+        """Return a copy with new ids appended after the old ones (old ids keep their embedding rows)."""
         known_items = set(self.items)
         new_items = sorted(set(items) - known_items)
         cats = dict(zip(self.items, self.item_categories, strict=True)) | item_categories

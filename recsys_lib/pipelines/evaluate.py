@@ -39,8 +39,14 @@ def run_evaluate(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version:
     """
     from recsys_lib.models import tracking
     from recsys_lib.models.bundle import Bundle
-    from recsys_lib.models.evaluate import baseline_scorers, beats, comparison_table, evaluate, recall_plot, \
-        write_report
+    from recsys_lib.models.evaluate import (
+        baseline_scorers,
+        beats,
+        comparison_table,
+        evaluate,
+        recall_plot,
+        write_report,
+    )
 
     started = time.monotonic()
     holdout = current_holdout(spark, lake, cfg)

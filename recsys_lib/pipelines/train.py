@@ -101,7 +101,8 @@ def prepare(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, base_spec: An
         spec = ModelSpec(users=users, items=list(items["item_id"]), item_categories=[item_cats[i] for i in
                                                                                       items["item_id"]],
                          categories=cats, query_numeric=query_numeric, item_numeric=item_numeric,
-                         query_mean=[stats[c][0] for c in query_numeric], query_std=[stats[c][1] for c in query_numeric],
+                         query_mean=[stats[c][0] for c in query_numeric],
+                         query_std=[stats[c][1] for c in query_numeric],
                          item_mean=[stats[c][0] for c in item_numeric], item_std=[stats[c][1] for c in item_numeric],
                          recent_len=cfg.features.recent_items, top_categories=cfg.features.affinity_top_k,
                          embedding_dim=tc.embedding_dim,

@@ -23,7 +23,6 @@ a long outage, a full refresh is the cheaper catch-up.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field

@@ -1,0 +1,87 @@
+"""The model commands of the ``recsys`` CLI: train, evaluate, promote, export, recommend, recommendations."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from recsys_lib.pipelines.context import JobContext
+
+COMMANDS = ("train", "evaluate", "promote", "export", "recommend", "recommendations")
+
+
+def add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register the model subcommands on the CLI's subparsers."""
+    train = sub.add_parser("train", parents=[common], help="train the two-tower model, log to MLflow, register it")
+    train.add_argument("--warm-start", action="store_true",
+                       help="start from the champion and train on the newest train.warm_start_days only")
+    train.add_argument("--summary-json", help="also write the run summary here")
+
+    ev = sub.add_parser("evaluate", parents=[common], help="holdout metrics of the model and the baselines")
+    ev.add_argument("--version", help="model version (default: the champion, else the latest)")
+    ev.add_argument("--report-json", help='write {"models": {name: metrics}} here')
+    ev.add_argument("--plot", help="write a recall@K PNG here")
+    ev.add_argument("--no-baselines", action="store_true", help="score only the two-tower model")
+
+    promote = sub.add_parser("promote", parents=[common],
+                             help="move the champion alias if the candidate beats it on the holdout")
+    promote.add_argument("--version", help="candidate version (default: the latest)")
+
+    sub.add_parser("export", parents=[common],
+                   help="champion's item embeddings and ANN index over the current items, for serving")
+
+    rec = sub.add_parser("recommend", parents=[common], help="top-k items for one user from current features")
+    rec.add_argument("--user", required=True)
+    rec.add_argument("--k", type=int, help="how many (default: serve.k)")
+    rec.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+
+    batch = sub.add_parser("recommendations", parents=[common],
+                           help="batch top-k for every active user into the recommendations table")
+    batch.add_argument("--k", type=int, help="how many per user (default: serve.batch_k)")
+
+
+def run_model_command(args: argparse.Namespace, ctx: JobContext) -> int:
+    """Run one model command; the exit code."""
+    from recsys_lib.pipelines.ingest import write_json
+
+    spark, lake, cfg = ctx.spark, ctx.lake, ctx.cfg
+    if args.command == "train":
+        from recsys_lib.pipelines.train import run_train
+
+        out = run_train(spark, lake, cfg, warm_start=args.warm_start)
+        if args.summary_json:
+            write_json(args.summary_json, out)
+        return 0
+    if args.command == "evaluate":
+        from recsys_lib.pipelines.evaluate import run_evaluate
+
+        run_evaluate(spark, lake, cfg, version=args.version, baselines=not args.no_baselines,
+                     report_json=args.report_json, plot=args.plot)
+        return 0
+    if args.command == "promote":
+        from recsys_lib.pipelines.evaluate import run_promote
+
+        run_promote(spark, lake, cfg, version=args.version)
+        return 0
+    if args.command == "export":
+        from recsys_lib.pipelines.serve import run_export
+
+        run_export(spark, lake, cfg)
+        return 0
+    if args.command == "recommend":
+        from recsys_lib.pipelines.serve import run_recommend
+
+        recs = run_recommend(spark, lake, cfg, args.user, args.k)
+        if args.json:
+            for row in recs.to_dict(orient="records"):
+                print(json.dumps(row, default=str))
+        else:
+            print(f"user {args.user}: {recs['source'].iloc[0] if len(recs) else 'nothing to recommend'} "
+                  f"(model version {recs['model_version'].iloc[0] if len(recs) else '-'})")
+            print(recs.drop(columns=["source", "model_version"]).to_string(index=False))
+        return 0
+    from recsys_lib.pipelines.serve import run_batch_recommendations
+
+    run_batch_recommendations(spark, lake, cfg, k=args.k)
+    return 0
