@@ -46,6 +46,23 @@ def serving_dir(cfg: RecsysConfig) -> Path:
     return Path(cfg.home_dir) / "serving" / "current"
 
 
+def feature_time(spark: SparkSession, cfg: RecsysConfig) -> datetime:
+    """The time serving reads features at: the newest event folded into ``item_features``.
+
+    With a running stream this trails the wall clock by seconds; for historical data
+    (the demo, benchmarks) it keeps decayed features meaningful instead of decaying
+    them to zero between the data's last day and today.
+    """
+    from recsys_lib.features import entities
+    from recsys_lib.lake import open_lake
+
+    row = open_lake(spark, cfg).read(entities(cfg.features)["item"].table).agg(F.max("as_of")).first()
+    if row is None or row[0] is None:
+        raise ValueError("item_features is empty: run `recsys features refresh` first")
+    value: datetime = row[0]
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def _champion(cfg: RecsysConfig) -> Any:
     from recsys_lib.models import tracking
 
@@ -68,7 +85,8 @@ def run_export(spark: SparkSession, lake: Lake, cfg: RecsysConfig, say: Say = pr
     started = time.monotonic()
     champion = _champion(cfg)
     bundle = Bundle(champion.bundle)
-    items = item_inputs(load_features(spark, "item", cfg=cfg), bundle.spec).orderBy("item_id").toArrow()
+    at = feature_time(spark, cfg)
+    items = item_inputs(load_features(spark, "item", at, cfg=cfg), bundle.spec).orderBy("item_id").toArrow()
     embeddings = encode(bundle.model.candidate, candidate_chunk(items, bundle.spec))
     index = build_index(embeddings, cfg.serve.index, cfg.serve.scann_min_items)
     probe = np.random.default_rng(0).normal(size=(min(500, len(embeddings)), embeddings.shape[1])).astype(np.float32)
@@ -83,7 +101,7 @@ def run_export(spark: SparkSession, lake: Lake, cfg: RecsysConfig, say: Say = pr
                   "price": items.column("price").to_pylist(), "embedding": list(embeddings)}
                  ).to_parquet(staging / "items.parquet", index=False)
     index.save(staging / "index")
-    meta = bundle.meta | {"model_version": champion.version, "index": index.kind, "index_recall_at_100": recall,
+    meta = bundle.meta | {"model_version": champion.version, "index": index.kind, "features_at": at.isoformat(), "index_recall_at_100": recall,
                           "items": len(embeddings), "exported_at": datetime.now(UTC).isoformat()}
     (staging / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     shutil.rmtree(target, ignore_errors=True)
@@ -130,11 +148,15 @@ def _rank(bundle: Any, users: pa.Table, k: int, purchased: dict[str, set[str]]) 
 
 def run_recommend(spark: SparkSession, lake: Lake, cfg: RecsysConfig, user: str, k: int | None = None,
                   at: datetime | None = None) -> pd.DataFrame:
-    """Top-k items for ``user`` from their current features; popular items for an unknown user."""
+    """Top-k items for ``user`` from their features at ``at`` (default: :func:`feature_time`).
+
+    An unknown user gets the most popular training items instead.
+    """
     from recsys_lib.features import load_features
     from recsys_lib.models.feature_inputs import user_inputs
 
     k = k or cfg.serve.k
+    at = at or feature_time(spark, cfg)
     bundle, version = _serving_bundle(cfg)
     rows = user_inputs(load_features(spark, "user", at, cfg=cfg).where(F.col("user_id") == user),
                        bundle.spec).toArrow()
@@ -161,7 +183,7 @@ def run_batch_recommendations(spark: SparkSession, lake: Lake, cfg: RecsysConfig
     started = time.monotonic()
     k = k or cfg.serve.batch_k
     bundle, version = _serving_bundle(cfg)
-    users_df = load_features(spark, "user", cfg=cfg)
+    users_df = load_features(spark, "user", feature_time(spark, cfg), cfg=cfg)
     newest = users_df.agg(F.max("last_event_ts")).first()
     if newest is None or newest[0] is None:
         raise ValueError("user_features is empty: run `recsys features refresh` first")

@@ -213,7 +213,10 @@ def export_bundle(spark: SparkSession, lake: Lake, cfg: RecsysConfig, model: Any
     from recsys_lib.models.feature_inputs import item_inputs
     from recsys_lib.models.index import BruteForceIndex, build_index, recall_against_exact
 
-    items = item_inputs(load_features(spark, "item", cfg=cfg), model.spec).orderBy("item_id").toArrow()
+    from recsys_lib.pipelines.serve import feature_time
+
+    items = item_inputs(load_features(spark, "item", feature_time(spark, cfg), cfg=cfg), model.spec
+                        ).orderBy("item_id").toArrow()
     embeddings = encode(model.candidate, candidate_chunk(items, model.spec))
     index = build_index(embeddings, cfg.serve.index, cfg.serve.scann_min_items)
     queries = encode(model.query, query_chunk(prep.holdout.users, model.spec))
