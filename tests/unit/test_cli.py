@@ -7,7 +7,7 @@ from recsys_lib.cli import build_parser, main
 pytestmark = pytest.mark.unit
 
 COMMANDS = ["generate", "ingest", "adapt", "lake", "features", "training-set", "stream", "stream-status", "maintain",
-            "config", "demo"]
+            "config", "demo", "train", "evaluate", "promote", "export", "recommend", "recommendations"]
 
 
 def test_help_lists_every_command(capsys):

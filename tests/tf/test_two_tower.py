@@ -1,0 +1,118 @@
+"""The two-tower model: hand-computed loss, save/reload, warm start growth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.tf
+
+tf = pytest.importorskip("recsys_lib.models.two_tower", reason="TensorFlow is not installed").tf
+
+
+def test_retrieval_loss_matches_hand_computation():
+    from recsys_lib.models.two_tower import build
+
+    from tests.tf.helpers import tiny_spec
+
+    task = build(tiny_spec(temperature=0.5)).task
+    q = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    c = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    p = tf.constant([0.5, 0.25])
+    # logits = q.c / T - log p: row 0 [2 + ln 2, ln 4], row 1 [ln 2, 2 + ln 4]
+    row0 = math.log(1 + math.exp(math.log(4) - (2 + math.log(2))))
+    row1 = math.log(1 + math.exp(math.log(2) - (2 + math.log(4))))
+    loss = task(q, c, candidate_sampling_probability=p, candidate_ids=tf.constant(["a", "b"]),
+                compute_metrics=False)
+    assert float(loss) == pytest.approx(row0 + row1, rel=1e-5)
+
+
+def test_accidental_hits_are_not_negatives():
+    from recsys_lib.models.two_tower import build
+
+    from tests.tf.helpers import tiny_spec
+
+    task = build(tiny_spec(temperature=0.5)).task
+    q = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    c = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    # both rows have the same item: each row's only negative is its own positive -> zero loss
+    loss = task(q, c, candidate_sampling_probability=tf.constant([0.5, 0.5]), candidate_ids=tf.constant(["a", "a"]),
+                compute_metrics=False)
+    assert float(loss) == pytest.approx(0.0, abs=1e-6)
+
+
+def _one_step(spec):
+    from recsys_lib.core.config import TrainConfig
+    from recsys_lib.models.data import ItemPrior, candidate_chunk, query_chunk
+    from recsys_lib.models.trainer import fit
+
+    from tests.tf.helpers import rows
+
+    table = rows(64)
+    prior = ItemPrior.from_counts({i: 1 for i in spec.items})
+
+    def make(worker, workers):
+        def gen():
+            chunk = query_chunk(table, spec) | candidate_chunk(table, spec)
+            chunk["item_prob"] = prior.lookup(chunk["item_id"])
+            yield chunk
+        return gen
+
+    return fit(spec, make, 64, TrainConfig(batch_size=32, epochs=1, shuffle_buffer=64)), table
+
+
+def test_train_save_reload_gives_identical_scores(tmp_path):
+    from recsys_lib.models.bundle import Bundle, save_bundle
+    from recsys_lib.models.data import candidate_chunk, encode, query_chunk
+    from recsys_lib.models.index import BruteForceIndex
+
+    from tests.tf.helpers import tiny_spec
+
+    spec = tiny_spec()
+    result, table = _one_step(spec)
+    assert result.epochs and math.isfinite(result.epochs[0]["loss"])
+    model = result.model
+    q = encode(model.query, query_chunk(table, spec))
+    items = table.select(["item_id", "category_id", "price", "i_view_count"]).to_pandas()
+    c = encode(model.candidate, candidate_chunk(table, spec))
+    save_bundle(tmp_path / "b", model, items, c, BruteForceIndex(c), {"cutoff": "x"})
+    again = Bundle(tmp_path / "b")
+    np.testing.assert_array_equal(encode(again.model.query, query_chunk(table, again.spec)), q)
+    np.testing.assert_array_equal(encode(again.model.candidate, candidate_chunk(table, again.spec)), c)
+    np.testing.assert_allclose(again.encode_queries(table), q, rtol=1e-6, atol=1e-6)  # the exported SavedModel
+    np.testing.assert_allclose(again.encode_queries(table) @ c.T, q @ c.T, rtol=1e-5, atol=1e-6)
+
+
+def test_warm_start_keeps_old_embeddings_and_grows_vocabularies():
+    from recsys_lib.models.two_tower import build, load_weights, weight_arrays
+
+    from tests.tf.helpers import ITEMS, USERS, tiny_spec
+
+    old_spec = tiny_spec()
+    old, _ = _one_step(old_spec)
+    saved = weight_arrays(old.model)
+    grown = old_spec.grown(USERS + ["u_new"], ITEMS + ["i_new"], {"i_new": "c9"}, ["c0", "c1", "c9"])
+    assert grown.users[: len(USERS)] == USERS and grown.users[-1] == "u_new"
+    assert grown.items[-1] == "i_new" and grown.item_categories[-1] == "c9"
+    model = build(grown)
+    assert load_weights(model, saved) == []
+    for name in ("user_embedding/embeddings:0", "item_embedding/embeddings:0", "category_embedding/embeddings:0"):
+        new = weight_arrays(model)[name]
+        assert new.shape[0] > saved[name].shape[0]
+        np.testing.assert_array_equal(new[: saved[name].shape[0]], saved[name])
+    # an old id still maps to the same row
+    assert int(model.item_lookup(tf.constant(["i3"]))[0]) == int(old.model.item_lookup(tf.constant(["i3"]))[0])
+
+
+def test_unseen_user_still_gets_an_embedding():
+    from recsys_lib.models.data import encode, query_chunk
+
+    from tests.tf.helpers import rows, tiny_spec
+
+    spec = tiny_spec()
+    result, _ = _one_step(spec)
+    table = rows(3).set_column(1, "user_id", __import__("pyarrow").array(["nobody", "x", "y"]))
+    q = encode(result.model.query, query_chunk(table, spec))
+    assert q.shape[0] == 3 and np.isfinite(q).all()

@@ -1,0 +1,49 @@
+"""Ranking metrics against rankings worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from recsys_lib.models.metrics import ranking_metrics, top_k
+
+pytestmark = pytest.mark.unit
+
+
+def test_metrics_match_hand_computation():
+    # user 0: relevant {1, 3}; ranked [1, 2, 3] -> hits at ranks 1 and 3
+    # user 1: relevant {4};    ranked [0, 2, 5] -> no hit
+    # user 2: no relevant items -> ignored in every average
+    top = np.array([[1, 2, 3], [0, 2, 5], [4, 4, 4]])
+    m = ranking_metrics(top, [{1, 3}, {4}, set()], ks=[1, 3], n_items=10)
+    assert m["users"] == 2
+    assert m["recall@1"] == pytest.approx((1 / 2 + 0) / 2)
+    assert m["recall@3"] == pytest.approx((2 / 2 + 0) / 2)
+    assert m["precision@3"] == pytest.approx((2 / 3 + 0) / 2)
+    assert m["hit_rate@3"] == pytest.approx(0.5)
+    dcg = 1 / math.log2(2) + 1 / math.log2(4)
+    idcg = 1 / math.log2(2) + 1 / math.log2(3)
+    assert m["ndcg@3"] == pytest.approx((dcg / idcg + 0) / 2)
+    # AP@3 for user 0: (P@1 + P@3) / min(|R|, 3) = (1 + 2/3) / 2
+    assert m["map@3"] == pytest.approx(((1 + 2 / 3) / 2 + 0) / 2)
+    # coverage@1: first columns {1, 0, 4} of 10 items
+    assert m["coverage@1"] == pytest.approx(0.3)
+
+
+def test_ndcg_is_one_for_a_perfect_ranking():
+    m = ranking_metrics(np.array([[2, 0, 1]]), [{2, 0}], ks=[3], n_items=3)
+    assert m["ndcg@3"] == pytest.approx(1.0)
+    assert m["map@3"] == pytest.approx(1.0)
+
+
+def test_k_larger_than_lists_is_an_error():
+    with pytest.raises(ValueError, match="K=5"):
+        ranking_metrics(np.zeros((1, 3), dtype=int), [{1}], ks=[5], n_items=3)
+
+
+def test_top_k_orders_and_excludes():
+    scores = np.array([[0.1, 0.9, 0.5, 0.7], [1.0, 0.0, 0.2, 0.3]])
+    assert top_k(scores, 2).tolist() == [[1, 3], [0, 3]]
+    assert top_k(scores, 2, exclude=[[1], []]).tolist() == [[3, 2], [0, 3]]
