@@ -40,7 +40,7 @@ test-slow: $(STAMP)
 	$(PYTEST) -q -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check recsys_lib jobs bench tests
+	$(BIN)/ruff check recsys_lib jobs bench tests airflow_dags
 typecheck: $(STAMP)
 	$(BIN)/mypy
 check: lint typecheck

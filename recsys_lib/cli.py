@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("config", parents=[common], help="print the resolved config")
     demo = sub.add_parser("demo", parents=[common], help="generate a sample and run the suite end to end")
     demo.add_argument("--events", type=int, default=200_000)
+    demo.add_argument("--stream-seconds", type=float, default=60.0, help="how long the live streaming part runs")
     return parser
 
 
@@ -181,7 +182,7 @@ def _dispatch(args: argparse.Namespace, cfg: RecsysConfig) -> int:
     if args.command == "demo":
         from recsys_lib.pipelines.demo import run_demo
 
-        summary = run_demo(cfg, events=args.events)
+        summary = run_demo(cfg, events=args.events, stream_seconds=args.stream_seconds)
         return 0 if summary.balanced else 1
     return _spark_command(args, cfg)
 
@@ -210,7 +211,7 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
         if args.command == "ingest":
             from recsys_lib.pipelines.ingest import format_summary, run_ingest
 
-            summary = run_ingest(ctx.spark, ctx.lake, cfg, args.input, summary_json=args.summary_json)
+            summary = run_ingest(ctx.spark, ctx.lake, cfg, args.input or None, summary_json=args.summary_json)
             print(format_summary(summary))
             return 0 if summary.balanced else 1
         if args.command == "lake":

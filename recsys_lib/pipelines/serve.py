@@ -97,11 +97,11 @@ def run_export(spark: SparkSession, lake: Lake, cfg: RecsysConfig, say: Say = pr
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(bundle.path, staging)
     shutil.rmtree(staging / "index")
-    pd.DataFrame({"item_id": items.column("item_id").to_pylist(), "category_id": items.column("category_id").to_pylist(),
-                  "price": items.column("price").to_pylist(), "embedding": list(embeddings)}
-                 ).to_parquet(staging / "items.parquet", index=False)
+    catalogue = items.select(["item_id", "category_id", "price"]).to_pandas()
+    catalogue.assign(embedding=list(embeddings)).to_parquet(staging / "items.parquet", index=False)
     index.save(staging / "index")
-    meta = bundle.meta | {"model_version": champion.version, "index": index.kind, "features_at": at.isoformat(), "index_recall_at_100": recall,
+    meta = bundle.meta | {"model_version": champion.version, "index": index.kind, "features_at": at.isoformat(),
+                          "index_recall_at_100": recall,
                           "items": len(embeddings), "exported_at": datetime.now(UTC).isoformat()}
     (staging / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     shutil.rmtree(target, ignore_errors=True)

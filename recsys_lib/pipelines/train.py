@@ -212,7 +212,6 @@ def export_bundle(spark: SparkSession, lake: Lake, cfg: RecsysConfig, model: Any
     from recsys_lib.models.data import candidate_chunk, encode, query_chunk
     from recsys_lib.models.feature_inputs import item_inputs
     from recsys_lib.models.index import BruteForceIndex, build_index, recall_against_exact
-
     from recsys_lib.pipelines.serve import feature_time
 
     items = item_inputs(load_features(spark, "item", feature_time(spark, cfg), cfg=cfg), model.spec

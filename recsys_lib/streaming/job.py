@@ -21,10 +21,10 @@ from recsys_lib.core.config import RecsysConfig
 from recsys_lib.ingest.validate import RAW_FILE_GLOB
 from recsys_lib.lake import Lake
 from recsys_lib.streaming.faults import fault_point
+from recsys_lib.streaming.health import STATUS_FILE, write_pid
 from recsys_lib.streaming.microbatch import process_batch
 
 log = logging.getLogger(__name__)
-STATUS_FILE = "batches.jsonl"
 
 
 def source_stream(spark: SparkSession, cfg: RecsysConfig, input_dir: str) -> DataFrame:
@@ -74,6 +74,7 @@ def run_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     if available_now:
         writer = writer.trigger(availableNow=True)
     else:
+        write_pid(cfg)  # the watchdog's liveness check (recsys_lib.streaming.health)
         writer = writer.trigger(processingTime=f"{trigger_seconds or cfg.streaming.trigger} seconds")
     query = writer.start()
     query.awaitTermination()

@@ -14,13 +14,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 def test_demo_runs_end_to_end(tmp_path):
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "RECSYS_HOME": str(tmp_path / "data")}
-    proc = subprocess.run([str(Path(sys.executable).with_name("recsys")), "demo", "--events", "5000",
+    proc = subprocess.run([str(Path(sys.executable).with_name("recsys")), "demo", "--events", "20000",
+                           "--stream-seconds", "15",
                            "--set", "spark.driver_memory=1g"], env=env, capture_output=True, text=True,
                           timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
-        assert step in out
-    assert "balanced       yes" in out and "valid (new)           5,000" in out
+    for step in range(1, 9):
+        assert f"[{step}/8]" in out
+    assert "balanced       yes" in out and "valid (new)          20,000" in out
+    assert "registered 'recsys-two-tower' version 1" in out and "promoted version 1" in out
+    assert "two_tower" in out and "popularity" in out and "als" in out  # the comparison table
+    assert out.count("top 5") >= 3 and "user" in out and "after:" in out
+    assert "micro-batches" in out
     assert (tmp_path / "data" / "lake" / "user_features" / "_delta_log").is_dir()
     assert (tmp_path / "data" / "lake" / "training_examples" / "_delta_log").is_dir()
+    assert (tmp_path / "data" / "lake" / "recommendations" / "_delta_log").is_dir()
+    assert (tmp_path / "data" / "mlflow" / "mlflow.db").is_file()

@@ -16,7 +16,6 @@ def main() -> None:
     from recsys_lib.models.data import ItemPrior, training_chunks
     from recsys_lib.models.trainer import fit, worker_position
     from recsys_lib.models.two_tower import weight_arrays
-
     from tests.tf.helpers import tiny_spec
 
     spec = tiny_spec()

@@ -43,7 +43,6 @@ def test_padding_truncates_and_fills():
 
 def test_shards_are_disjoint_and_cover_every_selected_row(tmp_path):
     from recsys_lib.models.data import ItemPrior, training_chunks
-
     from tests.tf.helpers import rows, tiny_spec
 
     path = _write(tmp_path, 300)
@@ -69,7 +68,6 @@ def test_shards_are_disjoint_and_cover_every_selected_row(tmp_path):
 
 def test_label_item_is_masked_out_of_recent_items(tmp_path):
     from recsys_lib.models.data import ItemPrior, training_chunks
-
     from tests.tf.helpers import tiny_spec
 
     path = _write(tmp_path, 200)

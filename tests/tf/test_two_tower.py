@@ -14,7 +14,6 @@ tf = pytest.importorskip("recsys_lib.models.two_tower", reason="TensorFlow is no
 
 def test_retrieval_loss_matches_hand_computation():
     from recsys_lib.models.two_tower import build
-
     from tests.tf.helpers import tiny_spec
 
     task = build(tiny_spec(temperature=0.5)).task
@@ -31,7 +30,6 @@ def test_retrieval_loss_matches_hand_computation():
 
 def test_accidental_hits_are_not_negatives():
     from recsys_lib.models.two_tower import build
-
     from tests.tf.helpers import tiny_spec
 
     task = build(tiny_spec(temperature=0.5)).task
@@ -47,7 +45,6 @@ def _one_step(spec):
     from recsys_lib.core.config import TrainConfig
     from recsys_lib.models.data import ItemPrior, candidate_chunk, query_chunk
     from recsys_lib.models.trainer import fit
-
     from tests.tf.helpers import rows
 
     table = rows(64)
@@ -67,7 +64,6 @@ def test_train_save_reload_gives_identical_scores(tmp_path):
     from recsys_lib.models.bundle import Bundle, save_bundle
     from recsys_lib.models.data import candidate_chunk, encode, query_chunk
     from recsys_lib.models.index import BruteForceIndex
-
     from tests.tf.helpers import tiny_spec
 
     spec = tiny_spec()
@@ -87,7 +83,6 @@ def test_train_save_reload_gives_identical_scores(tmp_path):
 
 def test_warm_start_keeps_old_embeddings_and_grows_vocabularies():
     from recsys_lib.models.two_tower import build, load_weights, weight_arrays
-
     from tests.tf.helpers import ITEMS, USERS, tiny_spec
 
     old_spec = tiny_spec()
@@ -108,7 +103,6 @@ def test_warm_start_keeps_old_embeddings_and_grows_vocabularies():
 
 def test_unseen_user_still_gets_an_embedding():
     from recsys_lib.models.data import encode, query_chunk
-
     from tests.tf.helpers import rows, tiny_spec
 
     spec = tiny_spec()

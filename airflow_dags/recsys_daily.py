@@ -1,0 +1,49 @@
+"""``recsys_daily``: the nightly batch pipeline, one spark-submit job per step."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param, chain
+from recsys_common import DEFAULT_ARGS, PARAMS, spark_job
+
+DOC = """
+### recsys_daily
+Raw landing files → `events` → feature tables (full refresh) → point-in-time
+training set → two-tower training (MLflow) → evaluation against the baselines →
+promotion gate → export of the champion's ANN index → batch top-K recommendations
+→ compaction and vacuum.
+
+Every task is `spark-submit jobs/<job>.py` (see `jobs/README.md`) against the
+connection in `RECSYS_SPARK_CONN_ID` (embedded default: `local[*]`). Params: `home`
+(data root), `conf_file` (YAML overlay), `input_dir` (landing folder to ingest;
+empty: the configured one), `label_types`.
+"""
+
+with DAG(
+    dag_id="recsys_daily",
+    description="ingest, full-refresh features, train, evaluate, promote, export, recommend, maintain",
+    schedule="0 2 * * *",
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    params={**PARAMS,
+            "input_dir": Param("", type="string", description="landing folder to ingest (empty: ingest.landing_dir)"),
+            "label_types": Param("purchase,add_to_cart,click", type="string")},
+    tags=["recsys", "batch", "training"],
+    doc_md=DOC,
+) as dag:
+    chain(
+        spark_job("ingest", "ingest_events", "--input", "{{ params.input_dir }}"),
+        spark_job("features_refresh", "features_refresh"),
+        spark_job("training_set", "training_set", "--label-types", "{{ params.label_types }}"),
+        spark_job("train", "train_model", timeout=timedelta(hours=3)),
+        spark_job("evaluate", "evaluate_model", "--report-json",
+                  "{{ params.home }}/reports/{{ ds }}/evaluation.json", "--plot",
+                  "{{ params.home }}/reports/{{ ds }}/recall_at_k.png"),
+        spark_job("promote", "promote_model"),
+        spark_job("export_index", "export_index"),
+        spark_job("batch_recommendations", "batch_recommendations"),
+        spark_job("maintenance", "maintain_tables"),
+    )

@@ -1,0 +1,192 @@
+"""Training throughput, against TFRS's basic-retrieval two-tower; warm start against a full retrain.
+
+Writes bench/results/train.json. On a synthetic sample (prepared once under
+``--work``, reused afterwards):
+
+1. **Throughput.** Our model and input pipeline (Delta snapshot Parquet files ->
+   pyarrow batches -> tf.data) for ``--epochs`` epochs at a fixed configuration;
+   then, on the same rows, the plain two-tower of the TFRS basic-retrieval tutorial
+   (user-id and item-id embeddings, in-memory ``from_tensor_slices``), once as
+   published (FactorizedTopK metrics over all candidates every step) and once
+   without metrics. ``ratio`` = our examples/s / the tutorial's without metrics
+   (the strict comparison; target >= 1.0).
+2. **Warm start.** A "yesterday" model trained on labels up to ``warm_start_days``
+   before the cutoff, then warm-started on the newest days only, against a full
+   retrain on everything: holdout metrics and seconds of each.
+
+    python bench/train.py --events 300000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _prepare(home: Path, events: int) -> Any:
+    from recsys_lib.core.config import load_config
+    from recsys_lib.pipelines.context import start
+    from recsys_lib.pipelines.demo import prepare_sample
+    from recsys_lib.pipelines.train import prepare
+
+    cfg = load_config(overrides=[f"home={home}", "spark.master=local[2]"])
+    prepare_sample(cfg, events=events, users=max(500, events // 70), items=max(200, events // 140), days=14)
+    ctx = start(cfg)
+    try:
+        full = prepare(ctx.spark, ctx.lake, cfg)
+        warm = prepare(ctx.spark, ctx.lake, cfg, base_spec=full.spec)
+    finally:
+        ctx.stop()
+    return cfg, full, warm
+
+
+def _ours(cfg: Any, prep: Any, epochs: int) -> dict[str, Any]:
+    from recsys_lib.models.data import training_chunks
+    from recsys_lib.models.trainer import fit
+
+    tc = cfg.train.model_copy(update={"epochs": epochs})
+
+    def make(worker: int, workers: int) -> Any:
+        return training_chunks(prep.files, prep.spec, prep.prior, worker=worker, workers=workers,
+                               label_types=list(tc.label_types), seed=tc.seed)
+
+    result = fit(prep.spec, make, prep.rows, tc)
+    steady = result.epochs[1:] or result.epochs
+    per_epoch = prep.rows // tc.batch_size * tc.batch_size
+    return {"epochs": epochs, "examples": result.examples, "seconds": round(result.seconds, 2),
+            "examples_per_second": round(result.examples_per_second, 1),
+            "steady_epoch_seconds": round(sum(e["epoch_seconds"] for e in steady) / len(steady), 2),
+            "steady_examples_per_second": round(per_epoch / (sum(e["epoch_seconds"] for e in steady) / len(steady)),
+                                                1), "model": result.model}
+
+
+def _tutorial(prep: Any, cfg: Any, epochs: int, with_metrics: bool) -> dict[str, Any]:
+    """The TFRS basic-retrieval tutorial's model on the same rows (its code pattern, our data)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    import tensorflow as tf
+    import tensorflow_recommenders as tfrs
+
+    tables = [pq.read_table(f, columns=["user_id", "item_id", "label_type"]) for f in prep.files]
+    table = pa.concat_tables(tables)
+    table = table.filter(pc.is_in(table.column("label_type"), pa.array(list(cfg.train.label_types))))
+    users = np.asarray(table.column("user_id").to_pylist(), dtype=object)
+    items = np.asarray(table.column("item_id").to_pylist(), dtype=object)
+    dim, batch = cfg.train.embedding_dim, cfg.train.batch_size
+
+    class Tutorial(tfrs.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.user_model = tf.keras.Sequential([
+                tf.keras.layers.StringLookup(vocabulary=sorted(set(users)), mask_token=None),
+                tf.keras.layers.Embedding(len(set(users)) + 1, dim)])
+            self.item_model = tf.keras.Sequential([
+                tf.keras.layers.StringLookup(vocabulary=sorted(set(items)), mask_token=None),
+                tf.keras.layers.Embedding(len(set(items)) + 1, dim)])
+            candidates = tf.data.Dataset.from_tensor_slices(sorted(set(items))).batch(128).map(self.item_model)
+            metrics = tfrs.metrics.FactorizedTopK(candidates=candidates) if with_metrics else None
+            self.task = tfrs.tasks.Retrieval(metrics=metrics)
+
+        def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+            return self.task(self.user_model(features["user_id"]), self.item_model(features["item_id"]),
+                             compute_metrics=with_metrics)
+
+    tf.keras.utils.set_random_seed(cfg.train.seed)
+    data = (tf.data.Dataset.from_tensor_slices({"user_id": users, "item_id": items})
+            .shuffle(min(len(users), cfg.train.shuffle_buffer), seed=cfg.train.seed).batch(batch, drop_remainder=True)
+            .prefetch(tf.data.AUTOTUNE))
+    model = Tutorial()
+    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.train.learning_rate))
+    times: list[float] = []
+
+    class Clock(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            times.append(time.perf_counter() - self.t)
+
+    model.fit(data, epochs=epochs, verbose=0, callbacks=[Clock()])
+    steady = times[1:] or times
+    per_epoch = len(users) // batch * batch
+    return {"with_metrics": with_metrics, "rows": len(users), "epoch_seconds": [round(t, 2) for t in times],
+            "steady_epoch_seconds": round(sum(steady) / len(steady), 2),
+            "steady_examples_per_second": round(per_epoch / (sum(steady) / len(steady)), 1)}
+
+
+def _warm_start(cfg: Any, full: Any, warm: Any, epochs: int) -> dict[str, Any]:
+    """Full retrain on all labels vs warm start (yesterday's model + the newest days only)."""
+    import dataclasses
+
+    from recsys_lib.models.data import training_chunks
+    from recsys_lib.models.trainer import fit
+    from recsys_lib.models.two_tower import weight_arrays
+    from recsys_lib.pipelines.train import holdout_metrics
+
+    tc = cfg.train
+
+    def run(prep: Any, files: list[str], rows: int, n_epochs: int, init: Any = None) -> tuple[Any, float]:
+        def make(worker: int, workers: int) -> Any:
+            return training_chunks(files, prep.spec, prep.prior, worker=worker, workers=workers,
+                                   label_types=list(tc.label_types), seed=tc.seed)
+        t = time.perf_counter()
+        result = fit(prep.spec, make, rows, tc, epochs=n_epochs, init_weights=init)
+        return result.model, time.perf_counter() - t
+
+    full_model, full_seconds = run(full, full.files, full.rows, tc.epochs)
+    old_files = sorted(set(full.files) - set(warm.files))
+    old_rows = max(tc.batch_size, full.rows - warm.rows)
+    yesterday, _ = run(dataclasses.replace(full), old_files, old_rows, tc.epochs)
+    warm_model, warm_seconds = run(warm, warm.files, warm.rows, tc.warm_start_epochs, weight_arrays(yesterday))
+    keys = ("recall@10", "recall@50", "recall@100", "ndcg@10")
+    return {"full_retrain": {"rows": full.rows, "epochs": tc.epochs, "seconds": round(full_seconds, 2),
+                             **{k: round(v, 4) for k, v in holdout_metrics(full_model, full.holdout, cfg).items()
+                                if k in keys}},
+            "warm_start": {"rows": warm.rows, "epochs": tc.warm_start_epochs, "seconds": round(warm_seconds, 2),
+                           "days": tc.warm_start_days,
+                           **{k: round(v, 4) for k, v in holdout_metrics(warm_model, warm.holdout, cfg).items()
+                              if k in keys}}}
+
+
+def main() -> None:
+    """Run the benchmark and write its JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--work", default=str(ROOT / "bench" / "work"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
+    parser.add_argument("--skip-warm-start", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    cfg, full, warm = _prepare(Path(args.work) / f"train-home-{args.events}", args.events)
+    ours = _ours(cfg, full, args.epochs)
+    ours.pop("model")
+    plain = _tutorial(full, cfg, args.epochs, with_metrics=False)
+    published = _tutorial(full, cfg, min(args.epochs, 2), with_metrics=True)
+    result: dict[str, Any] = {
+        "benchmark": "train", "events": args.events, "training_rows": full.rows, "batch_size": cfg.train.batch_size,
+        "embedding_dim": cfg.train.embedding_dim,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "ours": ours, "tfrs_tutorial_no_metrics": plain, "tfrs_tutorial_as_published": published,
+        "ratio": round(ours["steady_examples_per_second"] / plain["steady_examples_per_second"], 3),
+        "ratio_vs_published": round(ours["steady_examples_per_second"] / published["steady_examples_per_second"], 3),
+    }
+    print(json.dumps(result, indent=2), flush=True)
+    if not args.skip_warm_start:
+        result["warm_start"] = _warm_start(cfg, full, warm, args.epochs)
+        print(json.dumps(result["warm_start"], indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The demo's live part: the stream runs while new events for one user arrive.
+
+A producer writes a small file every few seconds (atomically: hidden temp file,
+then rename) with events just after the data's watermark: the chosen user
+browses, clicks and buys in a category they had not favoured, plus background
+traffic. Before and after, the demo prints that user's features and top items,
+so the change made by the stream is visible.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from recsys_lib.core.config import RecsysConfig
+from recsys_lib.datagen.writer import records_to_lines, write_lines
+from recsys_lib.features import load_features
+from recsys_lib.lake import Lake
+from recsys_lib.pipelines.serve import feature_time, run_recommend
+from recsys_lib.streaming.job import last_batches, run_stream
+
+FUNNEL = ("view", "view", "click", "add_to_cart", "purchase")
+
+
+def _user_view(spark: SparkSession, cfg: RecsysConfig, user: str) -> str:
+    row = (load_features(spark, "user", feature_time(spark, cfg), cfg=cfg).where(F.col("user_id") == user)
+           .select("view_count", "purchase_count", "view_decayed_1h", "recent_item_ids", "top_categories").first())
+    if row is None:
+        return "      (no features)"
+    cats = ", ".join(f"{c['category_id']}:{c['weight']:.1f}" for c in (row["top_categories"] or [])[:3])
+    return (f"      views {row['view_count']}, purchases {row['purchase_count']}, views decayed 1h "
+            f"{row['view_decayed_1h']:.2f}, recent {list(row['recent_item_ids'] or [])[:4]}, top categories {cats}")
+
+
+def live_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, user: str, *, seconds: float = 60.0,
+                say: Callable[[str], None] = print) -> None:
+    """Run the stream for about ``seconds`` while a producer lands events; show ``user`` before and after."""
+    items = lake.read("item_features").select("item_id", F.col("latest_category.value").alias("category_id"),
+                                              F.col("latest_price.value").alias("price")).toPandas()
+    assert isinstance(items, pd.DataFrame)
+    favourite = {c["category_id"] for c in (load_features(spark, "user", cfg=cfg).where(F.col("user_id") == user)
+                                             .select("top_categories").first() or [[]])[0] or []}
+    fresh = items[~items["category_id"].isin(favourite)].dropna(subset=["category_id"])
+    target_cat = fresh["category_id"].value_counts().index[0]
+    target_items = fresh[fresh["category_id"] == target_cat].head(6)
+    others = items.sample(min(len(items), 200), random_state=1)
+    say(f"      user {user} before (their new interest will be category {target_cat}):")
+    say(_user_view(spark, cfg, user))
+    say(_top(spark, lake, cfg, user))
+    live = Path(cfg.landing_dir) / "live"
+    live.mkdir(parents=True, exist_ok=True)
+    clock = [feature_time(spark, cfg)]
+    stream = threading.Thread(target=run_stream, args=(spark, lake, cfg, str(live)), kwargs={"trigger_seconds": 1.0},
+                              daemon=True)
+    stream.start()
+    started, files, sent = time.monotonic(), 0, 0
+    while time.monotonic() - started < seconds:
+        rows = []
+        for n in range(30):
+            clock[0] += timedelta(seconds=5)
+            if n % 3 == 0:
+                item = target_items.iloc[(files + n) % len(target_items)]
+                etype, who = FUNNEL[(files + n) % len(FUNNEL)], user
+            else:
+                item, etype, who = others.iloc[(files * 30 + n) % len(others)], "view", f"u-live-{n % 7}"
+            rows.append({"event_id": f"live-{uuid.uuid4().hex}", "event_ts": clock[0].isoformat(), "user_id": who,
+                         "event_type": etype, "item_id": item["item_id"], "category_id": item["category_id"],
+                         "price": item["price"], "quantity": 1 if etype in ("add_to_cart", "purchase") else None})
+        day = clock[0].date().isoformat()
+        folder = live / f"date={day}"
+        folder.mkdir(exist_ok=True)
+        write_lines(folder / f"live-{files:04d}.jsonl", records_to_lines(pd.DataFrame(rows)), compress=False)
+        files, sent = files + 1, sent + len(rows)
+        time.sleep(5)
+    _drain(cfg, sent, timeout=120)
+    for query in spark.streams.active:
+        query.stop()
+    stream.join(timeout=60)
+    batches = last_batches(cfg, 1000)
+    lags = sorted(b["freshness_lag_max_s"] for b in batches if b.get("freshness_lag_max_s") is not None)
+    say(f"      landed {files} files ({sent} events); the stream ran {len(batches)} micro-batches, "
+        f"freshness lag median {lags[len(lags) // 2] if lags else float('nan'):.1f}s, max "
+        f"{lags[-1] if lags else float('nan'):.1f}s")
+    say(f"      user {user} after:")
+    say(_user_view(spark, cfg, user))
+    say(_top(spark, lake, cfg, user))
+
+
+def _drain(cfg: RecsysConfig, sent: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(b["rows_in"] for b in last_batches(cfg, 100_000)) >= sent:
+            return
+        time.sleep(1)
+
+
+def _top(spark: SparkSession, lake: Lake, cfg: RecsysConfig, user: str) -> str:
+    recs = run_recommend(spark, lake, cfg, user, 5)
+    return "      top 5: " + ", ".join(f"{r.item_id} ({r.category_id})" for r in recs.itertuples())
