@@ -19,6 +19,8 @@ def test_recsys_daily_runs_end_to_end(airflow_db, dagbag, tmp_path):
     landing, home = tmp_path / "landing", tmp_path / "home"
     manifest = generate(GeneratorSpec(users=400, items=200, days=8, events=40_000, seed=5), landing)
     dag = dagbag.dags["recsys_daily"]
+    for t in dag.tasks:
+        t.retries = 0  # a failure should fail the test now, not after back-off
     run = dag.test(run_conf={"home": str(home), "input_dir": str(landing),
                              "conf_file": str(REPO / "conf" / "local.yaml")})
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
