@@ -179,7 +179,7 @@ class ServeConfig(_Strict):
 
     #: auto: ScaNN for catalogues of at least ``scann_min_items``, else exact brute force.
     index: Literal["auto", "brute_force", "scann"] = "auto"
-    scann_min_items: int = Field(20_000, ge=1)
+    scann_min_items: int = Field(10_000, ge=1)
     k: int = Field(10, ge=1)
     batch_k: int = Field(50, ge=1)
     #: Users with an event in this window before the watermark get batch recommendations.

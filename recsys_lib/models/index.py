@@ -2,8 +2,10 @@
 
 ``brute_force`` is exact (one matrix product per query block). ``scann`` is
 ScaNN's tree + asymmetric hashing searcher with exact re-ranking. ``auto`` picks
-ScaNN only for large catalogues: bench/index.py measured brute force to be both
-exact and faster below ``serve.scann_min_items`` items on 2 cores.
+ScaNN from ``serve.scann_min_items`` (10,000) items up. bench/index.py on 2 cores:
+at 1,000 items ScaNN (no tree) reached only 0.91 recall@100 while brute force is
+exact at 6,300 queries/s; from 10,000 items ScaNN kept recall@100 >= 0.99 at 25 to
+140 times brute force's throughput.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class ScannIndex:
         (folder / "index.json").write_text(json.dumps({"kind": self.kind}))
 
 
-def build_index(embeddings: np.ndarray, kind: str = "auto", scann_min_items: int = 20_000) -> Index:
+def build_index(embeddings: np.ndarray, kind: str = "auto", scann_min_items: int = 10_000) -> Index:
     """An index of ``kind`` (``auto``, ``brute_force`` or ``scann``) over ``embeddings``."""
     if kind == "auto":
         kind = "scann" if len(embeddings) >= scann_min_items else "brute_force"

@@ -63,7 +63,8 @@ def pinned_inputs(spark: SparkSession, lake: Lake, cfg: RecsysConfig) -> tuple[i
         raise ValueError(f"no '{TRAINING_TABLE}' table: run `recsys training-set build` first")
     training_version = lake.version(TRAINING_TABLE)
     events_version = lake.job_metadata(TRAINING_TABLE, "events_version")
-    events = lake.read(EVENTS_TABLE, version=None if events_version is None else int(events_version))
+    # cached: the holdout scans events several times, and tables spanning years have thousands of day partitions
+    events = lake.read(EVENTS_TABLE, version=None if events_version is None else int(events_version)).cache()
     cutoff = holdout_cutoff(events, list(cfg.train.label_types), cfg.train.holdout_days)
     return training_version, int(events_version if events_version is not None else lake.version(EVENTS_TABLE)), \
         events, cutoff
@@ -82,6 +83,7 @@ def prepare(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, base_spec: An
         (F.col("label_date") < F.lit(cutoff.date())) & F.col("label_type").isin(*tc.label_types))
     if since is not None:
         rows_df = rows_df.where(F.col("label_date") >= F.lit(since.date()))
+    rows_df = rows_df.cache()
     query_numeric = [c for c in rows_df.columns
                      if c.startswith("u_") and c not in ("u_as_of", "u_recent_items", "u_top_categories")]
     item_numeric = [c for c in rows_df.columns if c.startswith("i_") and c != "i_as_of"]
