@@ -77,7 +77,8 @@ def live_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, user: str, *
         day = clock[0].date().isoformat()
         folder = live / f"date={day}"
         folder.mkdir(exist_ok=True)
-        write_lines(folder / f"live-{files:04d}.jsonl", records_to_lines(pd.DataFrame(rows)), compress=False)
+        frame = pd.DataFrame(rows).astype({"quantity": "Int64"})  # 1 or null, never 1.0 (ill-typed)
+        write_lines(folder / f"live-{files:04d}.jsonl", records_to_lines(frame), compress=False)
         files, sent = files + 1, sent + len(rows)
         time.sleep(5)
     _drain(cfg, sent, timeout=120)
