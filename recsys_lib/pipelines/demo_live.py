@@ -46,11 +46,13 @@ def live_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, user: str, *
     items = lake.read("item_features").select("item_id", F.col("latest_category.value").alias("category_id"),
                                               F.col("latest_price.value").alias("price")).toPandas()
     assert isinstance(items, pd.DataFrame)
-    favourite = {c["category_id"] for c in (load_features(spark, "user", cfg=cfg).where(F.col("user_id") == user)
-                                             .select("top_categories").first() or [[]])[0] or []}
-    fresh = items[~items["category_id"].isin(favourite)].dropna(subset=["category_id"])
-    target_cat = fresh["category_id"].value_counts().index[0]
-    target_items = fresh[fresh["category_id"] == target_cat].head(6)
+    weights = {c["category_id"]: c["weight"] for c in (load_features(spark, "user", cfg=cfg)
+                                                       .where(F.col("user_id") == user).select("top_categories")
+                                                       .first() or [[]])[0] or []}
+    known = items.dropna(subset=["category_id"])
+    # the category the user cares least about (one outside their top categories when there is one)
+    target_cat = min(known["category_id"].unique(), key=lambda c: (weights.get(c, 0.0), c))
+    target_items = known[known["category_id"] == target_cat].head(6)
     others = items.sample(min(len(items), 200), random_state=1)
     say(f"      user {user} before (their new interest will be category {target_cat}):")
     say(_user_view(spark, cfg, user))
