@@ -79,13 +79,15 @@ def write_report(results: Mapping[str, Mapping[str, float]], path: str | Path, *
 
 
 def recall_plot(results: Mapping[str, Mapping[str, float]], ks: Sequence[int], path: str | Path) -> None:
-    """PNG of recall@K against K for every model."""
-    import matplotlib
+    """PNG of recall@K against K for every model.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Uses matplotlib's object API only, so it never switches the pyplot backend of
+    the caller (a notebook keeps showing its own plots inline).
+    """
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for name, metrics in results.items():
         ax.plot(list(ks), [metrics.get(f"recall@{k}", np.nan) for k in ks], marker="o", label=name)
     ax.set_xlabel("K")
@@ -95,4 +97,3 @@ def recall_plot(results: Mapping[str, Mapping[str, float]], ks: Sequence[int], p
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
