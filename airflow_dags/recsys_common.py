@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import Param
+from airflow.sdk import DAG, Param
 
 REPO = Path(__file__).resolve().parents[1]
 CONN_ID = os.environ.get("RECSYS_SPARK_CONN_ID", "recsys_spark")
@@ -51,6 +51,14 @@ PARAMS = {
 
 #: Arguments every job gets: the config overlay and the data root from the run's params.
 COMMON_ARGS = ["--conf", "{{ params.conf_file }}", "--set", "home={{ params.home }}"]
+
+
+def recsys_dag(dag_id: str, *, schedule: Any, description: str, tags: list[str], doc_md: str,
+              params: dict[str, Any] | None = None, default_args: dict[str, Any] | None = None) -> DAG:
+    """A DAG with the suite's policies: no catchup, one active run, retries, the common params."""
+    return DAG(dag_id=dag_id, description=description, schedule=schedule, start_date=datetime(2024, 1, 1),
+               catchup=False, max_active_runs=1, default_args={**DEFAULT_ARGS, **(default_args or {})},
+               params={**PARAMS, **(params or {})}, tags=["recsys", *tags], doc_md=doc_md)
 
 
 def spark_job(task_id: str, job: str, *args: str, timeout: timedelta | None = None,

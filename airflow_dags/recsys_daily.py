@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from airflow.sdk import DAG, Param, chain
-from recsys_common import DEFAULT_ARGS, PARAMS, spark_job
+from airflow.sdk import Param, chain
+from recsys_common import recsys_dag, spark_job
 
 DOC = """
 ### recsys_daily
@@ -20,18 +20,13 @@ connection in `RECSYS_SPARK_CONN_ID` (embedded default: `local[*]`). Params: `ho
 empty: the configured one), `label_types`.
 """
 
-with DAG(
-    dag_id="recsys_daily",
+with recsys_dag(
+    "recsys_daily",
     description="ingest, full-refresh features, train, evaluate, promote, export, recommend, maintain",
     schedule="0 2 * * *",
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    params={**PARAMS,
-            "input_dir": Param("", type="string", description="landing folder to ingest (empty: ingest.landing_dir)"),
+    params={"input_dir": Param("", type="string", description="landing folder to ingest (empty: ingest.landing_dir)"),
             "label_types": Param("purchase,add_to_cart,click", type="string")},
-    tags=["recsys", "batch", "training"],
+    tags=["batch", "training"],
     doc_md=DOC,
 ) as dag:
     chain(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from airflow.sdk import DAG, chain
-from recsys_common import DEFAULT_ARGS, PARAMS, spark_job
+from airflow.sdk import chain
+from recsys_common import recsys_dag, spark_job
 
 DOC = """
 ### recsys_incremental
@@ -15,16 +15,11 @@ tables (exactly-once through the stream's checkpoint and Delta app transactions)
 then warm-starts the champion on the newest days and runs the promotion gate.
 """
 
-with DAG(
-    dag_id="recsys_incremental",
+with recsys_dag(
+    "recsys_incremental",
     description="available-now streaming catch-up, warm-start model update, promotion gate",
     schedule="@hourly",
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    params=PARAMS,
-    tags=["recsys", "incremental", "streaming", "training"],
+    tags=["incremental", "streaming", "training"],
     doc_md=DOC,
 ) as dag:
     chain(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import DAG, Param, task
-from recsys_common import DEFAULT_ARGS, PARAMS
+from airflow.sdk import Param, task
+from recsys_common import recsys_dag
 
 DOC = """
 ### recsys_streaming_watchdog
@@ -23,16 +23,13 @@ def _config(params: dict) -> object:
     return load_config([params["conf_file"]], [f"home={params['home']}"])
 
 
-with DAG(
-    dag_id="recsys_streaming_watchdog",
+with recsys_dag(
+    "recsys_streaming_watchdog",
     description="check the stream's liveness and freshness lag; restart it when dead or stale",
     schedule=timedelta(minutes=5),
-    start_date=datetime(2024, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "retries": 1, "execution_timeout": timedelta(minutes=4)},
-    params={**PARAMS, "max_lag_seconds": Param(120, type="integer", minimum=1)},
-    tags=["recsys", "streaming", "ops"],
+    default_args={"retries": 1, "execution_timeout": timedelta(minutes=4)},
+    params={"max_lag_seconds": Param(120, type="integer", minimum=1)},
+    tags=["streaming", "ops"],
     doc_md=DOC,
 ) as dag:
 

@@ -9,7 +9,6 @@ SavedModel, item embeddings, ANN index) as a pyfunc model registered under
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +81,8 @@ class Version:
     bundle: Path
 
 
-def model_version(client: MlflowClient, name: str, *, version: str | None = None, alias: str | None = None,
-                  download_to: Path | None = None) -> Version | None:
+def model_version(client: MlflowClient, name: str, *, version: str | None = None,
+                  alias: str | None = None) -> Version | None:
     """A version by number, alias or (neither) the latest; None if absent. Downloads its bundle."""
     try:
         if alias:
@@ -97,11 +96,7 @@ def model_version(client: MlflowClient, name: str, *, version: str | None = None
             mv = max(versions, key=lambda v: int(v.version))
     except MlflowException:
         return None
-    target = download_to or Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}"))
-    if download_to is not None:
-        if target.exists():
-            shutil.rmtree(target)
-        mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=str(target))
+    target = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}"))
     return Version(version=str(mv.version), run_id=mv.run_id, bundle=target / "artifacts" / "bundle")
 
 

@@ -55,8 +55,6 @@ class ModelSpec:
     temperature: float = 0.1
     #: False: every user shares the OOV buckets (the id embedding overfits on small data).
     user_id_embedding: bool = True
-    #: L2-normalise the candidate embedding too (cosine scores); False lets item norms carry popularity.
-    normalize_candidates: bool = True
     #: Add a learned per-item bias (from the candidate features) to every score: the query gets a
     #: constant 1 appended and the candidate its bias, so scores stay inner products (ANN-searchable).
     item_bias: bool = True
@@ -161,7 +159,7 @@ class TwoTower(tfrs.Model):
                        self.category_embedding(self.category_lookup(f["category_id"])),
                        self.price_embedding(bucket), numeric], axis=1)
         out = tf.cast(self.candidate_dense(x), tf.float32)
-        out = tf.math.l2_normalize(out, axis=1) if self.spec.normalize_candidates else out
+        out = tf.math.l2_normalize(out, axis=1)
         parts = [out]
         if self.spec.item_bias:
             # the bias sees only the popularity features: an id embedding would memorise the training window's

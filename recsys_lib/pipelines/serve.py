@@ -63,6 +63,31 @@ def feature_time(spark: SparkSession, cfg: RecsysConfig) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def index_current_items(spark: SparkSession, cfg: RecsysConfig, model: Any,
+                        queries: np.ndarray | None = None) -> tuple[pa.Table, np.ndarray, Any, float, datetime]:
+    """Encode every item of ``item_features`` (at :func:`feature_time`) with ``model`` and index them.
+
+    Returns:
+        (items, embeddings, index, recall@100 of the index against exact search on ``queries``
+        (random probes when None; 1.0 for brute force), the features' time).
+
+    """
+    from recsys_lib.features import load_features
+    from recsys_lib.models.data import candidate_chunk, encode
+    from recsys_lib.models.feature_inputs import item_inputs
+    from recsys_lib.models.index import BruteForceIndex, build_index, recall_against_exact
+
+    at = feature_time(spark, cfg)
+    items = item_inputs(load_features(spark, "item", at, cfg=cfg), model.spec).orderBy("item_id").toArrow()
+    embeddings = encode(model.candidate, candidate_chunk(items, model.spec))
+    index = build_index(embeddings, cfg.serve.index, cfg.serve.scann_min_items)
+    if queries is None:
+        queries = np.random.default_rng(0).normal(size=(500, embeddings.shape[1])).astype(np.float32)
+    recall = 1.0 if isinstance(index, BruteForceIndex) else recall_against_exact(
+        index, embeddings, queries[:2000], min(100, len(embeddings)))
+    return items, embeddings, index, recall, at
+
+
 def _champion(cfg: RecsysConfig) -> Any:
     from recsys_lib.models import tracking
 
@@ -76,22 +101,12 @@ def _champion(cfg: RecsysConfig) -> Any:
 
 def run_export(spark: SparkSession, lake: Lake, cfg: RecsysConfig, say: Say = print) -> dict[str, Any]:
     """Write ``<home>/serving/current``: the champion with item embeddings and an index over current items."""
-    from recsys_lib.features import load_features
     from recsys_lib.models.bundle import Bundle
-    from recsys_lib.models.data import candidate_chunk, encode
-    from recsys_lib.models.feature_inputs import item_inputs
-    from recsys_lib.models.index import BruteForceIndex, build_index, recall_against_exact
 
     started = time.monotonic()
     champion = _champion(cfg)
     bundle = Bundle(champion.bundle)
-    at = feature_time(spark, cfg)
-    items = item_inputs(load_features(spark, "item", at, cfg=cfg), bundle.spec).orderBy("item_id").toArrow()
-    embeddings = encode(bundle.model.candidate, candidate_chunk(items, bundle.spec))
-    index = build_index(embeddings, cfg.serve.index, cfg.serve.scann_min_items)
-    probe = np.random.default_rng(0).normal(size=(min(500, len(embeddings)), embeddings.shape[1])).astype(np.float32)
-    recall = 1.0 if isinstance(index, BruteForceIndex) else recall_against_exact(
-        index, embeddings, probe, min(100, len(embeddings)))
+    items, embeddings, index, recall, at = index_current_items(spark, cfg, bundle.model)
     target = serving_dir(cfg)
     staging = target.with_name("staging")
     shutil.rmtree(staging, ignore_errors=True)

@@ -209,20 +209,12 @@ def run_train(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, warm_start:
 def export_bundle(spark: SparkSession, lake: Lake, cfg: RecsysConfig, model: Any, prep: Prepared,
                   metrics: dict[str, float], folder: Path) -> Path:
     """Item embeddings from the current item features, the ANN index and the query tower, into ``folder``."""
-    from recsys_lib.features import load_features
     from recsys_lib.models.bundle import save_bundle
-    from recsys_lib.models.data import candidate_chunk, encode, query_chunk
-    from recsys_lib.models.feature_inputs import item_inputs
-    from recsys_lib.models.index import BruteForceIndex, build_index, recall_against_exact
-    from recsys_lib.pipelines.serve import feature_time
+    from recsys_lib.models.data import encode, query_chunk
+    from recsys_lib.pipelines.serve import index_current_items
 
-    items = item_inputs(load_features(spark, "item", feature_time(spark, cfg), cfg=cfg), model.spec
-                        ).orderBy("item_id").toArrow()
-    embeddings = encode(model.candidate, candidate_chunk(items, model.spec))
-    index = build_index(embeddings, cfg.serve.index, cfg.serve.scann_min_items)
     queries = encode(model.query, query_chunk(prep.holdout.users, model.spec))
-    k = min(100, len(embeddings))
-    recall = 1.0 if isinstance(index, BruteForceIndex) else recall_against_exact(index, embeddings, queries[:2000], k)
+    items, embeddings, index, recall, _ = index_current_items(spark, cfg, model, queries)
     popular = [str(i) for i, _ in sorted(zip(prep.prior.ids, prep.prior.probs, strict=True),
                                          key=lambda x: -x[1])[:200]]
     meta = {"cutoff": prep.cutoff.isoformat(), "events_version": prep.events_version,
