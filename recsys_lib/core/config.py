@@ -144,6 +144,15 @@ class TrainConfig(_Strict):
     batch_size: int = Field(512, ge=2)
     epochs: int = Field(6, ge=1)
     shuffle_buffer: int = Field(50_000, ge=1)
+    #: Featurized batches kept after the first epoch: memory, disk (a temporary folder) or none
+    #: (re-read the Parquet files every epoch; for training sets larger than memory and disk).
+    input_cache: Literal["memory", "disk", "none"] = "memory"
+    #: Compile the train step with XLA (the step is numeric only: lookups run in the input pipeline).
+    #: Single-replica training only: XLA has no kernels for the cross-replica collectives. Off by
+    #: default: on 2 CPU cores XLA made the step 3x slower (bench/train.py); try it on GPUs.
+    jit_compile: bool = False
+    #: Train steps per call into the TensorFlow runtime (fewer Python round trips per epoch).
+    steps_per_execution: int = Field(16, ge=1)
     seed: int = 42
     #: Warm start trains on the newest ``warm_start_days`` of labels only.
     warm_start_days: int = Field(3, ge=1)
@@ -155,6 +164,9 @@ class EvaluateConfig(_Strict):
 
     ks: tuple[int, ...] = (10, 50, 100)
     filter_purchased: bool = True
+    #: Drop every item the user had any event with before the cutoff, for data where nobody
+    #: interacts with an item twice (MovieLens: one rating per movie). Applies to every model alike.
+    filter_seen: bool = False
     #: Promotion compares candidate and champion on this holdout metric.
     promote_metric: str = "recall@50"
     promote_margin: float = Field(0.0, ge=0)

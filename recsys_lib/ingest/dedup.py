@@ -33,13 +33,21 @@ def quarantine_key(source_file: str = "source_file", raw: str = "value") -> F.Co
     return F.sha2(F.concat_ws("\u0001", F.col(source_file), F.coalesce(F.col(raw), F.lit(""))), 256)
 
 
-def label(classified: DataFrame, existing_event_ids: DataFrame, existing_quarantine_keys: DataFrame) -> DataFrame:
+#: Up to this many input records, the stored keys are first narrowed to the batch's own keys through a
+#: broadcast: a micro-batch then scans the key column once instead of shuffling every stored key.
+BROADCAST_BATCH_KEYS = 200_000
+
+
+def label(classified: DataFrame, existing_event_ids: DataFrame, existing_quarantine_keys: DataFrame,
+          *, input_records: int | None = None) -> DataFrame:
     """Add ``record_key`` and ``status`` to classified records.
 
     Args:
         classified: Output of :func:`recsys_lib.ingest.validate.classify`.
         existing_event_ids: Column ``event_id`` of events already stored.
         existing_quarantine_keys: Column ``record_key`` of lines already quarantined.
+        input_records: How many records ``classified`` holds, when known; small batches are
+            looked up through a broadcast of their keys (see :data:`BROADCAST_BATCH_KEYS`).
 
     """
     valid = F.col("reason").isNull()
@@ -49,9 +57,10 @@ def label(classified: DataFrame, existing_event_ids: DataFrame, existing_quarant
     existing = (
         existing_event_ids.select(F.concat(F.lit("e:"), "event_id").alias("_key"))
         .unionByName(existing_quarantine_keys.select(F.concat(F.lit("q:"), "record_key").alias("_key")))
-        .distinct()
-        .withColumn("_exists", F.lit(True))
     )
+    if input_records is not None and input_records <= BROADCAST_BATCH_KEYS:
+        existing = existing.join(F.broadcast(keyed.select("_key").distinct()), "_key", "left_semi")
+    existing = existing.distinct().withColumn("_exists", F.lit(True))
     # A valid row's raw text is not stored, so it leaves here and only a hash of it
     # travels through the shuffle (it orders conflicting copies of one event id).
     slim = keyed.withColumn("_text_hash", F.xxhash64("value")).withColumn(

@@ -157,9 +157,27 @@ class Lake(ABC):
         """
 
     @abstractmethod
-    def read(self, name: str, *, version: int | None = None,
-             timestamp: datetime | str | None = None) -> DataFrame:
-        """The table as a Spark DataFrame, now or at a version or timestamp."""
+    def replace_partitions(self, spec: TableSpec, df: DataFrame, column: str, values: Sequence[Any], *,
+                           read_version: int, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        """Replace every row whose partition ``column`` is in ``values`` with ``df``'s rows, in one commit.
+
+        A copy-on-write merge done by Spark: ``df`` must hold the complete new contents
+        of those partitions (rows outside them are an error of the caller). Executors
+        write the files; nothing passes through the driver.
+
+        Args:
+            read_version: The version ``df`` was computed from. A concurrent commit
+                since then raises :class:`LakeConflictError` (no retry: the caller recomputes).
+
+        """
+
+    @abstractmethod
+    def read(self, name: str, *, version: int | None = None, timestamp: datetime | str | None = None,
+             partitions: tuple[str, Sequence[Any]] | None = None) -> DataFrame:
+        """The table as a Spark DataFrame, now or at a version or timestamp.
+
+        ``partitions=(column, values)`` reads only the files of those partitions.
+        """
 
     @abstractmethod
     def version(self, name: str) -> int:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,25 +95,9 @@ class DeltaRsLake(Lake):
         done = self._already_committed(spec.name, app_id, batch_id)
         if done is not None:
             return done
-        table_uri = self.uri(spec.name)
-        fs, table_path = filesystem_for(table_uri)
-        folder = f"w{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
-        write_dir = f"{table_path}/{folder}"
-        ordered = df.select(*spec.schema.fieldNames())
-        writer = ordered.write.mode("errorifexists")
-        if spec.partition_by:
-            writer = writer.partitionBy(*spec.partition_by)
-        writer.parquet(f"{table_uri}/{folder}")
-
-        actions: list[AddAction | RemoveAction] = []
-        for info in list_parquet(fs, write_dir):
-            fields = add_action_fields(fs, table_path, info, spec.partition_by)
-            if fields is None:
-                fs.delete_file(info.path)
-            else:
-                actions.append(AddAction(**fields))
-        rows = sum(json.loads(a.stats)["numRecords"] for a in actions if isinstance(a, AddAction))
-        if not actions and mode == "append" and app_id is None:
+        written = self._write_parquet(spec, df)
+        if not written.adds and mode == "append" and app_id is None:
+            written.discard()
             return CommitResult(version=self.version(spec.name), skipped=True)
 
         def commit(_attempt: int) -> CommitResult:
@@ -121,21 +106,75 @@ class DeltaRsLake(Lake):
             if done is not None:
                 return done
             table.create_write_transaction(
-                actions, mode=mode, schema=spark_to_arrow(spec.schema),
+                list(written.adds), mode=mode, schema=spark_to_arrow(spec.schema),
                 partition_by=list(spec.partition_by) or None,
                 commit_properties=self._commit_properties(app_id, batch_id, metadata),
             )
             table.update_incremental()
-            return CommitResult(version=table.version(), rows=rows, files=len(actions))
+            return CommitResult(version=table.version(), rows=written.rows, files=len(written.adds))
 
-        try:
-            result = self.retry.run(commit, is_conflict=is_conflict, table=spec.name, what=mode)
-        except BaseException:
-            _delete_quietly(fs, write_dir)
-            raise
-        if result.skipped:
-            _delete_quietly(fs, write_dir)
-        return result
+        return written.commit_or_discard(
+            lambda: self.retry.run(commit, is_conflict=is_conflict, table=spec.name, what=mode))
+
+    def replace_partitions(self, spec: TableSpec, df: DataFrame, column: str, values: Sequence[Any], *,
+                           read_version: int, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        if column not in spec.partition_by:
+            raise ValueError(f"replace_partitions on '{spec.name}': '{column}' is not a partition column "
+                             f"(partitioned by {list(spec.partition_by)})")
+        table = self._table(spec.name, version=read_version)
+        wanted = {str(v) for v in values}
+        old = pa.table(table.get_add_actions(flatten=True))
+        now_ms = int(datetime.now(UTC).timestamp() * 1000)
+        parts = old.column(f"partition.{column}").to_pylist() if old.num_rows else []
+        removes = [
+            RemoveAction(path=path, data_change=True, deletion_timestamp=now_ms, size=size,
+                         partition_values={c: _text(old.column(f"partition.{c}")[i].as_py())
+                                           for c in spec.partition_by})
+            for i, (path, size, part) in enumerate(zip(old.column("path").to_pylist(),
+                                                        old.column("size_bytes").to_pylist(), parts, strict=True))
+            if str(part) in wanted
+        ]
+        written = self._write_parquet(spec, df)
+        if not written.adds and not removes:
+            written.discard()
+            return CommitResult(version=read_version, skipped=True)
+
+        def commit() -> CommitResult:
+            try:
+                table.create_write_transaction(
+                    [*written.adds, *removes], mode="append", schema=spark_to_arrow(spec.schema),
+                    partition_by=list(spec.partition_by) or None,
+                    commit_properties=self._commit_properties(None, None, metadata),
+                )
+            except Exception as exc:
+                if is_conflict(exc):
+                    raise LakeConflictError(
+                        f"replacing partitions of table '{spec.name}' read at version {read_version} "
+                        f"conflicted with a concurrent commit: {exc}") from exc
+                raise
+            table.update_incremental()
+            return CommitResult(version=table.version(), rows=written.rows, files=len(written.adds))
+
+        return written.commit_or_discard(commit)
+
+    def _write_parquet(self, spec: TableSpec, df: DataFrame) -> _Written:
+        """Executors write ``df`` as Parquet into a fresh folder of the table; the driver builds add actions."""
+        table_uri = self.uri(spec.name)
+        fs, table_path = filesystem_for(table_uri)
+        folder = f"w{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+        writer = df.select(*spec.schema.fieldNames()).write.mode("errorifexists")
+        if spec.partition_by:
+            writer = writer.partitionBy(*spec.partition_by)
+        writer.parquet(f"{table_uri}/{folder}")
+        write_dir = f"{table_path}/{folder}"
+        adds = []
+        for info in list_parquet(fs, write_dir):
+            fields = add_action_fields(fs, table_path, info, spec.partition_by)
+            if fields is None:
+                fs.delete_file(info.path)
+            else:
+                adds.append(AddAction(**fields))
+        return _Written(fs, write_dir, adds, sum(json.loads(a.stats)["numRecords"] for a in adds))
 
     def merge(self, spec: TableSpec, df: DataFrame, keys: Sequence[str], *,
               update: Mapping[str, str] | None = None, app_id: str | None = None,
@@ -198,18 +237,25 @@ class DeltaRsLake(Lake):
         return CommitProperties(custom_metadata=custom, app_transactions=txns)
 
     # -- reads ---------------------------------------------------------------
-    def read(self, name: str, *, version: int | None = None,
-             timestamp: datetime | str | None = None) -> DataFrame:
+    def read(self, name: str, *, version: int | None = None, timestamp: datetime | str | None = None,
+             partitions: tuple[str, Sequence[Any]] | None = None) -> DataFrame:
         table = self._table(name, version=version)
         if timestamp is not None:
             table.load_as_version(timestamp if isinstance(timestamp, datetime) else datetime.fromisoformat(timestamp))
-        return self._snapshot_df(table)
+        return self._snapshot_df(table, partitions)
 
-    def _snapshot_df(self, table: DeltaTable) -> DataFrame:
+    def _snapshot_df(self, table: DeltaTable, partitions: tuple[str, Sequence[Any]] | None = None) -> DataFrame:
         schema = arrow_to_spark(pa.schema(table.schema().to_arrow()))
         partition_by = list(table.metadata().partition_columns)
         data_schema = T.StructType([f for f in schema.fields if f.name not in partition_by])
         actions = pa.table(table.get_add_actions(flatten=True))
+        if partitions is not None:
+            column, values = partitions
+            if column not in partition_by:
+                raise ValueError(f"{table.table_uri}: '{column}' is not a partition column ({partition_by})")
+            wanted = {str(v) for v in values}
+            keep = [str(v) in wanted for v in actions.column(f"partition.{column}").to_pylist()]
+            actions = actions.filter(pa.array(keep, pa.bool_())) if actions.num_rows else actions
         rel_paths = actions.column("path").to_pylist()
         if not rel_paths:
             return self.spark.createDataFrame([], schema)
@@ -259,6 +305,36 @@ def _done(table: DeltaTable, app_id: str | None, batch_id: int | None) -> Commit
     if last is not None and last >= batch_id:
         return CommitResult(version=table.version(), skipped=True)
     return None
+
+
+@dataclass(frozen=True)
+class _Written:
+    """Parquet files written into a table folder but not yet committed."""
+
+    fs: Any
+    folder: str
+    adds: list[AddAction]
+    rows: int
+
+    def discard(self) -> None:
+        """Delete the uncommitted files (they are invisible to readers either way)."""
+        _delete_quietly(self.fs, self.folder)
+
+    def commit_or_discard(self, commit: Callable[[], CommitResult]) -> CommitResult:
+        """Run ``commit``; discard the files if it fails or commits nothing."""
+        try:
+            result = commit()
+        except BaseException:
+            self.discard()
+            raise
+        if result.skipped:
+            self.discard()
+        return result
+
+
+def _text(value: Any) -> str | None:
+    """A partition value as the Delta log stores it."""
+    return None if value is None else str(value)
 
 
 def _delete_quietly(fs: Any, folder: str) -> None:

@@ -125,6 +125,21 @@ class NativeDeltaLake(Lake):
 
         return self.retry.run(run, is_conflict=is_conflict, table=spec.name, what="merge")
 
+    def replace_partitions(self, spec: TableSpec, df: DataFrame, column: str, values: Sequence[Any], *,
+                           read_version: int, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        if column not in spec.partition_by:
+            raise ValueError(f"replace_partitions on '{spec.name}': '{column}' is not a partition column")
+        if read_version != self.version(spec.name):
+            raise LakeConflictError(f"replacing partitions of '{spec.name}' computed from version {read_version}, "
+                                    f"but the table is now at {self.version(spec.name)}")
+        listed = ", ".join(_sql_literal(v) for v in values)
+        writer = (df.select(*spec.schema.fieldNames()).write.format("delta").mode("overwrite")
+                  .option("replaceWhere", f"`{column}` IN ({listed})"))
+        if metadata:
+            writer = writer.option("userMetadata", json.dumps(dict(metadata), default=str))
+        writer.save(self.uri(spec.name))
+        return self._result(spec.name, read_version)
+
     @contextmanager
     def _session_txn(self, app_id: str | None, batch_id: int | None) -> Iterator[None]:
         if app_id is None:
@@ -146,15 +161,16 @@ class NativeDeltaLake(Lake):
         files = int(metrics.get("numFiles", metrics.get("numTargetFilesAdded", 0)) or 0)
         return CommitResult(version=version, skipped=version == before, rows=rows, files=files)
 
-    def read(self, name: str, *, version: int | None = None,
-             timestamp: datetime | str | None = None) -> DataFrame:
+    def read(self, name: str, *, version: int | None = None, timestamp: datetime | str | None = None,
+             partitions: tuple[str, Sequence[Any]] | None = None) -> DataFrame:
         self._require(name)
         reader = self.spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
         if timestamp is not None:
             reader = reader.option("timestampAsOf", str(timestamp))
-        return reader.load(self.uri(name))
+        df = reader.load(self.uri(name))
+        return df if partitions is None else df.where(F.col(partitions[0]).isin(list(partitions[1])))
 
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         rows = self._delta_table(name).history(limit) if limit else self._delta_table(name).history()
@@ -177,3 +193,10 @@ class NativeDeltaLake(Lake):
         self.retry.run(lambda _a: self._delta_table(name).vacuum(retention_hours),
                        is_conflict=is_conflict, table=name, what="vacuum")
         return []
+
+
+def _sql_literal(value: Any) -> str:
+    """A partition value as a SQL literal."""
+    if isinstance(value, bool | int | float):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"

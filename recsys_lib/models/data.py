@@ -4,7 +4,8 @@ Rows stream from the snapshot's files in record batches; nothing holds the
 training set in Python lists. Each worker keeps every ``num_workers``-th row
 (offset by its index), so multi-worker training sees disjoint, equal shards.
 Each pass shuffles the file order and the rows of each record batch, then
-``tf.data`` unbatches, shuffles through a buffer, batches and prefetches.
+``tf.data`` unbatches, shuffles through a buffer, batches, maps the model's id
+lookups over each batch, caches the result (``train.input_cache``) and prefetches.
 """
 
 from __future__ import annotations
@@ -155,17 +156,36 @@ def training_chunks(files: Sequence[str], spec: ModelSpec, prior: ItemPrior, *, 
 
 
 def training_dataset(generate: Callable[[], Iterator[Chunk]], spec: ModelSpec, batch_size: int, *,
-                     shuffle_buffer: int, seed: int, repeat: bool = False) -> tf.data.Dataset:
-    """Unbatch, shuffle, batch (dropping the remainder: in-batch negatives need full batches) and prefetch."""
+                     shuffle_buffer: int, seed: int, repeat: bool = False,
+                     featurize: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]] | None = None,
+                     cache: str | None = None) -> tf.data.Dataset:
+    """Unbatch, shuffle, batch (dropping the remainder: in-batch negatives need full batches) and prefetch.
+
+    Args:
+        featurize: Applied to each batch (the model's id lookups), so training steps see numbers only.
+        cache: Keep the featurized batches after the first pass: ``""`` in memory, a path prefix on disk,
+            None to re-read the Parquet files every epoch. Later passes reshuffle the order of the
+            batches (as TFRS's tutorials do, the rows of a batch stay together).
+
+    """
     signature = {**input_signature(spec, "query"), **input_signature(spec, "candidate"),
                  "item_prob": tf.TensorSpec([None], tf.float32)}
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if featurize is not None:
+        ds = ds.map(featurize, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache is not None:
+        ds = ds.cache(cache).shuffle(_BATCH_SHUFFLE, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(options)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+#: Batches whose order is reshuffled on each pass over a cached dataset.
+_BATCH_SHUFFLE = 256
 
 
 def encode(fn: Callable[[dict[str, tf.Tensor]], tf.Tensor], chunk: Chunk, batch: int = 4096) -> np.ndarray:

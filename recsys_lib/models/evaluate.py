@@ -23,13 +23,17 @@ HEADLINE = ("recall@10", "recall@50", "recall@100", "ndcg@10", "ndcg@50", "map@1
 
 
 def evaluate(scorer: Scorer, holdout: Holdout, ks: Sequence[int], *, filter_purchased: bool,
-             block: int = 2048) -> dict[str, float]:
-    """Rank the catalogue for every holdout user with ``scorer`` and compute the metrics."""
+             filter_seen: bool = False, block: int = 2048) -> dict[str, float]:
+    """Rank the catalogue for every holdout user with ``scorer`` and compute the metrics.
+
+    ``filter_purchased`` drops items the user bought before the cutoff; ``filter_seen``
+    drops every item the user had any event with (for data without repeat interactions).
+    """
     n_users, k_max = len(holdout.truth), max(ks)
     tops = []
     for start in range(0, n_users, block):
         users = np.arange(start, min(start + block, n_users))
-        exclude = [holdout.purchased[u] for u in users] if filter_purchased else None
+        exclude = holdout.exclusions(users, purchased=filter_purchased, seen=filter_seen)
         tops.append(top_k(scorer(users), k_max, exclude))
     top = np.concatenate(tops) if tops else np.zeros((0, k_max), dtype=int)
     return ranking_metrics(top, holdout.truth, ks, len(holdout.items))

@@ -8,7 +8,8 @@ With cutoff D (midnight UTC starting the last ``holdout_days`` days that have la
   D; their truth is the set of catalogue items they labelled from D on (items
   first seen after D cannot be retrieved by any model, so they are left out);
 * their query features are the point-in-time features at D (the same code as the
-  training rows), and ``purchased`` lists what they bought before D;
+  training rows), ``purchased`` lists what they bought before D and ``seen`` every
+  item they had any event with before D;
 * ``history`` holds the labelled interactions before D, for the baselines.
 
 Models train on labels before D only, so nothing from the holdout leaks in.
@@ -16,7 +17,7 @@ Models train on labels before D only, so nothing from the holdout leaks in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 
 import numpy as np
@@ -40,6 +41,13 @@ class Holdout:
     purchased: list[list[int]]
     history: pd.DataFrame
     train_users: pd.Index
+    seen: list[list[int]] = field(default_factory=list)
+
+    def exclusions(self, users: np.ndarray, *, purchased: bool, seen: bool) -> list[list[int]] | None:
+        """Catalogue indices to drop from each user's ranking: bought before D, or (``seen``) any event before D."""
+        if seen:
+            return [self.seen[u] for u in users]
+        return [self.purchased[u] for u in users] if purchased else None
 
     @property
     def item_ids(self) -> pd.Index:
@@ -89,10 +97,9 @@ def build_holdout(events: DataFrame, label_types: list[str], cutoff: datetime, f
     query = query.take(pa.array(order.get_indexer(users)))
     truth_by_user = after.assign(i=ids.get_indexer(after["item_id"])).groupby("user_id")["i"].apply(set)
     before = events.where(F.col("event_ts") < F.lit(cutoff))
-    bought = _pandas(before.where((F.col("event_type") == "purchase") & F.col("user_id").isin(users))
-                     .select("user_id", "item_id").distinct().toPandas())
-    bought = bought.assign(i=ids.get_indexer(bought["item_id"]))
-    bought_by_user = bought[bought["i"] >= 0].groupby("user_id")["i"].apply(list)
+    mine = before.where(F.col("user_id").isin(users) & F.col("item_id").isNotNull())
+    bought_by_user = _indices_by_user(mine.where(F.col("event_type") == "purchase"), ids)
+    seen_by_user = _indices_by_user(mine, ids)
     history = _pandas(before.join(labels.select("event_id"), "event_id", "left_semi")
                       .select("user_id", "item_id", (F.unix_micros("event_ts") / 1e6).alias("ts_s")).toPandas())
     train_users = pd.Index(sorted(history["user_id"].unique()))
@@ -101,7 +108,15 @@ def build_holdout(events: DataFrame, label_types: list[str], cutoff: datetime, f
     return Holdout(cutoff=cutoff, items=items, users=query,
                    truth=[truth_by_user.get(u, set()) for u in users],
                    purchased=[list(bought_by_user.get(u, [])) for u in users],
-                   history=history[history["item_idx"] >= 0], train_users=train_users)
+                   history=history[history["item_idx"] >= 0], train_users=train_users,
+                   seen=[list(seen_by_user.get(u, [])) for u in users])
+
+
+def _indices_by_user(events: DataFrame, ids: pd.Index) -> pd.Series:
+    """Catalogue indices of the distinct items of ``events``, per user."""
+    pairs = _pandas(events.select("user_id", "item_id").distinct().toPandas())
+    pairs = pairs.assign(i=ids.get_indexer(pairs["item_id"]))
+    return pairs[pairs["i"] >= 0].groupby("user_id")["i"].apply(list)
 
 
 def _pandas(df: object) -> pd.DataFrame:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -116,18 +117,28 @@ def fit(spec: ModelSpec, make_chunks: Callable[[int, int], Callable[[], Iterator
         model = build(spec)
         if init_weights is not None:
             load_weights(model, init_weights)
-        model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=tc.learning_rate))
+        # XLA has no kernels for the cross-replica collectives, so only single-replica steps are compiled
+        jit = tc.jit_compile and strategy.num_replicas_in_sync == 1 and tc.strategy != "multi_worker"
+        model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=tc.learning_rate), jit_compile=jit,
+                      steps_per_execution=tc.steps_per_execution)
+    cache_dir = tempfile.TemporaryDirectory(prefix="recsys-train-cache-") if tc.input_cache == "disk" else None
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         shard = ctx.input_pipeline_id if ctx.num_input_pipelines > 1 else worker
         shards = max(ctx.num_input_pipelines, workers)
+        cache = None if tc.input_cache == "none" else (f"{cache_dir.name}/shard{shard}" if cache_dir else "")
         return training_dataset(make_chunks(shard, shards), spec, ctx.get_per_replica_batch_size(global_batch),
-                                shuffle_buffer=tc.shuffle_buffer, seed=tc.seed, repeat=True)
+                                shuffle_buffer=tc.shuffle_buffer, seed=tc.seed, repeat=True,
+                                featurize=model.featurize, cache=cache)
 
     data = strategy.distribute_datasets_from_function(dataset_fn)
     log: list[dict[str, float]] = []
     n_epochs = epochs or tc.epochs
     started = time.monotonic()
-    model.fit(data, epochs=n_epochs, steps_per_epoch=steps, verbose=0, callbacks=[_EpochLog(log, on_epoch)])
+    try:
+        model.fit(data, epochs=n_epochs, steps_per_epoch=steps, verbose=0, callbacks=[_EpochLog(log, on_epoch)])
+    finally:
+        if cache_dir is not None:
+            cache_dir.cleanup()
     seconds = time.monotonic() - started
     return FitResult(model=model, epochs=log, examples=steps * global_batch * n_epochs, seconds=seconds)

@@ -123,50 +123,76 @@ class TwoTower(tfrs.Model):
                                               initializer=tf.keras.initializers.Constant(spec.temperature))
         self.task = tfrs.tasks.Retrieval(temperature=spec.temperature, remove_accidental_hits=True)
 
+    # -- lookups: string inputs -> integer indices (no trainable weights) -------------------
+    def query_ids(self, f: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The query inputs (:data:`QUERY_INPUTS`) with every id replaced by its embedding row (-1: padding)."""
+        recent = f["recent_items"]
+        padding = tf.equal(recent, PAD)
+        return {"user_idx": self.user_lookup(f["user_id"]),
+                "recent_idx": tf.where(padding, tf.constant(-1, tf.int64), self.item_lookup(recent)),
+                "recent_category_idx": self.category_lookup(self.item_to_category.lookup(recent)),
+                "top_category_idx": self.category_lookup(f["top_categories"]),
+                "top_category_weights": f["top_category_weights"], "u_numeric": f["u_numeric"]}
+
+    def candidate_ids(self, f: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The candidate inputs with item and category ids replaced by their embedding rows."""
+        return {"item_idx": self.item_lookup(f["item_id"]), "category_idx": self.category_lookup(f["category_id"]),
+                "price": f["price"], "i_numeric": f["i_numeric"]}
+
+    def featurize(self, f: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """A training batch's lookups, done once in the input pipeline so the train step is numeric only."""
+        return {**self.query_ids(f), **self.candidate_ids(f), "item_prob": f["item_prob"]}
+
+    # -- towers ---------------------------------------------------------------------------
     def query(self, f: dict[str, tf.Tensor]) -> tf.Tensor:
         """Query embeddings from :data:`QUERY_INPUTS` (raw numerics; lists padded with "")."""
-        recent = f["recent_items"]
-        mask = tf.cast(tf.not_equal(recent, PAD), tf.float32)[..., None]
+        return self.query_tower(self.query_ids(f))
+
+    def candidate(self, f: dict[str, tf.Tensor]) -> tf.Tensor:
+        """Candidate embeddings from ``item_id``, ``category_id``, ``price`` (< 0: none) and raw ``i_numeric``."""
+        return self.candidate_tower(self.candidate_ids(f))
+
+    def query_tower(self, x: dict[str, tf.Tensor]) -> tf.Tensor:
+        """Query embeddings from :meth:`query_ids` output."""
+        recent = x["recent_idx"]
+        mask = tf.cast(recent >= 0, tf.float32)[..., None]
         count = tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
-        pooled_items = tf.reduce_sum(self.item_embedding(self.item_lookup(recent)) * mask, axis=1) / count
-        recent_cats = self.item_to_category.lookup(recent)
-        pooled_cats = tf.reduce_sum(self.category_embedding(self.category_lookup(recent_cats)) * mask, axis=1) / count
-        weights = f["top_category_weights"][..., None]
-        affinity = tf.reduce_sum(self.category_embedding(self.category_lookup(f["top_categories"])) * weights,
-                                 axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1e-6)
-        numeric = _normalise(f["u_numeric"], self.q_mean, self.q_std)
-        user = self.user_embedding(self.user_lookup(f["user_id"]))
+        pooled_items = tf.reduce_sum(self.item_embedding(tf.maximum(recent, 0)) * mask, axis=1) / count
+        pooled_cats = tf.reduce_sum(self.category_embedding(x["recent_category_idx"]) * mask, axis=1) / count
+        weights = x["top_category_weights"][..., None]
+        total = tf.maximum(tf.reduce_sum(weights, axis=1), 1e-6)
+        affinity = tf.reduce_sum(self.category_embedding(x["top_category_idx"]) * weights, axis=1) / total
+        numeric = _normalise(x["u_numeric"], self.q_mean, self.q_std)
+        user = self.user_embedding(x["user_idx"])
         if not self.spec.user_id_embedding:
             user = tf.zeros_like(user)
-        x = tf.concat([user, numeric, pooled_items, pooled_cats, affinity], axis=1)
-        out = tf.math.l2_normalize(tf.cast(self.query_dense(x), tf.float32), axis=1)
+        h = tf.concat([user, numeric, pooled_items, pooled_cats, affinity], axis=1)
+        out = tf.math.l2_normalize(tf.cast(self.query_dense(h), tf.float32), axis=1)
         parts = [out]
         if self.spec.item_bias:
             parts.append(tf.ones_like(out[:, :1]))
         if self.spec.affinity_match:
-            shares = tf.reduce_sum(tf.one_hot(self.category_lookup(f["top_categories"]), self._n_category_slots)
-                                   * weights, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1e-6)
+            shares = tf.reduce_sum(tf.one_hot(x["top_category_idx"], self._n_category_slots) * weights,
+                                   axis=1) / total
             parts.append(self.affinity_scale * tf.math.log(shares + self.spec.affinity_smoothing))
         return tf.concat(parts, axis=1)
 
-    def candidate(self, f: dict[str, tf.Tensor]) -> tf.Tensor:
-        """Candidate embeddings from ``item_id``, ``category_id``, ``price`` (< 0: none) and raw ``i_numeric``."""
+    def candidate_tower(self, x: dict[str, tf.Tensor]) -> tf.Tensor:
+        """Candidate embeddings from :meth:`candidate_ids` output."""
         bounds = self.spec.price_buckets
-        bucket = tf.where(f["price"] < 0, len(bounds) + 1,
-                          tf.raw_ops.Bucketize(input=f["price"], boundaries=[float(b) for b in bounds]))
-        numeric = _normalise(f["i_numeric"], self.i_mean, self.i_std)
-        x = tf.concat([self.item_embedding(self.item_lookup(f["item_id"])),
-                       self.category_embedding(self.category_lookup(f["category_id"])),
+        bucket = tf.where(x["price"] < 0, len(bounds) + 1,
+                          tf.raw_ops.Bucketize(input=x["price"], boundaries=[float(b) for b in bounds]))
+        numeric = _normalise(x["i_numeric"], self.i_mean, self.i_std)
+        h = tf.concat([self.item_embedding(x["item_idx"]), self.category_embedding(x["category_idx"]),
                        self.price_embedding(bucket), numeric], axis=1)
-        out = tf.cast(self.candidate_dense(x), tf.float32)
-        out = tf.math.l2_normalize(out, axis=1)
+        out = tf.math.l2_normalize(tf.cast(self.candidate_dense(h), tf.float32), axis=1)
         parts = [out]
         if self.spec.item_bias:
             # the bias sees only the popularity features: an id embedding would memorise the training window's
             # average popularity instead of learning how current counts predict the coming interactions
             parts.append(tf.cast(self.item_bias_dense(numeric), tf.float32))
         if self.spec.affinity_match:
-            parts.append(tf.one_hot(self.category_lookup(f["category_id"]), self._n_category_slots))
+            parts.append(tf.one_hot(x["category_idx"], self._n_category_slots))
         return tf.concat(parts, axis=1)
 
     @property
@@ -174,9 +200,12 @@ class TwoTower(tfrs.Model):
         return len(self.spec.categories or ["<none>"]) + 1
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        return self.task(self.query(features), self.candidate(features),
+        """In-batch softmax loss of a batch of :meth:`featurize` output (raw inputs are featurized first)."""
+        if "item_idx" not in features:
+            features = self.featurize(features)
+        return self.task(self.query_tower(features), self.candidate_tower(features),
                          candidate_sampling_probability=features["item_prob"],
-                         candidate_ids=features["item_id"], compute_metrics=False)
+                         candidate_ids=features["item_idx"], compute_metrics=False)
 
 
 def _stats(mean: list[float], std: list[float]) -> tuple[tf.Tensor, tf.Tensor]:

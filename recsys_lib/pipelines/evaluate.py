@@ -62,14 +62,16 @@ def run_evaluate(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version:
         results["two_tower"] = holdout_metrics(Bundle(chosen.bundle).model, holdout, cfg)
     if baselines:
         for name, scorer in baseline_scorers(spark, holdout, cfg.evaluate, cfg.train.seed).items():
-            results[name] = evaluate(scorer, holdout, cfg.evaluate.ks, filter_purchased=cfg.evaluate.filter_purchased)
+            results[name] = evaluate(scorer, holdout, cfg.evaluate.ks, filter_purchased=cfg.evaluate.filter_purchased,
+                                     filter_seen=cfg.evaluate.filter_seen)
     say(comparison_table(results))
     wins = beats(results, "two_tower", ["recall@50", "ndcg@10"]) if "two_tower" in results and len(results) > 1 \
         else {}
     if wins:
         say("two-tower beats every baseline on " + ", ".join(f"{m}: {'yes' if w else 'NO'}" for m, w in wins.items()))
     extra = {"cutoff": holdout.cutoff.isoformat(), "two_tower_version": chosen.version if chosen else None,
-             "filter_purchased": cfg.evaluate.filter_purchased, "beats_baselines": wins,
+             "filter_purchased": cfg.evaluate.filter_purchased, "filter_seen": cfg.evaluate.filter_seen,
+             "beats_baselines": wins,
              "seconds": round(time.monotonic() - started, 2)}
     if report_json:
         write_report(results, report_json, **extra)

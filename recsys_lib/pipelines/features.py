@@ -41,9 +41,13 @@ class RefreshSummary:
         return asdict(self)
 
 
+#: The feature tables' partition column: a hash bucket of the key, so a merge rewrites only the buckets it touches.
+BUCKET = "key_bucket"
+
+
 def table_spec(entity: Entity) -> TableSpec:
     """The Delta table of a feature entity, partitioned by key bucket."""
-    return TableSpec(entity.table, entity.schema, ("key_bucket",))
+    return TableSpec(entity.table, entity.schema, (BUCKET,))
 
 
 def run_refresh(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, until: datetime | None = None,

@@ -117,7 +117,7 @@ def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFr
                           max_future_skew_s=cfg.ingest.max_future_skew, now=now,
                           allowed_lateness_s=cfg.ingest.allowed_lateness)
     labelled = label(classified, lake.read(EVENTS_TABLE).select("event_id"),
-                     lake.read(QUARANTINE_TABLE).select("record_key"))
+                     lake.read(QUARANTINE_TABLE).select("record_key"), input_records=input_records)
     labelled = labelled.persist(StorageLevel.MEMORY_AND_DISK)
     batch = batch_id if app_id else None
     try:

@@ -139,7 +139,7 @@ def holdout_metrics(model: Any, holdout: Holdout, cfg: RecsysConfig) -> dict[str
     items = encode(model.candidate, candidate_chunk(pa.Table.from_pandas(holdout.items, preserve_index=False),
                                                     model.spec))
     return evaluate(embedding_scorer(queries, items), holdout, cfg.evaluate.ks,
-                    filter_purchased=cfg.evaluate.filter_purchased)
+                    filter_purchased=cfg.evaluate.filter_purchased, filter_seen=cfg.evaluate.filter_seen)
 
 
 def run_train(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, warm_start: bool = False,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,7 +39,7 @@ from recsys_lib.features import entities, fold, merge
 from recsys_lib.features.definitions import Entity
 from recsys_lib.lake import Lake, LakeConflictError
 from recsys_lib.lake.files import filesystem_for
-from recsys_lib.pipelines.features import table_spec
+from recsys_lib.pipelines.features import BUCKET, table_spec
 from recsys_lib.pipelines.ingest import ingest_frame
 from recsys_lib.streaming.faults import fault_point
 
@@ -106,11 +107,16 @@ def update_features(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, now: 
                     batch_id: int | None = None) -> dict[str, dict[str, Any]]:
     """Fold every ``events`` version not yet covered into each feature table."""
     events_version = lake.version(EVENTS_TABLE)
+    tables = list(entities(cfg.features).values())
     done = {}
-    for entity in entities(cfg.features).values():
-        done[entity.table] = _update_entity(lake, cfg, entity, events_version, now, batch_id)
-        fault_point("between_feature_merges")
-    return done
+    # The tables are independent (each fenced by its own covered version), so they are updated
+    # concurrently: Spark runs one table's jobs while the driver plans or commits another's.
+    with ThreadPoolExecutor(max_workers=len(tables), thread_name_prefix="feature-merge") as pool:
+        futures = {pool.submit(_update_entity, lake, cfg, e, events_version, now, batch_id): e.table for e in tables}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            fault_point("between_feature_merges")
+    return {e.table: done[e.table] for e in tables}
 
 
 def covered_events_version(lake: Lake, table: str) -> int:
@@ -136,18 +142,26 @@ def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version
         if covered >= events_version:
             return {"skipped": True, "version": table_version, "covered_events_version": covered}
         new = events_between(lake, covered + 1, events_version)
-        batch_state = fold(new, entity, cfg.features, updated_at=now)
-        stored = lake.read(entity.table, version=table_version).join(batch_state.select(*keys), keys, "left_semi")
-        merged = merge(stored, batch_state, entity, cfg.features, updated_at=now)
-        meta = {"job": "stream", "events_version": events_version, "from_events_version": covered + 1,
-                "batch_id": batch_id}
+        batch_state = fold(new, entity, cfg.features, updated_at=now).persist()
         try:
-            result = lake.merge(spec, merged, keys, metadata=meta, read_version=table_version)
-        except LakeConflictError as exc:
-            log.warning("feature merge into %s conflicted (attempt %d), recomputing: %s", entity.table,
-                        attempt + 1, exc)
-            continue
-        return {"skipped": False, "version": result.version, "rows": result.rows,
+            buckets = sorted(r[0] for r in batch_state.select(BUCKET).distinct().collect())
+            stored = lake.read(entity.table, version=table_version, partitions=(BUCKET, buckets))
+            changed = batch_state.select(*keys)
+            contents = stored.join(changed, keys, "left_anti").unionByName(
+                merge(stored.join(changed, keys, "left_semi"), batch_state, entity, cfg.features, updated_at=now)
+            ).repartition(BUCKET)  # one file per bucket rewritten
+            meta = {"job": "stream", "events_version": events_version, "from_events_version": covered + 1,
+                    "batch_id": batch_id}
+            try:
+                result = lake.replace_partitions(spec, contents, BUCKET, buckets, read_version=table_version,
+                                                 metadata=meta)
+            except LakeConflictError as exc:
+                log.warning("feature merge into %s conflicted (attempt %d), recomputing: %s", entity.table,
+                            attempt + 1, exc)
+                continue
+        finally:
+            batch_state.unpersist()
+        return {"skipped": False, "version": result.version, "rows": result.rows, "partitions": len(buckets),
                 "covered_events_version": events_version, "folded_from": covered + 1}
     raise LakeConflictError(f"feature merge into '{entity.table}' kept conflicting with concurrent writers "
                             f"after {cfg.lake.commit_retries + 1} attempts")

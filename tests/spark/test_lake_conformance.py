@@ -204,3 +204,32 @@ def test_one_task_writing_many_partitions_reads_back_each_row_once(spark, engine
     got = engine_lake.read("t")
     assert got.count() == 50
     assert sorted((r["k"], r["d"]) for r in got.collect()) == sorted((k, d) for k, _, _, d in rows)
+
+
+def test_partition_read_and_replace_touch_only_the_named_partitions(spark, engine_lake):
+    engine_lake.append(SPEC, _df(spark, [("a", 1, None, D1), ("b", 2, None, D1), ("c", 3, None, D2)]))
+    read_at = engine_lake.version("t")
+    assert _rows(engine_lake, partitions=("d", [D1])) == [("a", 1, D1), ("b", 2, D1)]
+    # new contents of partition D1: a updated, b kept, d added; D2 is not named, so c stays
+    result = engine_lake.replace_partitions(
+        SPEC, _df(spark, [("a", 10, None, D1), ("b", 2, None, D1), ("d", 4, None, D1)]), "d", [D1],
+        read_version=read_at, metadata={"job": "test"})
+    assert result.version == read_at + 1 and result.rows == 3
+    assert _rows(engine_lake) == [("a", 10, D1), ("b", 2, D1), ("c", 3, D2), ("d", 4, D1)]
+    assert _rows(engine_lake, version=read_at) == [("a", 1, D1), ("b", 2, D1), ("c", 3, D2)]
+    assert engine_lake.job_metadata("t", "job") == "test"
+
+
+def test_replace_partitions_from_a_stale_version_conflicts(spark, engine_lake):
+    engine_lake.append(SPEC, _df(spark, [("a", 1, None, D1)]))
+    read_at = engine_lake.version("t")
+    engine_lake.overwrite(SPEC, _df(spark, [("a", 5, None, D1)]))  # a concurrent full refresh
+    with pytest.raises(LakeConflictError, match="'t'"):
+        engine_lake.replace_partitions(SPEC, _df(spark, [("a", 2, None, D1)]), "d", [D1], read_version=read_at)
+    assert _rows(engine_lake) == [("a", 5, D1)]
+
+
+def test_replace_partitions_rejects_a_non_partition_column(spark, engine_lake):
+    engine_lake.append(SPEC, _df(spark, [("a", 1, None, D1)]))
+    with pytest.raises(ValueError, match="'k' is not a partition column"):
+        engine_lake.replace_partitions(SPEC, _df(spark, []), "k", ["a"], read_version=engine_lake.version("t"))

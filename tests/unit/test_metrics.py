@@ -47,3 +47,28 @@ def test_top_k_orders_and_excludes():
     scores = np.array([[0.1, 0.9, 0.5, 0.7], [1.0, 0.0, 0.2, 0.3]])
     assert top_k(scores, 2).tolist() == [[1, 3], [0, 3]]
     assert top_k(scores, 2, exclude=[[1], []]).tolist() == [[3, 2], [0, 3]]
+
+
+def test_evaluate_drops_purchased_or_every_seen_item_for_all_models_alike():
+    from datetime import UTC, datetime
+
+    import pandas as pd
+    import pyarrow as pa
+
+    from recsys_lib.models.evaluate import evaluate
+    from recsys_lib.models.holdout import Holdout
+
+    # one user, 4 items; scores rank 0 > 1 > 2 > 3; truth {2}; bought item 0 before, viewed item 1 before
+    holdout = Holdout(cutoff=datetime(2024, 1, 1, tzinfo=UTC), items=pd.DataFrame({"item_id": list("abcd")}),
+                      users=pa.table({"user_id": ["u"]}), truth=[{2}], purchased=[[0]],
+                      history=pd.DataFrame(), train_users=pd.Index(["u"]), seen=[[0, 1]])
+
+    def scorer(users):
+        return np.tile(np.array([4.0, 3.0, 2.0, 1.0]), (len(users), 1))
+
+    def hit_at_1(**filters):
+        return evaluate(scorer, holdout, [1], **filters)["hit_rate@1"]
+
+    assert hit_at_1(filter_purchased=False) == 0.0          # ranks a first
+    assert hit_at_1(filter_purchased=True) == 0.0           # a dropped, b first
+    assert hit_at_1(filter_purchased=True, filter_seen=True) == 1.0  # a and b dropped, c (the truth) first
