@@ -25,7 +25,10 @@ Say = Callable[[str], None]
 def current_holdout(spark: SparkSession, lake: Lake, cfg: RecsysConfig) -> Holdout:
     """The holdout of the current training set (see :mod:`recsys_lib.models.holdout`)."""
     _, _, events, cutoff = pinned_inputs(spark, lake, cfg)
-    return build_holdout(events, list(cfg.train.label_types), cutoff, cfg.features)
+    try:
+        return build_holdout(events, list(cfg.train.label_types), cutoff, cfg.features)
+    finally:
+        events.unpersist()
 
 
 def run_evaluate(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version: str | None = None,

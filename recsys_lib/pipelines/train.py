@@ -72,18 +72,32 @@ def pinned_inputs(spark: SparkSession, lake: Lake, cfg: RecsysConfig) -> tuple[i
 
 def prepare(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, base_spec: Any = None) -> Prepared:
     """Everything the TensorFlow side needs (see the module docstring); ``base_spec`` means warm start."""
-    from recsys_lib.models.data import ItemPrior
-    from recsys_lib.models.two_tower import ModelSpec
-
     tc = cfg.train
     training_version, events_version, events, cutoff = pinned_inputs(spark, lake, cfg)
     since = cutoff - timedelta(days=tc.warm_start_days) if base_spec is not None else None
-    holdout = build_holdout(events, list(tc.label_types), cutoff, cfg.features)
+    try:
+        holdout = build_holdout(events, list(tc.label_types), cutoff, cfg.features)
+    finally:
+        events.unpersist()  # the holdout is collected; a notebook session keeps running after this
     rows_df = lake.read(TRAINING_TABLE, version=training_version).where(
         (F.col("label_date") < F.lit(cutoff.date())) & F.col("label_type").isin(*tc.label_types))
     if since is not None:
         rows_df = rows_df.where(F.col("label_date") >= F.lit(since.date()))
     rows_df = rows_df.cache()
+    try:
+        return _prepared(cfg, rows_df, holdout, base_spec, since, cutoff, events_version, training_version,
+                         lake)
+    finally:
+        rows_df.unpersist()
+
+
+def _prepared(cfg: RecsysConfig, rows_df: DataFrame, holdout: Holdout, base_spec: Any, since: datetime | None,
+              cutoff: datetime, events_version: int, training_version: int, lake: Lake) -> Prepared:
+    """The vocabularies, normalisation and file list, from the cached training rows."""
+    from recsys_lib.models.data import ItemPrior
+    from recsys_lib.models.two_tower import ModelSpec
+
+    tc = cfg.train
     query_numeric = [c for c in rows_df.columns
                      if c.startswith("u_") and c not in ("u_as_of", "u_recent_items", "u_top_categories")]
     item_numeric = [c for c in rows_df.columns if c.startswith("i_") and c != "i_as_of"]

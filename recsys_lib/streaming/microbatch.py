@@ -17,6 +17,12 @@
    * a replayed batch finds C >= E and does nothing;
    * events appended by batch ``recsys ingest`` are folded too.
 
+3. **Only touched buckets are rewritten.** The feature tables are partitioned by a
+   hash bucket of the key. The new contents of each bucket the batch touches (its
+   untouched rows unchanged, its touched rows merged) are written by Spark and
+   swapped in with one :meth:`Lake.replace_partitions` commit. The three tables
+   are independent, so they are updated concurrently.
+
 The change feed is read through the driver (Arrow), fine for micro-batches; after
 a long outage, a full refresh is the cheaper catch-up.
 """
