@@ -131,7 +131,10 @@ def fit(spec: ModelSpec, make_chunks: Callable[[int, int], Callable[[], Iterator
                                 shuffle_buffer=tc.shuffle_buffer, seed=tc.seed, repeat=True,
                                 featurize=model.featurize, cache=cache)
 
-    data = strategy.distribute_datasets_from_function(dataset_fn)
+    if tc.strategy == "default":
+        data = dataset_fn(tf.distribute.InputContext())  # one pipeline: skip the distributed-iterator overhead
+    else:
+        data = strategy.distribute_datasets_from_function(dataset_fn)
     log: list[dict[str, float]] = []
     n_epochs = epochs or tc.epochs
     started = time.monotonic()
