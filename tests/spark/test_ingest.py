@@ -67,7 +67,10 @@ def test_reingesting_changes_nothing(spark, lake, cfg, corpus):
     assert sorted(r["event_id"] for r in lake.read("events").select("event_id").collect()) == before
 
 
-def test_overlapping_second_folder_only_adds_new_events(spark, lake, cfg, tmp_path):
+@pytest.mark.parametrize("broadcast_up_to", [200_000, 0], ids=["broadcast-batch-keys", "shuffle-all-keys"])
+def test_overlapping_second_folder_only_adds_new_events(spark, lake, cfg, tmp_path, monkeypatch, broadcast_up_to):
+    # both ways of looking up stored keys (small batches broadcast their keys) must label alike
+    monkeypatch.setattr("recsys_lib.ingest.dedup.BROADCAST_BATCH_KEYS", broadcast_up_to)
     a, b = tmp_path / "a" / "date=2024-01-01", tmp_path / "b" / "date=2024-01-01"
     a.mkdir(parents=True)
     b.mkdir(parents=True)
