@@ -8,8 +8,11 @@ results equals folding everything at once (see tests/spark/test_features_exactne
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any, TypeVar, cast
 
+from pyspark import SparkContext
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -25,6 +28,22 @@ from recsys_lib.features.definitions import (
     seconds,
 )
 
+T_ = TypeVar("T_")
+_MEMO: dict[tuple[Any, ...], Any] = {}
+
+
+def _memo(key: tuple[Any, ...], build: Callable[[], T_]) -> T_:
+    """Column expressions built once per Spark application and ``key`` (which must fix them).
+
+    Building a wide fold or merge costs thousands of Py4J calls; a micro-batch
+    reuses the (unresolved, data-independent) expressions of the previous one.
+    """
+    context = SparkContext._active_spark_context
+    full = (context.applicationId if context else None, *key)
+    if full not in _MEMO:
+        _MEMO[full] = build()
+    return cast(T_, _MEMO[full])
+
 
 def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: datetime | None = None) -> DataFrame:
     """The state of every key of ``entity`` after folding ``events`` (an ``events``-shaped DataFrame)."""
@@ -35,15 +54,9 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
     if entity.name == USER_CATEGORY:
         ev = ev.where(F.col("category_id").isNotNull())
     ev = ev.withColumn("_ts", seconds(F.col("event_ts")))
-    terms = {decayed_name(t, h): (F.when(F.col("event_type") == t, F.lit(1.0)), h)
-             for t in EVENT_TYPES for h in fc.half_lives}
-    aggs: list[Column] = [F.max("event_ts").alias("as_of"), F.max("event_ts").alias("last_event_ts")]
-    aggs += [F.count_if(F.col("event_type") == t).alias(f"{t}_count") for t in EVENT_TYPES]
-    if entity.name == USER:
-        aggs += _purchase_aggs()
-    if entity.name == ITEM:
-        aggs += _item_aggs(fc)
-    decayed = decayed_sums(ev, keys, terms, min(fc.half_lives)).drop("_as_of_s")
+    memo_key = ("fold", entity.name, fc.model_dump_json())
+    terms, aggs = _memo(memo_key, lambda: _fold_columns(entity, fc))
+    decayed = decayed_sums(ev, keys, terms, min(fc.half_lives), memo_key=memo_key).drop("_as_of_s")
     state = ev.groupBy(*keys).agg(*aggs).join(decayed, keys)
     if entity.name == USER:
         user_as_of = state.select("user_id", seconds(F.col("as_of")).alias("_u"))
@@ -56,11 +69,25 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
     return conform(state, entity)
 
 
+def _fold_columns(entity: Entity, fc: FeaturesConfig) -> tuple[dict[str, tuple[Column, float]], list[Column]]:
+    """The decayed terms and the plain aggregations of one entity's fold."""
+    terms = {decayed_name(t, h): (F.when(F.col("event_type") == t, F.lit(1.0)), h)
+             for t in EVENT_TYPES for h in fc.half_lives}
+    aggs: list[Column] = [F.max("event_ts").alias("as_of"), F.max("event_ts").alias("last_event_ts")]
+    aggs += [F.count_if(F.col("event_type") == t).alias(f"{t}_count") for t in EVENT_TYPES]
+    if entity.name == USER:
+        aggs += _purchase_aggs()
+    if entity.name == ITEM:
+        aggs += _item_aggs(fc)
+    return terms, aggs
+
+
 def decayed_sums(ev: DataFrame, keys: list[str], terms: dict[str, tuple[Column, float]],
-                 min_half_life: float) -> DataFrame:
+                 min_half_life: float, memo_key: tuple[Any, ...] | None = None) -> DataFrame:
     """Per key, ``sum weight * 2^-((as_of - ts) / H)`` for each term, ``as_of`` being the key's max ``_ts``.
 
-    The result also carries that ``as_of`` (epoch seconds) as ``_as_of_s``.
+    The result also carries that ``as_of`` (epoch seconds) as ``_as_of_s``. With
+    ``memo_key`` (a key that fixes ``terms``) the expressions are built once and reused.
 
     Two hash aggregations instead of a sort: first per (key, time block of
     256 x the smallest half-life), summing ``weight * 2^((ts - block_start) / H)``
@@ -68,17 +95,21 @@ def decayed_sums(ev: DataFrame, keys: list[str], terms: dict[str, tuple[Column, 
     ``as_of``. The result equals the direct sum up to rounding.
     """
     block = 256.0 * min_half_life
+
+    def columns() -> tuple[list[Column], list[Column]]:
+        start = F.col("_b") * block
+        first = [F.max("_ts").alias("_m"), *[F.sum(weight * F.pow(F.lit(2.0), (F.col("_ts") - start) / h)).alias(name)
+                                             for name, (weight, h) in terms.items()]]
+        second = [F.max("_a").alias("_as_of_s"), *[
+            F.coalesce(F.sum(F.col(name) * F.pow(F.lit(2.0), (F.col("_b") * block - F.col("_a")) / h)), F.lit(0.0))
+            .alias(name) for name, (_, h) in terms.items()]]
+        return first, second
+
+    first, second = _memo(("decayed", *memo_key, tuple(keys), block), columns) if memo_key else columns()
     blocked = ev.withColumn("_b", F.floor(F.col("_ts") / block))
-    start = F.col("_b") * block
-    partial = blocked.groupBy(*keys, "_b").agg(
-        F.max("_ts").alias("_m"),
-        *[F.sum(weight * F.pow(F.lit(2.0), (F.col("_ts") - start) / h)).alias(name)
-          for name, (weight, h) in terms.items()])
-    as_of = F.max("_m").over(Window.partitionBy(*keys))
-    moved = partial.withColumn("_a", as_of)
-    return moved.groupBy(*keys).agg(F.max("_a").alias("_as_of_s"), *[
-        F.coalesce(F.sum(F.col(name) * F.pow(F.lit(2.0), (F.col("_b") * block - F.col("_a")) / h)), F.lit(0.0))
-        .alias(name) for name, (_, h) in terms.items()])
+    partial = blocked.groupBy(*keys, "_b").agg(*first)
+    moved = partial.withColumn("_a", F.max("_m").over(Window.partitionBy(*keys)))
+    return moved.groupBy(*keys).agg(*second)
 
 
 def merge(a: DataFrame, b: DataFrame, entity: Entity, fc: FeaturesConfig,
@@ -86,12 +117,16 @@ def merge(a: DataFrame, b: DataFrame, entity: Entity, fc: FeaturesConfig,
     """Merge two states of ``entity`` key by key (a key on one side only keeps its state)."""
     keys = list(entity.keys)
     on = [F.col(f"l.{k}") == F.col(f"r.{k}") for k in keys]
-    sides = Sides()
-    cols = [F.coalesce(sides.l(k), sides.r(k)).alias(k) for k in keys]
-    cols += [c.merge(sides).cast(c.dtype).alias(c.name) for c in entity.columns]
+    cols = _memo(("merge", entity.name, fc.model_dump_json()), lambda: _merge_columns(entity))
     stamp = F.lit(updated_at).cast("timestamp") if updated_at else F.current_timestamp()
     merged = a.alias("l").join(b.alias("r"), on, "full_outer").select(*cols)
     return conform(merged.withColumn("updated_at", stamp).withColumn("key_bucket", key_bucket(keys, fc)), entity)
+
+
+def _merge_columns(entity: Entity) -> list[Column]:
+    sides = Sides()
+    cols = [F.coalesce(sides.l(k), sides.r(k)).alias(k) for k in entity.keys]
+    return cols + [c.merge(sides).cast(c.dtype).alias(c.name) for c in entity.columns]
 
 
 def key_bucket(keys: list[str], fc: FeaturesConfig) -> Column:
@@ -101,7 +136,9 @@ def key_bucket(keys: list[str], fc: FeaturesConfig) -> Column:
 
 def conform(df: DataFrame, entity: Entity) -> DataFrame:
     """Columns in the stored order and types."""
-    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in entity.schema.fields])
+    schema = entity.schema
+    return df.select(*_memo(("conform", schema.json()),
+                            lambda: [F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields]))
 
 
 def _purchase_aggs() -> list[Column]:
