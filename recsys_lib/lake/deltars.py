@@ -122,17 +122,14 @@ class DeltaRsLake(Lake):
             raise ValueError(f"replace_partitions on '{spec.name}': '{column}' is not a partition column "
                              f"(partitioned by {list(spec.partition_by)})")
         table = self._table(spec.name, version=read_version)
-        wanted = {str(v) for v in values}
-        old = pa.table(table.get_add_actions(flatten=True))
+        old = _files_in(pa.table(table.get_add_actions(flatten=True)), column, values)
         now_ms = int(datetime.now(UTC).timestamp() * 1000)
-        parts = old.column(f"partition.{column}").to_pylist() if old.num_rows else []
         removes = [
             RemoveAction(path=path, data_change=True, deletion_timestamp=now_ms, size=size,
                          partition_values={c: _text(old.column(f"partition.{c}")[i].as_py())
                                            for c in spec.partition_by})
-            for i, (path, size, part) in enumerate(zip(old.column("path").to_pylist(),
-                                                        old.column("size_bytes").to_pylist(), parts, strict=True))
-            if str(part) in wanted
+            for i, (path, size) in enumerate(zip(old.column("path").to_pylist(), old.column("size_bytes").to_pylist(),
+                                                 strict=True))
         ]
         written = self._write_parquet(spec, df)
         if not written.adds and not removes:
@@ -253,9 +250,7 @@ class DeltaRsLake(Lake):
             column, values = partitions
             if column not in partition_by:
                 raise ValueError(f"{table.table_uri}: '{column}' is not a partition column ({partition_by})")
-            wanted = {str(v) for v in values}
-            keep = [str(v) in wanted for v in actions.column(f"partition.{column}").to_pylist()]
-            actions = actions.filter(pa.array(keep, pa.bool_())) if actions.num_rows else actions
+            actions = _files_in(actions, column, values)
         rel_paths = actions.column("path").to_pylist()
         if not rel_paths:
             return self.spark.createDataFrame([], schema)
@@ -330,6 +325,15 @@ class _Written:
         if result.skipped:
             self.discard()
         return result
+
+
+def _files_in(actions: pa.Table, column: str, values: Sequence[Any]) -> pa.Table:
+    """The add actions (flattened) whose partition ``column`` is one of ``values`` (compared as text)."""
+    if not actions.num_rows:
+        return actions
+    wanted = {str(v) for v in values}
+    keep = [str(v) in wanted for v in actions.column(f"partition.{column}").to_pylist()]
+    return actions.filter(pa.array(keep, pa.bool_()))
 
 
 def _text(value: Any) -> str | None:
