@@ -181,15 +181,26 @@ def _category_affinity(ev: DataFrame, labels: DataFrame, fc: FeaturesConfig) -> 
 
 
 def _recent_items(ev: DataFrame, labels: DataFrame, limit: int, lookback: int) -> DataFrame:
+    """``u_recent_items`` before each label, from the user's last ``lookback`` events strictly earlier.
+
+    Events are put in one total order per user (time, then event_id), so the lookback
+    boundary is the same however the rows are partitioned or sorted: ``_k`` numbers a
+    user's events and gives a label the number of events before it; a label's frame is
+    the events numbered ``_k - lookback + 1`` .. ``_k``.
+    """
     events_part = ev.where(F.col("item_id").isNotNull()).select(
-        "user_id", "_t", F.lit(1).alias("_order"), F.struct(F.col("_t"), "event_id", "item_id").alias("_entry"),
-        F.lit(None).cast("string").alias("_label"))
-    labels_part = labels.select("user_id", "_t", F.lit(0).alias("_order"),
+        "user_id", "_t", F.lit(1).alias("_order"), F.col("event_id").alias("_tie"),
+        F.struct(F.col("_t"), "event_id", "item_id").alias("_entry"), F.lit(None).cast("string").alias("_label"))
+    labels_part = labels.select("user_id", "_t", F.lit(0).alias("_order"), F.col("event_id").alias("_tie"),
                                 F.lit(None).cast("struct<_t:bigint,event_id:string,item_id:string>").alias("_entry"),
                                 F.col("event_id").alias("_label"))
-    # labels sort before events of the same instant, so the frame holds only strictly earlier events
-    frame = Window.partitionBy("user_id").orderBy("_t", "_order").rowsBetween(-lookback, -1)
-    stream = events_part.unionByName(labels_part).withColumn("_prior", F.collect_list("_entry").over(frame))
+    # labels sort before events of the same instant, so a label's _k counts only strictly earlier events
+    running = Window.partitionBy("user_id").orderBy("_t", "_order", "_tie").rowsBetween(
+        Window.unboundedPreceding, Window.currentRow)
+    numbered = events_part.unionByName(labels_part).withColumn(
+        "_k", F.count("_entry").over(running))
+    frame = Window.partitionBy("user_id").orderBy("_k").rangeBetween(-(lookback - 1), 0)
+    stream = numbered.withColumn("_prior", F.collect_list("_entry").over(frame))
     newest_first = F.transform(F.sort_array(F.filter("_prior", lambda e: e["_t"] < F.col("_t")), asc=False),
                                lambda e: e["item_id"])
     return stream.where(F.col("_label").isNotNull()).select(

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, time, timedelta
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from recsys_lib.core.config import FeaturesConfig
@@ -73,11 +73,13 @@ def catalogue(events: DataFrame, before: datetime, fc: FeaturesConfig) -> DataFr
     """Items seen before ``before``: latest category and price, and ``i_*`` features at ``before``."""
     at_us = int(before.timestamp() * 1_000_000)
     prior = events.where((F.col("event_ts") < F.lit(before)) & F.col("item_id").isNotNull())
-    latest = Window.partitionBy("item_id").orderBy(F.desc("event_ts"), F.desc("event_id"))
-    meta = prior.select("item_id", F.first("category_id", ignorenulls=True).over(latest).alias("category_id"),
-                        F.first("price", ignorenulls=True).over(latest).alias("price")
-                        ).groupBy("item_id").agg(F.first("category_id").alias("category_id"),
-                                                 F.first("price").alias("price"))
+
+    def latest(column: str) -> Column:
+        # the value of the newest event (by time, then event_id) that has one: one answer however rows are split
+        stamped = F.struct("event_ts", "event_id", F.col(column).alias("v"))
+        return F.max(F.when(F.col(column).isNotNull(), stamped))["v"].alias(column)
+
+    meta = prior.groupBy("item_id").agg(latest("category_id"), latest("price"))
     return meta.join(features_at(events, meta, "item_id", at_us, fc), "item_id").orderBy("item_id")
 
 

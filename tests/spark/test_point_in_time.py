@@ -48,6 +48,23 @@ def test_features_as_they_stood_strictly_before_each_label(spark):
     assert e5["label_type"] == "add_to_cart" and e3["price"] == 9.0
 
 
+def test_recent_items_lookback_counts_events_in_one_total_order(spark):
+    """The lookback is the user's last N *events* (labels do not use it up), ties at one instant ordered by
+    event_id, so the result does not depend on how the rows are partitioned."""
+    rows = [
+        event("a1", "u1", "view", 1 * H, "i1", "c1"),
+        event("a2", "u1", "view", 2 * H, "i2", "c1"),
+        event("a3", "u1", "view", 2 * H, "i3", "c1"),  # ties with a2: a3 is the newer
+        event("a4", "u1", "purchase", 3 * H, "i4", "c1"),
+        event("a5", "u1", "click", 4 * H, "i5", "c1"),
+    ]
+    # a4 looks back over a2, a3 -> [i3, i2]; a5 over a3, a4 -> [i4, i3] (a4's own label row takes no slot)
+    expected = {"a4": ["i3", "i2"], "a5": ["i4", "i3"]}
+    for partitions in (1, 3):
+        got = training_rows(events_df(spark, rows).repartition(partitions), LABELS, FC, recent_lookback=2)
+        assert {r["event_id"]: r["u_recent_items"] for r in got.collect()} == expected
+
+
 def test_later_events_never_change_earlier_rows(spark):
     before = _rows(spark, ROWS)
     planted = ROWS + [
@@ -75,3 +92,19 @@ def test_label_day_window(spark):
     got = _rows(spark, rows, first_day=(T0 + 30 * H).date())
     assert sorted(got) == ["late"]
     assert got["late"]["u_purchase_count"] == 1
+
+
+def test_catalogue_takes_each_items_newest_known_category_and_price(spark):
+    from recsys_lib.models.holdout import catalogue
+
+    rows = [
+        event("b1", "u1", "view", 1 * H, "i1", "c1", 5.0),
+        event("b2", "u2", "view", 2 * H, "i1", "c2"),          # newest category c2, no price: price stays 5.0
+        event("b3", "u1", "view", 2 * H, "i2", "c3", 7.0),
+        event("b4", "u2", "view", 2 * H, "i2", None, 8.0),     # ties with b3 at 2h; b4 is newer by event_id
+        event("b5", "u1", "view", 9 * H, "i1", "c9", 1.0),     # at the cutoff: not in the catalogue
+    ]
+    for partitions in (1, 3):
+        got = catalogue(events_df(spark, rows).repartition(partitions), T0 + 9 * H, FC).collect()
+        assert [(r["item_id"], r["category_id"], r["price"], r["i_view_count"]) for r in got] == [
+            ("i1", "c2", 5.0, 2), ("i2", "c3", 8.0, 2)]
