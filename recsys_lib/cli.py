@@ -220,7 +220,7 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
             from recsys_lib.pipelines.maintenance import run_maintenance
 
             done = run_maintenance(ctx.lake, args.tables, retention_hours=args.retention_hours,
-                                   vacuum=not args.no_vacuum)
+                                   vacuum=not args.no_vacuum, features=cfg.features)
             for table, info in done.items():
                 print(f"{table:<26} compacted +{info['files_added']}/-{info['files_removed']} files, "
                       f"vacuumed {info['vacuumed']}, version {info['version']}, {info['seconds']:.1f}s")

@@ -116,6 +116,10 @@ class StreamingConfig(_Strict):
     checkpoint_dir: str | None = None
     trigger: Duration = 1.0
     max_files_per_trigger: int = Field(1000, ge=1)
+    #: A micro-batch rewrites only the pending layer of each feature table (see
+    #: recsys_lib/features/layers.py); past this many rows it is compacted into the base
+    #: buckets. Larger: cheaper batches, costlier reads. 0: compact after every batch.
+    pending_max_rows: int = Field(250_000, ge=0)
     kafka_bootstrap_servers: str | None = None
     kafka_topic: str | None = None
 

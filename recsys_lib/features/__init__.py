@@ -29,6 +29,7 @@ def load_features(spark: SparkSession, entity: str, as_of: datetime | None = Non
         version: Read this table version instead of the latest.
 
     """
+    from recsys_lib.features.layers import read_states
     from recsys_lib.lake import open_lake
 
     cfg = cfg or load_config()
@@ -36,5 +37,5 @@ def load_features(spark: SparkSession, entity: str, as_of: datetime | None = Non
     if entity not in known:
         raise ValueError(f"unknown feature entity {entity!r}: expected one of {sorted(known)}")
     spec = known[entity]
-    states = open_lake(spark, cfg).read(spec.table, version=version)
+    states = read_states(open_lake(spark, cfg), spec, cfg.features, version=version)
     return finalise(states, spec, cfg.features, as_of)

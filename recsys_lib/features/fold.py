@@ -114,13 +114,17 @@ def decayed_sums(ev: DataFrame, keys: list[str], terms: dict[str, tuple[Column, 
 
 def merge(a: DataFrame, b: DataFrame, entity: Entity, fc: FeaturesConfig,
           updated_at: datetime | None = None) -> DataFrame:
-    """Merge two states of ``entity`` key by key (a key on one side only keeps its state)."""
+    """Merge two states of ``entity`` key by key (a key on one side only keeps its state).
+
+    ``updated_at`` stamps every row (None: the later of the two sides' ``updated_at``).
+    """
     keys = list(entity.keys)
     on = [F.col(f"l.{k}") == F.col(f"r.{k}") for k in keys]
     cols = _memo(("merge", entity.name, fc.model_dump_json()), lambda: _merge_columns(entity))
-    stamp = F.lit(updated_at).cast("timestamp") if updated_at else F.current_timestamp()
-    merged = a.alias("l").join(b.alias("r"), on, "full_outer").select(*cols)
-    return conform(merged.withColumn("updated_at", stamp).withColumn("key_bucket", key_bucket(keys, fc)), entity)
+    stamp = (F.lit(updated_at).cast("timestamp") if updated_at
+             else F.greatest(F.col("l.updated_at"), F.col("r.updated_at")))
+    merged = a.alias("l").join(b.alias("r"), on, "full_outer").select(*cols, stamp.alias("updated_at"))
+    return conform(merged.withColumn("key_bucket", key_bucket(keys, fc)), entity)
 
 
 def _merge_columns(entity: Entity) -> list[Column]:

@@ -22,7 +22,8 @@ from pyspark.sql import functions as F
 
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.datagen.writer import records_to_lines, write_lines
-from recsys_lib.features import load_features
+from recsys_lib.features import entities, load_features
+from recsys_lib.features.layers import read_states
 from recsys_lib.lake import Lake
 from recsys_lib.pipelines.serve import feature_time, run_recommend
 from recsys_lib.streaming.job import last_batches, run_stream
@@ -43,8 +44,9 @@ def _user_view(spark: SparkSession, cfg: RecsysConfig, user: str) -> str:
 def live_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, user: str, *, seconds: float = 60.0,
                 say: Callable[[str], None] = print) -> None:
     """Run the stream for about ``seconds`` while a producer lands events; show ``user`` before and after."""
-    items = lake.read("item_features").select("item_id", F.col("latest_category.value").alias("category_id"),
-                                              F.col("latest_price.value").alias("price")).toPandas()
+    items = read_states(lake, entities(cfg.features)["item"], cfg.features).select(
+        "item_id", F.col("latest_category.value").alias("category_id"),
+        F.col("latest_price.value").alias("price")).toPandas()
     assert isinstance(items, pd.DataFrame)
     weights = {c["category_id"]: c["weight"] for c in (load_features(spark, "user", cfg=cfg)
                                                        .where(F.col("user_id") == user).select("top_categories")

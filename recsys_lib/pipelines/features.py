@@ -18,8 +18,8 @@ from pyspark.sql import functions as F
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.core.schema import EVENTS_TABLE
 from recsys_lib.features import entities, fold
-from recsys_lib.features.definitions import Entity
-from recsys_lib.lake import Lake, TableSpec
+from recsys_lib.features.layers import table_spec
+from recsys_lib.lake import Lake
 
 
 class FeatureRefreshError(RuntimeError):
@@ -39,15 +39,6 @@ class RefreshSummary:
     def to_json(self) -> dict[str, Any]:
         """The summary as a JSON-able dict."""
         return asdict(self)
-
-
-#: The feature tables' partition column: a hash bucket of the key, so a merge rewrites only the buckets it touches.
-BUCKET = "key_bucket"
-
-
-def table_spec(entity: Entity) -> TableSpec:
-    """The Delta table of a feature entity, partitioned by key bucket."""
-    return TableSpec(entity.table, entity.schema, (BUCKET,))
 
 
 def run_refresh(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, until: datetime | None = None,

@@ -56,6 +56,7 @@ def feature_time(spark: SparkSession, cfg: RecsysConfig) -> datetime:
     from recsys_lib.features import entities
     from recsys_lib.lake import open_lake
 
+    # the raw table suffices: a merged row's as_of is the larger of its base and pending rows'
     row = open_lake(spark, cfg).read(entities(cfg.features)["item"].table).agg(F.max("as_of")).first()
     if row is None or row[0] is None:
         raise ValueError("item_features is empty: run `recsys features refresh` first")

@@ -17,11 +17,13 @@
    * a replayed batch finds C >= E and does nothing;
    * events appended by batch ``recsys ingest`` are folded too.
 
-3. **Only touched buckets are rewritten.** The feature tables are partitioned by a
-   hash bucket of the key. The new contents of each bucket the batch touches (its
-   untouched rows unchanged, its touched rows merged) are written by Spark and
-   swapped in with one :meth:`Lake.replace_partitions` commit. The three tables
-   are independent, so they are updated concurrently.
+3. **Only the pending layer is rewritten.** A batch's state is merged into the
+   table's pending layer (:mod:`recsys_lib.features.layers`), which holds only the
+   keys touched since the last compaction, and swapped in with one
+   :meth:`Lake.replace_partitions` commit: the cost follows the batch, not the
+   table. When the layer passes ``streaming.pending_max_rows`` it is compacted into
+   the base buckets it touches (a second commit; on a conflict it waits for the next
+   batch). The three tables are independent, so they are updated concurrently.
 
 The change feed is read through the driver (Arrow), fine for micro-batches; after
 a long outage, a full refresh is the cheaper catch-up.
@@ -41,11 +43,11 @@ from pyspark.sql import functions as F
 
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.core.schema import EVENTS_SCHEMA, EVENTS_TABLE
-from recsys_lib.features import entities, fold, merge
+from recsys_lib.features import entities, fold
 from recsys_lib.features.definitions import Entity
+from recsys_lib.features.layers import BUCKET, PENDING, as_pending, compact_pending, overlay, table_spec
 from recsys_lib.lake import Lake, LakeConflictError
 from recsys_lib.lake.files import filesystem_for
-from recsys_lib.pipelines.features import BUCKET, table_spec
 from recsys_lib.pipelines.ingest import ingest_frame
 from recsys_lib.streaming.faults import fault_point
 
@@ -140,7 +142,6 @@ def events_between(lake: Lake, first_version: int, last_version: int) -> DataFra
 def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version: int, now: datetime,
                    batch_id: int | None) -> dict[str, Any]:
     spec = table_spec(entity)
-    keys = list(entity.keys)
     lake.create(spec)
     for attempt in range(cfg.lake.commit_retries + 1):
         table_version = lake.version(entity.table)
@@ -148,26 +149,27 @@ def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version
         if covered >= events_version:
             return {"skipped": True, "version": table_version, "covered_events_version": covered}
         new = events_between(lake, covered + 1, events_version)
-        batch_state = fold(new, entity, cfg.features, updated_at=now).persist()
+        batch_state = fold(new, entity, cfg.features, updated_at=now)
+        pending = lake.read(entity.table, version=table_version, partitions=(BUCKET, [PENDING]))
+        contents = as_pending(overlay(pending, batch_state, entity, cfg.features, updated_at=now)).coalesce(1)
+        meta = {"job": "stream", "events_version": events_version, "from_events_version": covered + 1,
+                "batch_id": batch_id}
         try:
-            buckets = sorted(r[0] for r in batch_state.select(BUCKET).distinct().collect())
-            stored = lake.read(entity.table, version=table_version, partitions=(BUCKET, buckets))
-            changed = batch_state.select(*keys)
-            contents = stored.join(changed, keys, "left_anti").unionByName(
-                merge(stored.join(changed, keys, "left_semi"), batch_state, entity, cfg.features, updated_at=now)
-            ).repartition(BUCKET)  # one file per bucket rewritten
-            meta = {"job": "stream", "events_version": events_version, "from_events_version": covered + 1,
-                    "batch_id": batch_id}
+            result = lake.replace_partitions(spec, contents, BUCKET, [PENDING], read_version=table_version,
+                                             metadata=meta)
+        except LakeConflictError as exc:
+            log.warning("feature merge into %s conflicted (attempt %d), recomputing: %s", entity.table,
+                        attempt + 1, exc)
+            continue
+        report: dict[str, Any] = {"skipped": False, "version": result.version, "pending_rows": result.rows,
+                  "covered_events_version": events_version, "folded_from": covered + 1}
+        if result.rows > cfg.streaming.pending_max_rows:
+            fault_point("before_pending_compaction")
             try:
-                result = lake.replace_partitions(spec, contents, BUCKET, buckets, read_version=table_version,
-                                                 metadata=meta)
+                report["compaction"] = compact_pending(lake, entity, cfg.features, metadata={"batch_id": batch_id})
             except LakeConflictError as exc:
-                log.warning("feature merge into %s conflicted (attempt %d), recomputing: %s", entity.table,
-                            attempt + 1, exc)
-                continue
-        finally:
-            batch_state.unpersist()
-        return {"skipped": False, "version": result.version, "rows": result.rows, "partitions": len(buckets),
-                "covered_events_version": events_version, "folded_from": covered + 1}
+                log.warning("compacting the pending layer of %s conflicted; the next batch retries: %s",
+                            entity.table, exc)
+        return report
     raise LakeConflictError(f"feature merge into '{entity.table}' kept conflicting with concurrent writers "
                             f"after {cfg.lake.commit_retries + 1} attempts")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from recsys_lib.datagen.synthetic import GeneratorSpec, generate
-from tests.spark.helpers import assert_same_state, by_key
+from tests.spark.helpers import assert_same_state, by_key, stored_states
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 RECSYS = str(Path(sys.executable).with_name("recsys"))
@@ -45,7 +45,7 @@ def test_available_now_twice_then_refresh_agrees(spark, tmp_path):
     cfg = load_config(overrides=[f"home={home}"])
     lake = open_lake(spark, cfg, engine="delta-rs")
     assert lake.read("events").count() == manifest["valid_events"]
-    incremental = {n: by_key(lake.read(e.table), e) for n, e in entities(cfg.features).items()}
+    incremental = {n: stored_states(lake, e, cfg.features) for n, e in entities(cfg.features).items()}
     _recsys("features", "refresh", *common)
     for name, entity in entities(cfg.features).items():
         assert_same_state(by_key(lake.read(entity.table), entity), incremental[name], entity)

@@ -1,10 +1,10 @@
 """SIGKILL the streaming process again and again; at the end everything is counted exactly once.
 
-Six kills in one run: three at named fault points (right after the events commit,
-between two feature-table merges, and after every Delta commit but before Spark's
-checkpoint commit) and three at random moments, from outside, of the whole process
-group. Each time the stream restarts from its checkpoint. Then a final
-``--available-now`` run drains the rest.
+Seven kills in one run: four at named fault points (right after the events commit,
+between two feature-table merges, after every Delta commit but before Spark's
+checkpoint commit, and between a pending-layer commit and its compaction) and three
+at random moments, from outside, of the whole process group. Each time the stream
+restarts from its checkpoint. Then a final ``--available-now`` run drains the rest.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from recsys_lib.datagen.synthetic import GeneratorSpec, generate
-from tests.spark.helpers import assert_same_state, by_key
+from tests.spark.helpers import assert_same_state, by_key, stored_states
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 RECSYS = str(Path(sys.executable).with_name("recsys"))
@@ -57,11 +57,14 @@ def test_sigkill_at_random_moments_and_fault_points(spark, tmp_path):
     days = sorted(p for p in raw.iterdir() if p.name.startswith("date="))
     landing.mkdir()
     common = ["--input", str(landing), "--set", f"home={home}", "--set", "spark.master=local[2]",
-              "--set", "spark.driver_memory=1g", "--set", "streaming.max_files_per_trigger=1"]
+              "--set", "spark.driver_memory=1g", "--set", "streaming.max_files_per_trigger=1",
+              # small enough that pending layers are compacted mid-run, so kills land around compactions too
+              "--set", "streaming.pending_max_rows=100"]
     rng = random.Random(20261124)
     plan: list[tuple[str | None, float | None]] = [
         ("after_ingest_commit", None), (None, rng.uniform(8, 20)), ("between_feature_merges@2", None),
         (None, rng.uniform(8, 20)), ("before_checkpoint_commit", None), (None, rng.uniform(8, 20)),
+        ("before_pending_compaction", None),
     ]
     kills = 0
     for fault, after in plan:
@@ -91,7 +94,7 @@ def test_sigkill_at_random_moments_and_fault_points(spark, tmp_path):
     assert events.count() == manifest["valid_events"]
     assert events.select("event_id").distinct().count() == manifest["valid_events"]
     assert lake.read("events_quarantine").count() == manifest["bad"]
-    incremental = {n: by_key(lake.read(e.table), e) for n, e in entities(cfg.features).items()}
+    incremental = {n: stored_states(lake, e, cfg.features) for n, e in entities(cfg.features).items()}
     scratch_cfg = load_config(overrides=[f"home={tmp_path / 'scratch'}"])
     scratch = open_lake(spark, scratch_cfg, engine="delta-rs")
     scratch.append(EVENTS_SPEC, events)

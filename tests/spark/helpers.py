@@ -21,6 +21,20 @@ def events_df(spark, rows):
 
 
 
+def stored_states(lake, entity, fc):
+    """A feature table as readers see it (base merged with the pending layer), by key."""
+    from recsys_lib.features.layers import read_states
+
+    return by_key(read_states(lake, entity, fc), entity)
+
+
+def pending_rows(lake, entity):
+    """Rows in a feature table's pending layer."""
+    from recsys_lib.features.layers import BUCKET, PENDING
+
+    return lake.read(entity.table, partitions=(BUCKET, [PENDING])).count()
+
+
 def by_key(df, entity):
     return {tuple(r[k] for k in entity.keys): r.asDict(recursive=True) for r in df.collect()}
 

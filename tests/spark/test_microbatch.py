@@ -1,4 +1,6 @@
-"""Micro-batches as plain batch calls: incremental equals full refresh; a replayed batch id is skipped."""
+"""Micro-batches as plain batch calls: incremental equals full refresh; a replayed batch id is skipped.
+
+Run with the pending layer kept (the default threshold) and compacted after every batch (0)."""
 
 from __future__ import annotations
 
@@ -10,13 +12,15 @@ from recsys_lib.features import entities
 from recsys_lib.ingest.validate import read_raw
 from recsys_lib.pipelines.features import run_refresh
 from recsys_lib.streaming.microbatch import process_batch
-from tests.spark.helpers import assert_same_state, by_key, raw_line, write_lines
+from tests.spark.helpers import assert_same_state, by_key, pending_rows, raw_line, stored_states, write_lines
 
 pytestmark = pytest.mark.spark
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 
 
-def test_batches_then_refresh_agree_and_replays_are_skipped(spark, lake, cfg, tmp_path):
+@pytest.mark.parametrize("pending_max_rows", [250_000, 0], ids=["pending-kept", "compact-every-batch"])
+def test_batches_then_refresh_agree_and_replays_are_skipped(spark, lake, cfg, tmp_path, pending_max_rows):
+    cfg = cfg.model_copy(update={"streaming": cfg.streaming.model_copy(update={"pending_max_rows": pending_max_rows})})
     b0 = [raw_line("e1", "u1", "view", "2024-01-01T10:00:00Z"), raw_line("e2", "u1", "click", "2024-01-01T10:05:00Z"),
           raw_line("e3", "u2", "view", "2024-01-01T09:00:00Z", "i2", "c2", 4.5), "garbage"]
     b1 = [raw_line("e4", "u1", "purchase", "2024-01-01T10:30:00Z", price=9.5),
@@ -33,9 +37,21 @@ def test_batches_then_refresh_agree_and_replays_are_skipped(spark, lake, cfg, tm
     assert all(info["skipped"] for info in replay.tables.values())
     assert {t: lake.version(t) for t in versions} == versions
 
-    incremental = {name: by_key(lake.read(e.table), e) for name, e in entities(cfg.features).items()}
+    users = entities(cfg.features)["user"]
+    # u1 and u2 are pending after two batches (2 rows), or all in the base buckets when compacted
+    assert pending_rows(lake, users) == (2 if pending_max_rows else 0)
+    incremental = {name: stored_states(lake, e, cfg.features) for name, e in entities(cfg.features).items()}
     run_refresh(spark, lake, cfg)
     for name, entity in entities(cfg.features).items():
         assert_same_state(by_key(lake.read(entity.table), entity), incremental[name], entity)
     u1 = incremental["user"][("u1",)]
     assert (u1["view_count"], u1["click_count"], u1["purchase_count"]) == (2, 1, 1)
+
+    # after the refresh u1 has a base row; a new view lands in the pending layer and reads merge the two
+    write_lines(tmp_path / "b2", "c.jsonl", [raw_line("e5", "u1", "view", "2024-01-01T11:00:00Z")])
+    process_batch(spark, lake, cfg, read_raw(spark, str(tmp_path / "b2")), query="q", batch_id=2, now=NOW)
+    assert pending_rows(lake, users) == (1 if pending_max_rows else 0)
+    assert lake.read(users.table).count() == (3 if pending_max_rows else 2)
+    u1 = stored_states(lake, users, cfg.features)[("u1",)]
+    assert (u1["view_count"], u1["purchase_count"]) == (3, 1)
+    assert u1["view_decayed_1h"] == pytest.approx(2 ** -3 + 2 ** -1 + 1.0)  # views at 8:00, 10:00, 11:00

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -11,7 +12,7 @@ from recsys_lib.ingest.validate import read_raw
 from recsys_lib.pipelines.features import run_refresh
 from recsys_lib.pipelines.ingest import ingest_frame
 from recsys_lib.streaming.microbatch import covered_events_version, update_features
-from tests.spark.helpers import assert_same_state, by_key, raw_line, write_lines
+from tests.spark.helpers import assert_same_state, by_key, pending_rows, raw_line, stored_states, write_lines
 
 pytestmark = pytest.mark.spark
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -27,7 +28,7 @@ def _assert_equals_full_refresh(spark, lake, cfg, tmp_path):
     from recsys_lib.core.config import load_config
     from recsys_lib.lake import open_lake
 
-    incremental = {n: by_key(lake.read(e.table), e) for n, e in entities(cfg.features).items()}
+    incremental = {n: stored_states(lake, e, cfg.features) for n, e in entities(cfg.features).items()}
     scratch_cfg = load_config(overrides=[f"home={tmp_path / 'scratch'}"])
     scratch = open_lake(spark, scratch_cfg, engine="delta-rs")
     from recsys_lib.pipelines.ingest import EVENTS_SPEC
@@ -36,6 +37,10 @@ def _assert_equals_full_refresh(spark, lake, cfg, tmp_path):
     run_refresh(spark, scratch, scratch_cfg)
     for name, entity in entities(cfg.features).items():
         assert_same_state(by_key(scratch.read(entity.table), entity), incremental[name], entity)
+
+
+def _user(lake, cfg, user):
+    return stored_states(lake, entities(cfg.features)["user"], cfg.features).get((user,))
 
 
 @pytest.fixture
@@ -54,7 +59,7 @@ def test_refresh_landing_between_append_and_merge_is_not_double_counted(spark, l
     run_refresh(spark, lake, cfg)                        # covers batch 1 already
     tables = update_features(spark, lake, cfg, now=NOW)  # the stream's merge of batch 1 comes late
     assert all(t["skipped"] for t in tables.values())
-    assert lake.read("user_features").where("user_id = 'u1'").first()["view_count"] == 1
+    assert _user(lake, cfg, "u1")["view_count"] == 1
     _assert_equals_full_refresh(spark, lake, cfg, tmp_path)
 
 
@@ -66,7 +71,7 @@ def test_refresh_from_an_older_events_version_loses_nothing(spark, lake, cfg, tm
     update_features(spark, lake, cfg, now=NOW)
     run_refresh(spark, lake, cfg, events_version=old_version)  # read before batch 1, committed after it
     assert covered_events_version(lake, "user_features") == old_version
-    assert lake.read("user_features").where("user_id = 'u3'").count() == 0  # batch 1 not in the refresh
+    assert _user(lake, cfg, "u3") is None  # batch 1 not in the refresh
     tables = update_features(spark, lake, cfg, now=NOW)         # the next micro-batch refolds the gap
     assert not tables["user_features"]["skipped"]
     _assert_equals_full_refresh(spark, lake, cfg, tmp_path)
@@ -76,19 +81,24 @@ def test_refresh_committing_during_a_merge_forces_a_recompute(spark, lake, cfg, 
     _ingest(spark, lake, cfg, drops[0], 0)
     update_features(spark, lake, cfg, now=NOW)
     _ingest(spark, lake, cfg, drops[1], 1)
-    real_merge = lake.merge
+    real_replace = lake.replace_partitions
     refreshed = []
+    lock = threading.Lock()  # the tables merge concurrently: every commit waits for the one refresh
 
-    def merge_after_a_concurrent_refresh(*args, **kwargs):
-        if not refreshed:
-            refreshed.append(True)
-            run_refresh(spark, lake, cfg)  # lands after the stream computed its merge, before it commits
-        return real_merge(*args, **kwargs)
+    def replace_after_a_concurrent_refresh(*args, **kwargs):
+        with lock:
+            if not refreshed:
+                refreshed.append(True)
+                run_refresh(spark, lake, cfg)  # lands after the stream computed its merge, before it commits
+        return real_replace(*args, **kwargs)
 
-    monkeypatch.setattr(lake, "merge", merge_after_a_concurrent_refresh)
-    update_features(spark, lake, cfg, now=NOW)
+    monkeypatch.setattr(lake, "replace_partitions", replace_after_a_concurrent_refresh)
+    tables = update_features(spark, lake, cfg, now=NOW)
     monkeypatch.undo()
-    assert lake.read("user_features").where("user_id = 'u1'").first()["purchase_count"] == 1
+    assert refreshed
+    # the refresh covered batch 1, so the recomputed merge finds nothing left to fold
+    assert all(t["skipped"] for t in tables.values()), tables
+    assert _user(lake, cfg, "u1")["purchase_count"] == 1
     _assert_equals_full_refresh(spark, lake, cfg, tmp_path)
 
 
@@ -97,9 +107,12 @@ def test_maintenance_between_batches_keeps_every_count(spark, lake, cfg, tmp_pat
 
     _ingest(spark, lake, cfg, drops[0], 0)
     update_features(spark, lake, cfg, now=NOW)
-    report = run_maintenance(lake, retention_hours=0)
+    assert pending_rows(lake, entities(cfg.features)["user"]) == 2
+    report = run_maintenance(lake, retention_hours=0, features=cfg.features)
     assert {"events", "events_quarantine", "user_features", "item_features"} <= set(lake_tables(lake))
     assert set(report) == set(lake_tables(lake))
+    assert report["user_features"]["pending_folded"] is True and report["events"]["pending_folded"] is None
+    assert pending_rows(lake, entities(cfg.features)["user"]) == 0
     _ingest(spark, lake, cfg, drops[1], 1)
     update_features(spark, lake, cfg, now=NOW)
     assert lake.read("events").count() == 4
