@@ -205,6 +205,14 @@ class Lake(ABC):
     def changes(self, name: str, since_version: int, until_version: int | None = None) -> DataFrame:
         """Change data feed rows (with ``_change_type`` and ``_commit_version``)."""
 
+    def inserted(self, name: str, since_version: int, until_version: int) -> DataFrame:
+        """Rows inserted by versions ``since_version``..``until_version``, in the table's columns."""
+        from pyspark.sql import functions as F
+
+        changes = self.changes(name, since_version, until_version)
+        extra = [c for c in changes.columns if c.startswith("_commit_") or c == "_change_type"]
+        return changes.where(F.col("_change_type") == "insert").drop(*extra)
+
     @abstractmethod
     def compact(self, name: str) -> dict[str, Any]:
         """Bin-pack small files; retried on conflict."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction
@@ -242,15 +243,29 @@ class DeltaRsLake(Lake):
         return self._snapshot_df(table, partitions)
 
     def _snapshot_df(self, table: DeltaTable, partitions: tuple[str, Sequence[Any]] | None = None) -> DataFrame:
-        schema = arrow_to_spark(pa.schema(table.schema().to_arrow()))
         partition_by = list(table.metadata().partition_columns)
-        data_schema = T.StructType([f for f in schema.fields if f.name not in partition_by])
         actions = pa.table(table.get_add_actions(flatten=True))
         if partitions is not None:
             column, values = partitions
             if column not in partition_by:
                 raise ValueError(f"{table.table_uri}: '{column}' is not a partition column ({partition_by})")
             actions = _files_in(actions, column, values)
+        return self._files_df(table, actions)
+
+    def inserted(self, name: str, since_version: int, until_version: int) -> DataFrame:
+        """Append-only ranges are read by Spark straight from the added files; others through the change feed."""
+        table = self._table(name, version=until_version)
+        actions = _appended_files(table.table_uri, since_version, until_version,
+                                  list(table.metadata().partition_columns))
+        if actions is None:
+            return super().inserted(name, since_version, until_version)
+        return self._files_df(table, actions)
+
+    def _files_df(self, table: DeltaTable, actions: pa.Table) -> DataFrame:
+        """Spark over the files named by ``actions`` (``path`` and ``partition.<column>``), in the table's schema."""
+        schema = arrow_to_spark(pa.schema(table.schema().to_arrow()))
+        partition_by = list(table.metadata().partition_columns)
+        data_schema = T.StructType([f for f in schema.fields if f.name not in partition_by])
         rel_paths = actions.column("path").to_pylist()
         if not rel_paths:
             return self.spark.createDataFrame([], schema)
@@ -334,6 +349,43 @@ def _files_in(actions: pa.Table, column: str, values: Sequence[Any]) -> pa.Table
     wanted = {str(v) for v in values}
     keep = [str(v) in wanted for v in actions.column(f"partition.{column}").to_pylist()]
     return actions.filter(pa.array(keep, pa.bool_()))
+
+
+def _appended_files(table_uri: str, since_version: int, until_version: int,
+                    partition_by: Sequence[str]) -> pa.Table | None:
+    """The files added by commits ``since_version``..``until_version`` if those commits only appended data.
+
+    Read from the commit files in ``_delta_log``. None (use the change feed) when a commit in
+    the range removed data, wrote change-data files, or changed the schema or protocol after
+    the table's creation, or when a commit file is gone (log cleanup).
+    """
+    fs, root = filesystem_for(table_uri.rstrip("/"))
+    paths: list[str] = []
+    values: dict[str, list[str | None]] = {c: [] for c in partition_by}
+    for version in range(since_version, until_version + 1):
+        try:
+            with fs.open_input_stream(f"{root}/_delta_log/{version:020d}.json") as handle:
+                lines = handle.read().decode("utf-8").splitlines()
+        except OSError:  # not found (the log was cleaned up) or unreadable: the change feed decides
+            return None
+        for line in filter(None, lines):
+            action = json.loads(line)
+            if "add" in action:
+                add = action["add"]
+                if add.get("dataChange", True):  # dataChange false: a compaction's rewrite of rows already there
+                    paths.append(unquote(add["path"]))
+                    for column in partition_by:
+                        values[column].append(add.get("partitionValues", {}).get(column))
+            elif _changes_more_than_appends(action, version):
+                return None
+    return pa.table({"path": pa.array(paths, pa.string()),
+                     **{f"partition.{c}": pa.array(v, pa.string()) for c, v in values.items()}})
+
+
+def _changes_more_than_appends(action: dict[str, Any], version: int) -> bool:
+    """A removal of data, change-data files, or a schema or protocol change after creation."""
+    removes = "remove" in action and action["remove"].get("dataChange", True)
+    return bool(removes or "cdc" in action or (("metaData" in action or "protocol" in action) and version > 0))
 
 
 def _text(value: Any) -> str | None:

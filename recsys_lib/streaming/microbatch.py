@@ -25,8 +25,8 @@
    the base buckets it touches (a second commit; on a conflict it waits for the next
    batch). The three tables are independent, so they are updated concurrently.
 
-The change feed is read through the driver (Arrow), fine for micro-batches; after
-a long outage, a full refresh is the cheaper catch-up.
+New events are read by Spark from the files the ``events`` commits added (the
+table is append-only; other commits fall back to the change feed).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.core.schema import EVENTS_SCHEMA, EVENTS_TABLE
@@ -134,9 +133,12 @@ def covered_events_version(lake: Lake, table: str) -> int:
 
 
 def events_between(lake: Lake, first_version: int, last_version: int) -> DataFrame:
-    """Events inserted in ``events`` versions ``first_version``..``last_version`` (the change feed)."""
-    changes = lake.changes(EVENTS_TABLE, first_version, last_version)
-    return changes.where(F.col("_change_type") == "insert").select(*EVENTS_SCHEMA.fieldNames())
+    """Events inserted in ``events`` versions ``first_version``..``last_version``.
+
+    ``events`` is append-only, so Spark reads the files those commits added
+    (:meth:`Lake.inserted`); nothing passes through the driver.
+    """
+    return lake.inserted(EVENTS_TABLE, first_version, last_version).select(*EVENTS_SCHEMA.fieldNames())
 
 
 def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version: int, now: datetime,
@@ -149,7 +151,7 @@ def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version
         if covered >= events_version:
             return {"skipped": True, "version": table_version, "covered_events_version": covered}
         new = events_between(lake, covered + 1, events_version)
-        batch_state = fold(new, entity, cfg.features, updated_at=now)
+        batch_state = fold(new, entity, cfg.features, updated_at=now).persist()  # read twice by overlay
         pending = lake.read(entity.table, version=table_version, partitions=(BUCKET, [PENDING]))
         contents = as_pending(overlay(pending, batch_state, entity, cfg.features, updated_at=now)).coalesce(1)
         meta = {"job": "stream", "events_version": events_version, "from_events_version": covered + 1,
@@ -161,6 +163,8 @@ def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version
             log.warning("feature merge into %s conflicted (attempt %d), recomputing: %s", entity.table,
                         attempt + 1, exc)
             continue
+        finally:
+            batch_state.unpersist()
         report: dict[str, Any] = {"skipped": False, "version": result.version, "pending_rows": result.rows,
                   "covered_events_version": events_version, "folded_from": covered + 1}
         if result.rows > cfg.streaming.pending_max_rows:

@@ -102,6 +102,37 @@ def test_history_and_change_feed(spark, engine_lake):
     assert [(r["k"], r["_change_type"], r["_commit_version"]) for r in inserts] == [("a", "insert", v1)]
 
 
+def test_inserted_rows_of_a_version_range(spark, engine_lake):
+    """Appends (read from their added files), a compaction in between (no new rows) and a merge
+    (through the change feed) each give exactly the rows they inserted."""
+    engine_lake.create(SPEC)
+    v1 = engine_lake.append(SPEC, _df(spark, [("a", 1, None, D1), ("b", 2, None, D2)])).version
+    v2 = engine_lake.append(SPEC, _df(spark, [("c", 3, None, D1)])).version
+    engine_lake.compact("t")
+    v4 = engine_lake.append(SPEC, _df(spark, [("d", 4, None, D2)])).version
+
+    def got(first, last):
+        return sorted((r["k"], r["n"], r["d"]) for r in engine_lake.inserted("t", first, last).collect())
+
+    assert got(0, v1) == [("a", 1, D1), ("b", 2, D2)]
+    assert got(v2, v4) == [("c", 3, D1), ("d", 4, D2)]  # the compaction between them adds nothing
+    v5 = engine_lake.merge(SPEC, _df(spark, [("a", 9, None, D1), ("e", 5, None, D1)]), ["k"]).version
+    assert got(v4, v5) == [("d", 4, D2), ("e", 5, D1)]  # a merge's update is not an insert
+
+
+def test_delta_rs_reads_appended_rows_without_the_change_feed(spark, lake, monkeypatch):
+    lake.create(SPEC)
+    v1 = lake.append(SPEC, _df(spark, [("a", 1, None, D1)])).version
+    lake.compact("t")
+    v3 = lake.append(SPEC, _df(spark, [("b", 2, None, D2)])).version
+
+    def no_change_feed(*args, **kwargs):
+        raise AssertionError("append-only ranges must not go through the change feed (driver memory)")
+
+    monkeypatch.setattr(lake, "changes", no_change_feed)
+    assert sorted(r["k"] for r in lake.inserted("t", v1, v3).collect()) == ["a", "b"]
+
+
 def test_compaction_keeps_data_and_vacuum_removes_old_files(spark, engine_lake, cfg):
     for i in range(4):
         engine_lake.append(SPEC, _df(spark, [(f"k{i}", i, None, D1)]))
