@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 log = logging.getLogger(__name__)
@@ -207,8 +208,6 @@ class Lake(ABC):
 
     def inserted(self, name: str, since_version: int, until_version: int) -> DataFrame:
         """Rows inserted by versions ``since_version``..``until_version``, in the table's columns."""
-        from pyspark.sql import functions as F
-
         changes = self.changes(name, since_version, until_version)
         extra = [c for c in changes.columns if c.startswith("_commit_") or c == "_change_type"]
         return changes.where(F.col("_change_type") == "insert").drop(*extra)

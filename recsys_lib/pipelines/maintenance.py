@@ -39,9 +39,10 @@ def run_maintenance(lake: Lake, tables: list[str] | None = None, *, retention_ho
     for name in tables or lake_tables(lake):
         t0 = time.monotonic()
         pending: Any = None
-        if name in feature_tables and features is not None:
+        entity = feature_tables.get(name)
+        if entity is not None and features is not None:
             try:
-                pending = compact_pending(lake, feature_tables[name], features).get("compacted")
+                pending = compact_pending(lake, entity, features).get("compacted")
             except LakeConflictError:
                 pending = "conflict: left for the next run"
         metrics = lake.compact(name)
