@@ -1,9 +1,7 @@
 """The ingest job: raw landing folder -> ``events`` + ``events_quarantine``.
 
-Every input line ends up exactly once as a new event, a quarantined line, or a
-counted duplicate. The counts are reconciled against an independent count of
-the input lines before anything is committed, and the rows committed are
-checked against the counts afterwards.
+The validation, deduplication and commit live in :mod:`recsys_lib.ingest.commit`
+(shared with the stream); this job checks the folder, reads it and reports.
 
 Concurrency: one ingest runs at a time per lake (the Airflow DAG sets
 ``max_active_runs=1``). A re-run after a crash is safe: what was committed is
@@ -13,67 +11,20 @@ recognised as duplicates.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql import SparkSession
 
 from recsys_lib.core.config import RecsysConfig
-from recsys_lib.core.schema import (
-    EVENTS_PARTITION_BY,
-    EVENTS_SCHEMA,
-    EVENTS_TABLE,
-    QUARANTINE_PARTITION_BY,
-    QUARANTINE_SCHEMA,
-    QUARANTINE_TABLE,
-)
-from recsys_lib.ingest.dedup import DUPLICATE_STATUSES, Status, label
-from recsys_lib.ingest.validate import RAW_FILE_GLOB, classify, read_raw
-from recsys_lib.lake import Lake, TableSpec
+from recsys_lib.ingest.commit import IngestError, IngestSummary, ingest_frame
+from recsys_lib.ingest.validate import RAW_FILE_GLOB, read_raw
+from recsys_lib.lake import Lake
 
-EVENTS_SPEC = TableSpec(EVENTS_TABLE, EVENTS_SCHEMA, EVENTS_PARTITION_BY)
-QUARANTINE_SPEC = TableSpec(QUARANTINE_TABLE, QUARANTINE_SCHEMA, QUARANTINE_PARTITION_BY)
-
-
-class IngestError(RuntimeError):
-    """Ingestion could not run, or its counts did not reconcile."""
-
-
-@dataclass
-class IngestSummary:
-    """What one ingest run did. ``input_records == valid + quarantined + duplicates``."""
-
-    run_id: str
-    input_dir: str
-    input_records: int
-    valid: int
-    quarantined: int
-    duplicates: int
-    duplicates_by_kind: dict[str, int] = field(default_factory=dict)
-    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
-    events_version: int = -1
-    quarantine_version: int = -1
-    seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def balanced(self) -> bool:
-        """True when every input record is accounted for exactly once."""
-        return self.input_records == self.valid + self.quarantined + self.duplicates
-
-    def to_json(self) -> dict[str, Any]:
-        """The summary as written by ``--summary-json``."""
-        out = asdict(self)
-        out["balanced"] = self.balanced
-        out["events_per_second"] = round(self.input_records / self.seconds, 1) if self.seconds else None
-        return out
+__all__ = ["IngestError", "IngestSummary", "format_summary", "run_ingest", "write_json"]
 
 
 def run_ingest(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: str | None = None,
@@ -94,83 +45,6 @@ def run_ingest(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     return summary
 
 
-def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFrame, *, run_id: str, source: str,
-                 now: datetime, app_id: str | None = None, batch_id: int | None = None) -> IngestSummary:
-    """Validate, deduplicate and commit raw lines (columns ``value``, ``source_file``).
-
-    The core of both batch ingestion and a streaming micro-batch. With ``app_id``
-    and ``batch_id`` each table's append is an app transaction, so a replayed batch
-    commits nothing twice (a replay finds its events already stored and counts them
-    as duplicates).
-
-    Raises:
-        IngestError: If the counts do not reconcile (then nothing is committed).
-
-    """
-    started = time.monotonic()
-    lake.create(EVENTS_SPEC)
-    lake.create(QUARANTINE_SPEC)
-    stages = _Stopwatch()
-    input_records = raw.count()
-    stages.lap("count_input")
-    classified = classify(raw, max_line_bytes=cfg.ingest.max_line_bytes,
-                          max_future_skew_s=cfg.ingest.max_future_skew, now=now,
-                          allowed_lateness_s=cfg.ingest.allowed_lateness)
-    labelled = label(classified, lake.read(EVENTS_TABLE).select("event_id"),
-                     lake.read(QUARANTINE_TABLE).select("record_key"), input_records=input_records)
-    labelled = labelled.persist(StorageLevel.MEMORY_AND_DISK)
-    batch = batch_id if app_id else None
-    try:
-        counts = _count(labelled)
-        stages.lap("parse_validate_dedupe")
-        summary = _summarise(run_id, source, input_records, counts)
-        if not summary.balanced:
-            raise IngestError(
-                f"ingest {run_id}: counts do not reconcile: {input_records} input records but "
-                f"{summary.valid} valid + {summary.quarantined} quarantined + {summary.duplicates} "
-                "duplicates; nothing was committed"
-            )
-        ingested_at = F.lit(now).cast("timestamp")
-        meta = {"run_id": run_id, "input": source}
-        events = _events_rows(labelled, run_id, ingested_at)
-        ev = lake.append(EVENTS_SPEC, events, metadata=meta, app_id=txn_app(app_id, EVENTS_TABLE), batch_id=batch)
-        stages.lap("write_commit_events")
-        quarantine = _quarantine_rows(labelled, run_id, ingested_at)
-        qv = lake.append(QUARANTINE_SPEC, quarantine, metadata=meta, app_id=txn_app(app_id, QUARANTINE_TABLE),
-                         batch_id=batch)
-        stages.lap("write_commit_quarantine")
-    finally:
-        labelled.unpersist()
-    if (not ev.skipped and ev.rows != summary.valid) or (not qv.skipped and qv.rows != summary.quarantined):
-        raise IngestError(
-            f"ingest {run_id}: committed {ev.rows} events and {qv.rows} quarantined lines, "
-            f"but counted {summary.valid} and {summary.quarantined}"
-        )
-    summary.events_version = ev.version
-    summary.quarantine_version = qv.version
-    summary.seconds = round(time.monotonic() - started, 3)
-    summary.stage_seconds = stages.laps
-    return summary
-
-
-def txn_app(app_id: str | None, table: str) -> str | None:
-    """The app-transaction id one application uses for one table."""
-    return f"{app_id}:{table}" if app_id else None
-
-
-class _Stopwatch:
-    """Named laps, for the summary's per-stage timings."""
-
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-        self._last = time.monotonic()
-
-    def lap(self, name: str) -> None:
-        now = time.monotonic()
-        self.laps[name] = round(now - self._last, 3)
-        self._last = now
-
-
 def _check_input(source: str) -> None:
     if "://" in source or source.startswith("file:"):
         return
@@ -179,51 +53,6 @@ def _check_input(source: str) -> None:
         raise IngestError(f"input folder {source} does not exist (or is not a folder)")
     if not any(p.is_file() for p in path.rglob("*") if not p.name.startswith((".", "_"))):
         raise IngestError(f"input folder {source} holds no raw files (expected {RAW_FILE_GLOB})")
-
-
-def _count(labelled: DataFrame) -> dict[tuple[str, str | None], int]:
-    reason = F.when(F.col("reason_field").isNotNull(),
-                    F.concat_ws(":", "reason", "reason_field")).otherwise(F.col("reason"))
-    rows = labelled.groupBy("status", reason.alias("why")).count().collect()
-    return {(r["status"], r["why"]): int(r["count"]) for r in rows}
-
-
-def _summarise(run_id: str, source: str, input_records: int,
-               counts: Mapping[tuple[str, str | None], int]) -> IngestSummary:
-    by_status: dict[str, int] = {}
-    by_reason: dict[str, int] = {}
-    for (status, why), n in counts.items():
-        by_status[status] = by_status.get(status, 0) + n
-        if status == Status.QUARANTINED.value and why:
-            by_reason[why] = by_reason.get(why, 0) + n
-    dups = {s.value: by_status.get(s.value, 0) for s in DUPLICATE_STATUSES}
-    return IngestSummary(
-        run_id=run_id, input_dir=source, input_records=input_records,
-        valid=by_status.get(Status.NEW.value, 0), quarantined=by_status.get(Status.QUARANTINED.value, 0),
-        duplicates=sum(dups.values()), duplicates_by_kind=dups,
-        quarantined_by_reason=dict(sorted(by_reason.items())),
-    )
-
-
-def _events_rows(labelled: DataFrame, run_id: str, ingested_at: F.Column) -> DataFrame:
-    return (
-        labelled.where(F.col("status") == Status.NEW.value)
-        .withColumn("ingest_run_id", F.lit(run_id))
-        .withColumn("ingested_at", ingested_at)
-        .withColumn("event_date", F.to_date("event_ts"))
-        .select(*EVENTS_SCHEMA.fieldNames())
-    )
-
-
-def _quarantine_rows(labelled: DataFrame, run_id: str, ingested_at: F.Column) -> DataFrame:
-    return (
-        labelled.where(F.col("status") == Status.QUARANTINED.value)
-        .withColumnRenamed("value", "raw")
-        .withColumn("ingest_run_id", F.lit(run_id))
-        .withColumn("ingested_at", ingested_at)
-        .withColumn("ingest_date", F.to_date(ingested_at))
-        .select(*QUARANTINE_SCHEMA.fieldNames())
-    )
 
 
 def write_json(path: str, payload: Mapping[str, Any]) -> None:

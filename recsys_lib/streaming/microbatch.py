@@ -45,9 +45,9 @@ from recsys_lib.core.schema import EVENTS_SCHEMA, EVENTS_TABLE
 from recsys_lib.features import entities, fold
 from recsys_lib.features.definitions import Entity
 from recsys_lib.features.layers import BUCKET, PENDING, as_pending, compact_pending, overlay, table_spec
+from recsys_lib.ingest.commit import ingest_frame
 from recsys_lib.lake import Lake, LakeConflictError
 from recsys_lib.lake.files import filesystem_for
-from recsys_lib.pipelines.ingest import ingest_frame
 from recsys_lib.streaming.faults import fault_point
 
 log = logging.getLogger(__name__)

@@ -47,9 +47,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def test_sigkill_at_random_moments_and_fault_points(spark, tmp_path):
     from recsys_lib.core.config import load_config
     from recsys_lib.features import entities
+    from recsys_lib.ingest.commit import EVENTS_SPEC
     from recsys_lib.lake import open_lake
     from recsys_lib.pipelines.features import run_refresh
-    from recsys_lib.pipelines.ingest import EVENTS_SPEC
 
     raw, landing, home, log = tmp_path / "raw", tmp_path / "landing", tmp_path / "home", tmp_path / "stream.log"
     generate(GeneratorSpec(users=60, items=40, days=7, events=2_500, seed=41, compress=False), raw)

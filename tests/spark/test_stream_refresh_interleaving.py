@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import pytest
 
 from recsys_lib.features import entities
+from recsys_lib.ingest.commit import ingest_frame
 from recsys_lib.ingest.validate import read_raw
 from recsys_lib.pipelines.features import run_refresh
-from recsys_lib.pipelines.ingest import ingest_frame
 from recsys_lib.streaming.microbatch import covered_events_version, update_features
 from tests.spark.helpers import assert_same_state, by_key, pending_rows, raw_line, stored_states, write_lines
 
@@ -31,7 +31,7 @@ def _assert_equals_full_refresh(spark, lake, cfg, tmp_path):
     incremental = {n: stored_states(lake, e, cfg.features) for n, e in entities(cfg.features).items()}
     scratch_cfg = load_config(overrides=[f"home={tmp_path / 'scratch'}"])
     scratch = open_lake(spark, scratch_cfg, engine="delta-rs")
-    from recsys_lib.pipelines.ingest import EVENTS_SPEC
+    from recsys_lib.ingest.commit import EVENTS_SPEC
 
     scratch.append(EVENTS_SPEC, lake.read("events"))
     run_refresh(spark, scratch, scratch_cfg)
