@@ -73,6 +73,9 @@ class StateColumn:
     merge: Callable[[Sides], Column]
 
 
+#: The feature tables' partition column: ``pmod(xxhash64(keys), key_buckets)``, or the pending layer's bucket.
+BUCKET = "key_bucket"
+
 @dataclass(frozen=True)
 class Entity:
     """A feature table: its keys, the events it folds and its state columns."""
@@ -88,7 +91,7 @@ class Entity:
         """Stored schema: keys, state columns, ``updated_at`` and the bucket partition."""
         fields = [T.StructField(k, T.StringType(), False) for k in self.keys]
         fields += [T.StructField(c.name, c.dtype) for c in self.columns]
-        fields += [T.StructField("updated_at", T.TimestampType()), T.StructField("key_bucket", T.IntegerType())]
+        fields += [T.StructField("updated_at", T.TimestampType()), T.StructField(BUCKET, T.IntegerType())]
         return T.StructType(fields)
 
 

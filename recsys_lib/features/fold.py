@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from recsys_lib.core.config import FeaturesConfig
 from recsys_lib.core.schema import EVENT_TYPES
 from recsys_lib.features.definitions import (
+    BUCKET,
     ITEM,
     USER,
     USER_CATEGORY,
@@ -65,7 +66,7 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
         state = state.withColumn("recent_items", F.coalesce("recent_items", F.array())).withColumn(
             "category_weights", F.coalesce("category_weights", F.create_map()))
     stamp = F.lit(updated_at).cast("timestamp") if updated_at else F.current_timestamp()
-    state = state.withColumn("updated_at", stamp).withColumn("key_bucket", key_bucket(keys, fc))
+    state = state.withColumn("updated_at", stamp).withColumn(BUCKET, key_bucket(keys, fc))
     return conform(state, entity)
 
 
@@ -124,7 +125,7 @@ def merge(a: DataFrame, b: DataFrame, entity: Entity, fc: FeaturesConfig,
     stamp = (F.lit(updated_at).cast("timestamp") if updated_at
              else F.greatest(F.col("l.updated_at"), F.col("r.updated_at")))
     merged = a.alias("l").join(b.alias("r"), on, "full_outer").select(*cols, stamp.alias("updated_at"))
-    return conform(merged.withColumn("key_bucket", key_bucket(keys, fc)), entity)
+    return conform(merged.withColumn(BUCKET, key_bucket(keys, fc)), entity)
 
 
 def _merge_columns(entity: Entity) -> list[Column]:

@@ -28,12 +28,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys_lib.core.config import FeaturesConfig
-from recsys_lib.features.definitions import Entity
+from recsys_lib.features.definitions import BUCKET, Entity
 from recsys_lib.features.fold import key_bucket, merge
 from recsys_lib.lake import Lake, TableSpec
 
-#: The feature tables' partition column.
-BUCKET = "key_bucket"
 #: The bucket of the pending layer.
 PENDING = -1
 
