@@ -79,32 +79,3 @@ def test_training_set_job_records_its_inputs(spark, lake, cfg, ingested):
     assert meta["events_version"] == lake.version("events") and meta["label_types"] == ["purchase", "add_to_cart"]
     with pytest.raises(ValueError, match=r"unknown event type\(s\) \['like'\]"):
         run_training_set(spark, lake, cfg, ["like"], None, None)
-
-
-def test_holdout_window_training_set_lines_up_with_the_holdout_cutoff(spark, lake, cfg, ingested):
-    import math
-    from datetime import timedelta
-
-    from recsys_lib.models.holdout import holdout_cutoff
-    from recsys_lib.pipelines.train import pinned_inputs
-    from recsys_lib.pipelines.training import run_training_set
-
-    windowed = cfg.model_copy(update={"train": cfg.train.model_copy(
-        update={"feature_time": "holdout_window", "holdout_days": 2})})
-    run_training_set(spark, lake, windowed, ["purchase", "add_to_cart"], None, None)
-    cutoff = holdout_cutoff(ingested, list(windowed.train.label_types), 2)
-    meta = json.loads(lake.history("training_examples", 1)[0]["recsys"])
-    assert meta["feature_window_anchor"] == cutoff.isoformat()
-    naive, window = cutoff.replace(tzinfo=None), timedelta(days=2)
-    rows = lake.read("training_examples").select("event_ts", "u_as_of").collect()
-    seen_before = 0
-    for r in rows:  # features stand before the start of the label's two-day window, aligned to the cutoff
-        start = naive + window * math.floor((r["event_ts"] - naive) / window)
-        assert r["u_as_of"] is None or r["u_as_of"] < start, r
-        seen_before += r["u_as_of"] is not None and r["u_as_of"] >= start - timedelta(days=1)
-    # with three days of data, only the cutoff's window has earlier events; under day_start most rows would
-    assert seen_before > 0 and any(r["event_ts"] < naive for r in rows)
-    assert pinned_inputs(spark, lake, windowed)[3] == cutoff
-    moved = windowed.model_copy(update={"train": windowed.train.model_copy(update={"holdout_days": 1})})
-    with pytest.raises(ValueError, match="rebuild it with `recsys training-set build`"):
-        pinned_inputs(spark, lake, moved)
