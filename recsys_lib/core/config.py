@@ -131,9 +131,8 @@ class TrainConfig(_Strict):
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     mixed_precision: bool = False
     label_types: tuple[str, ...] = ("purchase", "add_to_cart", "click")
-    #: Training rows' features as of: ``event`` (just before each label), ``day_start`` (its day's midnight) or
-    #: ``holdout_window`` (the start of the ``holdout_days``-long window, aligned to the holdout cutoff, holding it).
-    feature_time: Literal["event", "day_start", "holdout_window"] = "day_start"
+    #: Training rows' features as of: ``event`` (just before each label) or ``day_start`` (its day's midnight).
+    feature_time: Literal["event", "day_start"] = "day_start"
     #: Labels on the last ``holdout_days`` days are the temporal holdout.
     holdout_days: int = Field(2, ge=1)
     embedding_dim: int = Field(32, ge=2, le=1024)

@@ -10,10 +10,7 @@ For every labelled event (user u, item i, time t) the row carries
   same definition as ``top_categories`` of ``load_features``.
 
 With ``feature_time="day_start"`` the time ``t`` of a label's features is the
-midnight (UTC) starting its day instead of the label's own time. With
-``feature_time="window"`` it is the start of the window of ``window_us`` microseconds,
-aligned to ``window_anchor_us``, that holds the label (``day_start`` is the window
-of one day aligned to midnight).
+midnight (UTC) starting its day instead of the label's own time.
 
 Events at exactly ``t`` (including the label itself) are excluded, so nothing from
 the label's moment or later can leak in.
@@ -28,7 +25,7 @@ events; it holds fewer items only when those events repeat items.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -39,13 +36,11 @@ from recsys_lib.features.definitions import decayed_name
 
 BLOCK_HALF_LIVES = 256
 MICROS = 1_000_000.0
-DAY_MICROS = 86_400_000_000
 
 
 def training_rows(events: DataFrame, label_types: list[str], fc: FeaturesConfig, *,
                   first_day: date | None = None, last_day: date | None = None,
-                  recent_lookback: int = 100, feature_time: str = "event",
-                  window: tuple[datetime, float] | None = None) -> DataFrame:
+                  recent_lookback: int = 100, feature_time: str = "event") -> DataFrame:
     """One row per event whose type is in ``label_types``, with point-in-time features.
 
     Args:
@@ -57,19 +52,11 @@ def training_rows(events: DataFrame, label_types: list[str], fc: FeaturesConfig,
         recent_lookback: Events looked back over for ``u_recent_items``.
         feature_time: ``event``: features strictly before the label event; ``day_start``:
             strictly before midnight (UTC) of the label's day, which matches a model
-            that recommends for the coming day(s) from features at the start; ``window``:
-            strictly before the start of the label's window (see ``window``).
-        window: ``(anchor, seconds)`` for ``feature_time="window"``: windows of that
-            length, one of which starts at ``anchor`` (naive: UTC).
-
-    Raises:
-        ValueError: On an unknown ``feature_time``, or ``window`` missing or not positive.
+            that recommends for the coming day(s) from features at the start.
 
     """
-    if feature_time not in ("event", "day_start", "window"):
-        raise ValueError(f"feature_time must be event, day_start or window, got {feature_time!r}")
-    if feature_time == "window" and (window is None or window[1] <= 0):
-        raise ValueError(f"feature_time='window' needs window=(anchor, seconds > 0), got {window!r}")
+    if feature_time not in ("event", "day_start"):
+        raise ValueError(f"feature_time must be event or day_start, got {feature_time!r}")
     ev = events.select("event_id", "user_id", "item_id", "category_id", "event_type", "event_ts", "price",
                        F.unix_micros("event_ts").alias("_t"))
     labels = ev.where(F.col("event_type").isin(*label_types) & F.col("item_id").isNotNull())
@@ -78,12 +65,7 @@ def training_rows(events: DataFrame, label_types: list[str], fc: FeaturesConfig,
     if last_day is not None:
         labels = labels.where(F.to_date("event_ts") <= F.lit(last_day))
     if feature_time == "day_start":
-        labels = labels.withColumn("_t", window_start(F.col("_t"), 0, DAY_MICROS))
-    elif window is not None and feature_time == "window":
-        anchor, length_s = window
-        anchor = anchor if anchor.tzinfo else anchor.replace(tzinfo=UTC)  # naive: UTC, like the events
-        labels = labels.withColumn("_t", window_start(F.col("_t"), int(anchor.timestamp() * MICROS),
-                                                      int(length_s * MICROS)))
+        labels = labels.withColumn("_t", F.unix_micros(F.date_trunc("day", "event_ts")))
     user = _prefix_features(ev, labels, "user_id", "u_", fc)
     item = _prefix_features(ev.where(F.col("item_id").isNotNull()), labels, "item_id", "i_", fc)
     recent = _recent_items(ev, labels, fc.recent_items, recent_lookback)
@@ -93,11 +75,6 @@ def training_rows(events: DataFrame, label_types: list[str], fc: FeaturesConfig,
                          F.to_date("event_ts").alias("label_date"))
     return (base.join(user, "event_id").join(item, "event_id").join(recent, "event_id", "left")
             .join(affinity, "event_id", "left"))
-
-
-def window_start(t_micros: Column, anchor_micros: int, length_micros: int) -> Column:
-    """Start of the window holding ``t``: ``anchor + length * floor((t - anchor) / length)`` (microseconds)."""
-    return t_micros - F.pmod(t_micros - F.lit(anchor_micros), F.lit(length_micros))
 
 
 def features_at(events: DataFrame, keys: DataFrame, key: str, at_micros: int, fc: FeaturesConfig,

@@ -56,7 +56,7 @@ def pinned_inputs(spark: SparkSession, lake: Lake, cfg: RecsysConfig) -> tuple[i
     """(training set version, events version it was built from, those events, holdout cutoff).
 
     Raises:
-        ValueError: If there is no training set yet, or its feature windows do not line up with the cutoff.
+        ValueError: If there is no training set yet.
 
     """
     if not lake.exists(TRAINING_TABLE):
@@ -66,11 +66,6 @@ def pinned_inputs(spark: SparkSession, lake: Lake, cfg: RecsysConfig) -> tuple[i
     # cached: the holdout scans events several times, and tables spanning years have thousands of day partitions
     events = lake.read(EVENTS_TABLE, version=None if events_version is None else int(events_version)).cache()
     cutoff = holdout_cutoff(events, list(cfg.train.label_types), cfg.train.holdout_days)
-    anchor = lake.job_metadata(TRAINING_TABLE, "feature_window_anchor")
-    if anchor is not None and anchor != cutoff.isoformat():
-        raise ValueError(f"'{TRAINING_TABLE}' took its features at windows aligned to {anchor}, but the holdout "
-                         f"cutoff is now {cutoff.isoformat()} (train.holdout_days or label_types changed?): "
-                         "rebuild it with `recsys training-set build`")
     return training_version, int(events_version if events_version is not None else lake.version(EVENTS_TABLE)), \
         events, cutoff
 

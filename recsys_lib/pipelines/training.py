@@ -7,16 +7,15 @@ records the ``events`` version read, the label types and the day range.
 from __future__ import annotations
 
 import time
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.core.schema import EVENT_TYPES, EVENTS_TABLE
 from recsys_lib.features.point_in_time import training_rows
 from recsys_lib.lake import Lake, TableSpec
-from recsys_lib.models.holdout import holdout_cutoff
 
 TRAINING_TABLE = "training_examples"
 
@@ -38,26 +37,11 @@ def run_training_set(spark: SparkSession, lake: Lake, cfg: RecsysConfig, label_t
         raise ValueError(f"no '{EVENTS_TABLE}' table at {lake.uri(EVENTS_TABLE)}: run `recsys ingest` first")
     started = time.monotonic()
     events_version = lake.version(EVENTS_TABLE)
-    events = lake.read(EVENTS_TABLE, version=events_version)
-    window = feature_window(events, cfg)
-    rows = training_rows(events, label_types, cfg.features, first_day=first_day, last_day=last_day,
-                         feature_time="window" if window else cfg.train.feature_time, window=window)
+    rows = training_rows(lake.read(EVENTS_TABLE, version=events_version), label_types, cfg.features,
+                         first_day=first_day, last_day=last_day, feature_time=cfg.train.feature_time)
     meta = {"job": "training_set", "events_version": events_version, "label_types": label_types,
             "feature_time": cfg.train.feature_time,
-            "feature_window_anchor": window[0].isoformat() if window else None,
             "from": str(first_day) if first_day else None, "to": str(last_day) if last_day else None}
     result = lake.overwrite(TableSpec(TRAINING_TABLE, rows.schema, ("label_date",)), rows, metadata=meta)
     return {**meta, "table": TRAINING_TABLE, "version": result.version, "rows": result.rows,
             "seconds": round(time.monotonic() - started, 2)}
-
-
-def feature_window(events: DataFrame, cfg: RecsysConfig) -> tuple[datetime, float] | None:
-    """``(holdout cutoff, holdout seconds)`` when ``train.feature_time`` is ``holdout_window``, else None.
-
-    Training rows then see their labels from the same distance as the holdout's: its
-    features are taken at the cutoff and its labels fall in the ``holdout_days`` after it.
-    """
-    if cfg.train.feature_time != "holdout_window":
-        return None
-    tc = cfg.train
-    return holdout_cutoff(events, list(tc.label_types), tc.holdout_days), tc.holdout_days * 86_400.0

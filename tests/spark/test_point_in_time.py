@@ -108,38 +108,3 @@ def test_catalogue_takes_each_items_newest_known_category_and_price(spark):
         got = catalogue(events_df(spark, rows).repartition(partitions), T0 + 9 * H, FC).collect()
         assert [(r["item_id"], r["category_id"], r["price"], r["i_view_count"]) for r in got] == [
             ("i1", "c2", 5.0, 2), ("i2", "c3", 8.0, 2)]
-
-
-WINDOW_ROWS = [
-    event("w1", "u1", "view", 1 * H, "i1", "c1"),
-    event("w2", "u1", "purchase", 5 * H, "i2", "c1"),
-    event("w3", "u1", "click", 26 * H, "i3", "c1"),
-    event("w4", "u1", "add_to_cart", 50 * H, "i4", "c1"),
-]
-
-
-def test_day_start_features_stand_at_the_labels_midnight(spark):
-    got = _rows(spark, WINDOW_ROWS, feature_time="day_start")
-    assert (got["w2"]["u_view_count"], got["w2"]["u_as_of"]) == (None, None)  # no events before T0 (midnight)
-    assert (got["w3"]["u_view_count"], got["w3"]["u_purchase_count"]) == (1, 1)  # before T0 + 24h
-    assert got["w3"]["u_view_decayed_1h"] == pytest.approx(2 ** -23)
-    assert got["w3"]["u_recent_items"] == ["i2", "i1"]
-
-
-def test_window_features_stand_at_the_start_of_the_labels_window(spark):
-    # 24h windows with one starting at T0 + 6h: ..., [T0 - 18h, T0 + 6h), [T0 + 6h, T0 + 30h), [T0 + 30h, ...)
-    got = _rows(spark, WINDOW_ROWS, feature_time="window", window=(T0 + 6 * H, 24 * 3600.0))
-    assert (got["w2"]["u_view_count"], got["w2"]["u_as_of"]) == (None, None)  # window from T0 - 18h: no events yet
-    w3, w4 = got["w3"], got["w4"]  # features at T0 + 6h, and at T0 + 30h
-    assert (w3["u_view_count"], w3["u_purchase_count"], w3["u_click_count"]) == (1, 1, 0)
-    assert w3["u_as_of"] == T0 + 5 * H
-    assert w3["u_view_decayed_1h"] == pytest.approx(2 ** -5)
-    assert (w4["u_click_count"], w4["u_recent_items"]) == (1, ["i3", "i2", "i1"])
-    assert w4["u_click_decayed_1h"] == pytest.approx(2 ** -4)
-
-
-def test_window_feature_time_needs_a_positive_window(spark):
-    with pytest.raises(ValueError, match="window"):
-        training_rows(events_df(spark, ROWS), LABELS, FC, feature_time="window")
-    with pytest.raises(ValueError, match="feature_time"):
-        training_rows(events_df(spark, ROWS), LABELS, FC, feature_time="hourly")
