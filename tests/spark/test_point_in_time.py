@@ -108,3 +108,18 @@ def test_catalogue_takes_each_items_newest_known_category_and_price(spark):
         got = catalogue(events_df(spark, rows).repartition(partitions), T0 + 9 * H, FC).collect()
         assert [(r["item_id"], r["category_id"], r["price"], r["i_view_count"]) for r in got] == [
             ("i1", "c2", 5.0, 2), ("i2", "c3", 8.0, 2)]
+
+
+def test_day_start_features_stand_at_the_labels_midnight(spark):
+    rows = [
+        event("w1", "u1", "view", 1 * H, "i1", "c1"),
+        event("w2", "u1", "purchase", 5 * H, "i2", "c1"),
+        event("w3", "u1", "click", 26 * H, "i3", "c1"),
+    ]
+    got = _rows(spark, rows, feature_time="day_start")
+    assert (got["w2"]["u_view_count"], got["w2"]["u_as_of"]) == (None, None)  # no events before T0 (midnight)
+    w3 = got["w3"]  # as of T0 + 24h: both earlier events, decayed over 23 and 19 hours
+    assert (w3["u_view_count"], w3["u_purchase_count"], w3["u_as_of"]) == (1, 1, T0 + 5 * H)
+    assert w3["u_view_decayed_1h"] == pytest.approx(2 ** -23)
+    assert w3["u_purchase_decayed_1d"] == pytest.approx(2 ** (-19 / 24))
+    assert w3["u_recent_items"] == ["i2", "i1"]
