@@ -61,3 +61,13 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float,
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\nfull log: {log}\n"
                          + "".join(errors[-20:]))
     return time.monotonic() - start, peak, "".join(output)
+
+
+def view_lines(prefix: str, count: int, first_user: str | None = None) -> list[str]:
+    """``count`` JSON lines of view events stamped now (ids ``<prefix>-<i>``; ``first_user`` for the first)."""
+    import json
+
+    now_ms = int(time.time() * 1000)
+    return [json.dumps({"event_id": f"{prefix}-{i}", "event_ts": now_ms,
+                        "user_id": first_user if i == 0 and first_user else f"u{i % 500}", "event_type": "view",
+                        "item_id": f"i{i % 300}", "category_id": f"c{i % 10}"}) for i in range(count)]

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import base_parser, bench_env, run_measured  # noqa: E402 - sibling helper module
+from _common import base_parser, bench_env, run_measured, view_lines  # noqa: E402 - sibling helper module
 
 
 def incremental(recsys: str, work: Path, size: int, master: str, env: dict[str, str]) -> dict:
@@ -79,9 +79,7 @@ def freshness(recsys: str, work: Path, rate: int, seconds: int, master: str, env
         start = time.time()
         while not stop.is_set() and time.time() - start < seconds:
             sentinel = f"fresh-{n}"
-            lines = [json.dumps({"event_id": f"f{n}-{i}", "event_ts": int(time.time() * 1000),
-                                 "user_id": sentinel if i == 0 else f"u{i % 500}", "event_type": "view",
-                                 "item_id": f"i{i % 300}", "category_id": f"c{i % 10}"}) for i in range(rate)]
+            lines = view_lines(f"f{n}", rate, first_user=sentinel)
             tmp = landing / f".f{n}.jsonl.tmp"
             tmp.write_text("\n".join(lines) + "\n")
             tmp.rename(landing / f"f{n:05d}.jsonl")

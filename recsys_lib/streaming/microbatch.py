@@ -66,6 +66,8 @@ class BatchReport:
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     merge_seconds: float = 0.0
     seconds: float = 0.0
+    #: Seconds of each ingest stage (count, parse/validate/dedupe, the two commits).
+    ingest_stage_seconds: dict[str, float] = field(default_factory=dict)
     #: Seconds from the earliest / latest file arrival (mtime) in the batch until its features were committed.
     freshness_lag_max_s: float | None = None
     freshness_lag_min_s: float | None = None
@@ -86,7 +88,8 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
                            app_id=app, batch_id=batch_id)
     fault_point("after_ingest_commit")
     report = BatchReport(query=query, batch_id=batch_id, rows_in=summary.input_records, new_events=summary.valid,
-                         quarantined=summary.quarantined, duplicates=summary.duplicates)
+                         quarantined=summary.quarantined, duplicates=summary.duplicates,
+                         ingest_stage_seconds=summary.stage_seconds)
     t0 = time.monotonic()
     report.tables = update_features(spark, lake, cfg, now=now, batch_id=batch_id)
     report.merge_seconds = round(time.monotonic() - t0, 3)
