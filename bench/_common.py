@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import threading
@@ -14,10 +15,11 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def base_parser(description: str, result_name: str) -> argparse.ArgumentParser:
-    """Arguments every benchmark takes: sizes, master, work folder and result file."""
+def base_parser(description: str, result_name: str, *, sizes: bool = True) -> argparse.ArgumentParser:
+    """Arguments every benchmark takes: master, work folder and result file (and sizes, unless ``sizes=False``)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    if sizes:
+        parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--work", default=str(ROOT / "bench" / "work"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / result_name))
@@ -65,8 +67,6 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float,
 
 def view_lines(prefix: str, count: int, first_user: str | None = None) -> list[str]:
     """``count`` JSON lines of view events stamped now (ids ``<prefix>-<i>``; ``first_user`` for the first)."""
-    import json
-
     now_ms = int(time.time() * 1000)
     return [json.dumps({"event_id": f"{prefix}-{i}", "event_ts": now_ms,
                         "user_id": first_user if i == 0 and first_user else f"u{i % 500}", "event_type": "view",

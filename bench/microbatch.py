@@ -23,7 +23,7 @@ from _common import base_parser, view_lines  # noqa: E402 - sibling helper modul
 
 
 def main() -> None:
-    parser = base_parser(__doc__.splitlines()[0], "microbatch.json")
+    parser = base_parser(__doc__.splitlines()[0], "microbatch.json", sizes=False)
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rate", type=int, default=2000)

@@ -76,6 +76,7 @@ class StateColumn:
 #: The feature tables' partition column: ``pmod(xxhash64(keys), key_buckets)``, or the pending layer's bucket.
 BUCKET = "key_bucket"
 
+
 @dataclass(frozen=True)
 class Entity:
     """A feature table: its keys, the events it folds and its state columns."""

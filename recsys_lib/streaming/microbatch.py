@@ -43,8 +43,8 @@ from pyspark.sql import DataFrame, SparkSession
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.core.schema import EVENTS_SCHEMA, EVENTS_TABLE
 from recsys_lib.features import entities, fold
-from recsys_lib.features.definitions import Entity
-from recsys_lib.features.layers import BUCKET, PENDING, as_pending, compact_pending, overlay, table_spec
+from recsys_lib.features.definitions import BUCKET, Entity
+from recsys_lib.features.layers import PENDING, as_pending, compact_pending, overlay, table_spec
 from recsys_lib.ingest.commit import ingest_frame
 from recsys_lib.lake import Lake, LakeConflictError
 from recsys_lib.lake.files import filesystem_for

@@ -30,7 +30,8 @@ def stored_states(lake, entity, fc):
 
 def pending_rows(lake, entity):
     """Rows in a feature table's pending layer."""
-    from recsys_lib.features.layers import BUCKET, PENDING
+    from recsys_lib.features.definitions import BUCKET
+    from recsys_lib.features.layers import PENDING
 
     return lake.read(entity.table, partitions=(BUCKET, [PENDING])).count()
 
