@@ -8,7 +8,8 @@ results equals folding everything at once (see tests/spark/test_features_exactne
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
@@ -56,9 +57,10 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
         ev = ev.where(F.col("category_id").isNotNull())
     ev = ev.withColumn("_ts", seconds(F.col("event_ts")))
     memo_key = ("fold", entity.name, fc.model_dump_json())
-    terms, aggs = _memo(memo_key, lambda: _fold_columns(entity, fc))
-    decayed = decayed_sums(ev, keys, terms, min(fc.half_lives), memo_key=memo_key).drop("_as_of_s")
-    state = ev.groupBy(*keys).agg(*aggs).join(decayed, keys)
+    terms, carried, apart = _memo(memo_key, lambda: _fold_columns(entity, fc))
+    state = decayed_sums(ev, keys, terms, min(fc.half_lives), carried=carried, memo_key=memo_key).drop("_as_of_s")
+    if apart:
+        state = state.join(ev.groupBy(*keys).agg(*apart), keys)
     if entity.name == USER:
         user_as_of = state.select("user_id", seconds(F.col("as_of")).alias("_u"))
         state = state.join(_recent_items(ev, fc), "user_id", "left").join(
@@ -70,38 +72,67 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
     return conform(state, entity)
 
 
-def _fold_columns(entity: Entity, fc: FeaturesConfig) -> tuple[dict[str, tuple[Column, float]], list[Column]]:
-    """The decayed terms and the plain aggregations of one entity's fold."""
+def _fold_columns(entity: Entity, fc: FeaturesConfig) -> tuple[dict[str, tuple[Column, float]], list[TwoPhase],
+                                                                list[Column]]:
+    """One entity's fold: decayed terms, plain aggregates riding along them (in two phases), and the rest.
+
+    The rest (struct maxima, which a hash aggregation cannot buffer, and the HLL
+    sketch) is one narrow aggregation apart: inside the wide one it would force a
+    sort-based aggregation of every decayed sum (measured slower at 10M events).
+    """
     terms = {decayed_name(t, h): (F.when(F.col("event_type") == t, F.lit(1.0)), h)
              for t in EVENT_TYPES for h in fc.half_lives}
-    aggs: list[Column] = [F.max("event_ts").alias("as_of"), F.max("event_ts").alias("last_event_ts")]
-    aggs += [F.count_if(F.col("event_type") == t).alias(f"{t}_count") for t in EVENT_TYPES]
+    carried = [TwoPhase("as_of", F.max("event_ts"), F.max), TwoPhase("last_event_ts", F.max("event_ts"), F.max)]
+    carried += [TwoPhase(f"{t}_count", F.count_if(F.col("event_type") == t), F.sum) for t in EVENT_TYPES]
     if entity.name == USER:
-        aggs += _purchase_aggs()
+        carried += _purchase_aggs()
+    apart: list[Column] = []
     if entity.name == ITEM:
-        aggs += _item_aggs(fc)
-    return terms, aggs
+        apart = [_latest("category_id").alias("latest_category"), _latest("price").alias("latest_price"),
+                  F.hll_sketch_agg("user_id", fc.hll_lg_k).alias("users_hll")]
+    return terms, carried, apart
+
+
+@dataclass(frozen=True)
+class TwoPhase:
+    """An aggregate computed in two steps: ``first`` over events, then ``then`` over the partial results."""
+
+    name: str
+    first: Column
+    then: Callable[[Column], Column]
+
+    def partial(self) -> Column:
+        """The first step, aliased to ``name``."""
+        return self.first.alias(self.name)
+
+    def final(self) -> Column:
+        """The second step over the partial column, aliased to ``name``."""
+        return self.then(F.col(self.name)).alias(self.name)
 
 
 def decayed_sums(ev: DataFrame, keys: list[str], terms: dict[str, tuple[Column, float]],
-                 min_half_life: float, memo_key: tuple[Any, ...] | None = None) -> DataFrame:
+                 min_half_life: float, carried: Sequence[TwoPhase] = (),
+                 memo_key: tuple[Any, ...] | None = None) -> DataFrame:
     """Per key, ``sum weight * 2^-((as_of - ts) / H)`` for each term, ``as_of`` being the key's max ``_ts``.
 
-    The result also carries that ``as_of`` (epoch seconds) as ``_as_of_s``. With
-    ``memo_key`` (a key that fixes ``terms``) the expressions are built once and reused.
+    The result also carries that ``as_of`` (epoch seconds) as ``_as_of_s``, and
+    one column per ``carried`` aggregate. With ``memo_key`` (a key that fixes
+    ``terms`` and ``carried``) the expressions are built once and reused.
 
     Two hash aggregations instead of a sort: first per (key, time block of
     256 x the smallest half-life), summing ``weight * 2^((ts - block_start) / H)``
     (at most 2^256: no overflow); then per key, moving each block's sum to
-    ``as_of``. The result equals the direct sum up to rounding.
+    ``as_of``. The result equals the direct sum up to rounding. The carried
+    aggregates ride along both steps, so the events are scanned and shuffled once.
     """
     block = 256.0 * min_half_life
 
     def columns() -> tuple[list[Column], list[Column]]:
         start = F.col("_b") * block
-        first = [F.max("_ts").alias("_m"), *[F.sum(weight * F.pow(F.lit(2.0), (F.col("_ts") - start) / h)).alias(name)
-                                             for name, (weight, h) in terms.items()]]
-        second = [F.max("_a").alias("_as_of_s"), *[
+        first = [F.max("_ts").alias("_m"), *[c.partial() for c in carried],
+                 *[F.sum(weight * F.pow(F.lit(2.0), (F.col("_ts") - start) / h)).alias(name)
+                   for name, (weight, h) in terms.items()]]
+        second = [F.max("_a").alias("_as_of_s"), *[c.final() for c in carried], *[
             F.coalesce(F.sum(F.col(name) * F.pow(F.lit(2.0), (F.col("_b") * block - F.col("_a")) / h)), F.lit(0.0))
             .alias(name) for name, (_, h) in terms.items()]]
         return first, second
@@ -146,27 +177,22 @@ def conform(df: DataFrame, entity: Entity) -> DataFrame:
                             lambda: [F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields]))
 
 
-def _purchase_aggs() -> list[Column]:
+def _purchase_aggs() -> list[TwoPhase]:
     is_purchase = F.col("event_type") == "purchase"
     priced = is_purchase & F.col("price").isNotNull()
     spend = F.col("price") * F.coalesce(F.col("quantity"), F.lit(1))
+    sum_or_zero = lambda c: F.coalesce(F.sum(c), F.lit(0.0))  # noqa: E731
     return [
-        F.coalesce(F.sum(F.when(priced, spend)), F.lit(0.0)).alias("purchase_spend"),
-        F.coalesce(F.sum(F.when(priced, F.col("price"))), F.lit(0.0)).alias("purchase_price_sum"),
-        F.count_if(priced).alias("purchase_priced_count"),
+        TwoPhase("purchase_spend", F.sum(F.when(priced, spend)), sum_or_zero),
+        TwoPhase("purchase_price_sum", F.sum(F.when(priced, F.col("price"))), sum_or_zero),
+        TwoPhase("purchase_priced_count", F.count_if(priced), F.sum),
     ]
 
 
-def _item_aggs(fc: FeaturesConfig) -> list[Column]:
-    def latest(value: str) -> Column:
-        entry = F.struct(F.col("event_ts").alias("ts"), F.col("event_id"), F.col(value).alias("value"))
-        return F.max(F.when(F.col(value).isNotNull(), entry))
-
-    return [
-        latest("category_id").alias("latest_category"),
-        latest("price").alias("latest_price"),
-        F.hll_sketch_agg("user_id", fc.hll_lg_k).alias("users_hll"),
-    ]
+def _latest(value: str) -> Column:
+    """The (ts, event_id, value) of the latest event, by ts then event_id, whose ``value`` is not null."""
+    entry = F.struct(F.col("event_ts").alias("ts"), F.col("event_id"), F.col(value).alias("value"))
+    return F.max(F.when(F.col(value).isNotNull(), entry))
 
 
 def _recent_items(ev: DataFrame, fc: FeaturesConfig) -> DataFrame:
