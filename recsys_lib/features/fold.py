@@ -72,6 +72,23 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
     return conform(state, entity)
 
 
+@dataclass(frozen=True)
+class TwoPhase:
+    """An aggregate computed in two steps: ``first`` over events, then ``then`` over the partial results."""
+
+    name: str
+    first: Column
+    then: Callable[[Column], Column]
+
+    def partial(self) -> Column:
+        """The first step, aliased to ``name``."""
+        return self.first.alias(self.name)
+
+    def final(self) -> Column:
+        """The second step over the partial column, aliased to ``name``."""
+        return self.then(F.col(self.name)).alias(self.name)
+
+
 def _fold_columns(entity: Entity, fc: FeaturesConfig) -> tuple[dict[str, tuple[Column, float]], list[TwoPhase],
                                                                 list[Column]]:
     """One entity's fold: decayed terms, plain aggregates riding along them (in two phases), and the rest.
@@ -91,23 +108,6 @@ def _fold_columns(entity: Entity, fc: FeaturesConfig) -> tuple[dict[str, tuple[C
         apart = [_latest("category_id").alias("latest_category"), _latest("price").alias("latest_price"),
                   F.hll_sketch_agg("user_id", fc.hll_lg_k).alias("users_hll")]
     return terms, carried, apart
-
-
-@dataclass(frozen=True)
-class TwoPhase:
-    """An aggregate computed in two steps: ``first`` over events, then ``then`` over the partial results."""
-
-    name: str
-    first: Column
-    then: Callable[[Column], Column]
-
-    def partial(self) -> Column:
-        """The first step, aliased to ``name``."""
-        return self.first.alias(self.name)
-
-    def final(self) -> Column:
-        """The second step over the partial column, aliased to ``name``."""
-        return self.then(F.col(self.name)).alias(self.name)
 
 
 def decayed_sums(ev: DataFrame, keys: list[str], terms: dict[str, tuple[Column, float]],
@@ -181,12 +181,16 @@ def _purchase_aggs() -> list[TwoPhase]:
     is_purchase = F.col("event_type") == "purchase"
     priced = is_purchase & F.col("price").isNotNull()
     spend = F.col("price") * F.coalesce(F.col("quantity"), F.lit(1))
-    sum_or_zero = lambda c: F.coalesce(F.sum(c), F.lit(0.0))  # noqa: E731
     return [
-        TwoPhase("purchase_spend", F.sum(F.when(priced, spend)), sum_or_zero),
-        TwoPhase("purchase_price_sum", F.sum(F.when(priced, F.col("price"))), sum_or_zero),
+        TwoPhase("purchase_spend", F.sum(F.when(priced, spend)), _sum_or_zero),
+        TwoPhase("purchase_price_sum", F.sum(F.when(priced, F.col("price"))), _sum_or_zero),
         TwoPhase("purchase_priced_count", F.count_if(priced), F.sum),
     ]
+
+
+def _sum_or_zero(partial: Column) -> Column:
+    """Sum of the partial sums; 0 when every partial is null (no matching event)."""
+    return F.coalesce(F.sum(partial), F.lit(0.0))
 
 
 def _latest(value: str) -> Column:
