@@ -53,16 +53,11 @@ def _prepare(home: Path, events: int) -> Any:
 
 
 def _ours(cfg: Any, prep: Any, epochs: int) -> dict[str, Any]:
-    from recsys_lib.models.data import training_chunks
+    from recsys_lib.models.data import chunk_source
     from recsys_lib.models.trainer import fit
 
     tc = cfg.train.model_copy(update={"epochs": epochs})
-
-    def make(worker: int, workers: int) -> Any:
-        return training_chunks(prep.files, prep.spec, prep.prior, worker=worker, workers=workers,
-                               label_types=list(tc.label_types), seed=tc.seed)
-
-    result = fit(prep.spec, make, prep.rows, tc)
+    result = fit(prep.spec, chunk_source(prep.files, prep.spec, prep.prior, tc), prep.rows, tc)
     steady = result.epochs[1:] or result.epochs
     per_epoch = prep.rows // tc.batch_size * tc.batch_size
     return {"epochs": epochs, "examples": result.examples, "seconds": round(result.seconds, 2),
@@ -181,7 +176,7 @@ def _warm_start(cfg: Any, full: Any, warm: Any, epochs: int) -> dict[str, Any]:
     """Full retrain on all labels vs warm start (yesterday's model + the newest days only)."""
     import dataclasses
 
-    from recsys_lib.models.data import training_chunks
+    from recsys_lib.models.data import chunk_source
     from recsys_lib.models.trainer import fit
     from recsys_lib.models.two_tower import weight_arrays
     from recsys_lib.pipelines.train import holdout_metrics
@@ -189,11 +184,9 @@ def _warm_start(cfg: Any, full: Any, warm: Any, epochs: int) -> dict[str, Any]:
     tc = cfg.train
 
     def run(prep: Any, files: list[str], rows: int, n_epochs: int, init: Any = None) -> tuple[Any, float]:
-        def make(worker: int, workers: int) -> Any:
-            return training_chunks(files, prep.spec, prep.prior, worker=worker, workers=workers,
-                                   label_types=list(tc.label_types), seed=tc.seed)
         t = time.perf_counter()
-        result = fit(prep.spec, make, rows, tc, epochs=n_epochs, init_weights=init)
+        result = fit(prep.spec, chunk_source(files, prep.spec, prep.prior, tc), rows, tc, epochs=n_epochs,
+                     init_weights=init)
         return result.model, time.perf_counter() - t
 
     full_model, full_seconds = run(full, full.files, full.rows, tc.epochs)

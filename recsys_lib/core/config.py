@@ -148,6 +148,13 @@ class TrainConfig(_Strict):
     batch_size: int = Field(512, ge=2)
     epochs: int = Field(6, ge=1)
     shuffle_buffer: int = Field(50_000, ge=1)
+    #: How rows form batches: ``shuffled`` (rows mixed across the training window; item sampling
+    #: probabilities are shares of all training labels) or ``time_local`` (batches of time-adjacent rows
+    #: in shuffled order; probabilities are shares of the ``sampling_window`` rows around them). Use
+    #: time_local for data spanning eras with shifting popularity (conf/movielens.yaml).
+    batching: Literal["shuffled", "time_local"] = "shuffled"
+    #: Rows per block of time-adjacent rows in ``time_local`` batching (see recsys_lib/models/data.py).
+    sampling_window: int = Field(20_000, ge=1)
     #: Featurized batches kept after the first epoch: memory, disk (a temporary folder) or none
     #: (re-read the Parquet files every epoch; for training sets larger than memory and disk).
     input_cache: Literal["memory", "disk", "none"] = "memory"

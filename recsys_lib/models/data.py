@@ -1,15 +1,25 @@
 """Input pipeline: Delta snapshot Parquet files -> pyarrow record batches -> ``tf.data``.
 
 Rows stream from the snapshot's files in record batches; nothing holds the
-training set in Python lists. Each worker keeps every ``num_workers``-th row
-(offset by its index), so multi-worker training sees disjoint, equal shards.
-Each pass shuffles the file order and the rows of each record batch, then
-``tf.data`` unbatches, shuffles through a buffer, batches, maps the model's id
-lookups over each batch, caches the result (``train.input_cache``) and prefetches.
+training set in Python lists. Two ways to form batches (``train.batching``):
+
+* ``shuffled``: each worker keeps every ``num_workers``-th row (offset by its
+  index), so multi-worker training sees disjoint, equal shards. Each pass
+  shuffles the file order and the rows of each record batch, then ``tf.data``
+  unbatches and shuffles through a buffer. Item sampling probabilities are
+  shares of all training labels.
+* ``time_local``: rows in time order, in blocks of ``train.sampling_window``
+  rows (each worker keeps every ``num_workers``-th block); batches are
+  consecutive rows, so in-batch negatives come from the same period, and item
+  sampling probabilities are shares of the block.
+
+Then ``tf.data`` batches, maps the model's id lookups over each batch, caches the
+result (``train.input_cache``), shuffles the order of the batches and prefetches.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +31,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 import recsys_lib.models  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow loads
+from recsys_lib.core.config import TrainConfig
 from recsys_lib.lake.files import filesystem_for
 from recsys_lib.models.two_tower import PAD, ModelSpec, input_signature
 
@@ -114,6 +125,30 @@ def candidate_chunk(table: pa.Table, spec: ModelSpec) -> Chunk:
             "i_numeric": numeric(table, spec.item_numeric)}
 
 
+_COLUMNS = ("user_id", "item_id", "category_id", "price", "u_recent_items", "u_top_categories", "label_type")
+_LABEL_DATE = re.compile(r"label_date=(\d{4}-\d{2}-\d{2})")
+
+
+def _columns(spec: ModelSpec, *extra: str) -> list[str]:
+    return [*_COLUMNS, *spec.query_numeric, *spec.item_numeric, *extra]
+
+
+def _read(path: str, columns: list[str], wanted: pa.Array | None, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """One file's record batches, keeping rows whose ``label_type`` is in ``wanted`` (all when None)."""
+    fs, local = filesystem_for(path)
+    with fs.open_input_file(local) as handle:
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns):
+            yield batch if wanted is None else batch.filter(pc.is_in(batch.column("label_type"), value_set=wanted))
+
+
+def _chunk(table: pa.Table, spec: ModelSpec, mask_label_item: bool) -> Chunk:
+    chunk = query_chunk(table, spec) | candidate_chunk(table, spec)
+    if mask_label_item:
+        recent = chunk["recent_items"]
+        recent[recent == chunk["item_id"][:, None]] = PAD
+    return chunk
+
+
 def training_chunks(files: Sequence[str], spec: ModelSpec, prior: ItemPrior, *, worker: int = 0, workers: int = 1,
                     label_types: Sequence[str] | None = None, batch_rows: int = 8192,
                     mask_label_item: bool = True, seed: int = 0) -> Callable[[], Iterator[Chunk]]:
@@ -123,10 +158,9 @@ def training_chunks(files: Sequence[str], spec: ModelSpec, prior: ItemPrior, *, 
     With ``mask_label_item`` the label's own item is blanked out of the recent
     items: a click is usually preceded by a view of the same item seconds earlier,
     and a model that learns to copy it is useless for recommending what comes next.
+    Each item's sampling probability (``item_prob``) is its share of all training labels (``prior``).
     """
-    columns = ["user_id", "item_id", "category_id", "price", "u_recent_items", "u_top_categories", "label_type",
-               *spec.query_numeric,
-               *spec.item_numeric]
+    columns = _columns(spec)
     wanted = pa.array(list(label_types)) if label_types else None
     passes = [0]
 
@@ -135,30 +169,117 @@ def training_chunks(files: Sequence[str], spec: ModelSpec, prior: ItemPrior, *, 
         passes[0] += 1
         seen = 0
         for i in rng.permutation(len(files)):
-            fs, path = filesystem_for(files[i])
-            with fs.open_input_file(path) as handle:
-                for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns):
-                    if wanted is not None:
-                        batch = batch.filter(pc.is_in(batch.column("label_type"), value_set=wanted))
-                    keep = np.flatnonzero((np.arange(seen, seen + batch.num_rows) % workers) == worker)
-                    seen += batch.num_rows
-                    if len(keep) == 0:
-                        continue
-                    table = pa.Table.from_batches([batch]).take(pa.array(rng.permutation(keep)))
-                    chunk = query_chunk(table, spec) | candidate_chunk(table, spec)
-                    if mask_label_item:
-                        recent = chunk["recent_items"]
-                        recent[recent == chunk["item_id"][:, None]] = PAD
-                    chunk["item_prob"] = prior.lookup(chunk["item_id"])
-                    yield chunk
+            for batch in _read(files[i], columns, wanted, batch_rows):
+                keep = np.flatnonzero((np.arange(seen, seen + batch.num_rows) % workers) == worker)
+                seen += batch.num_rows
+                if len(keep) == 0:
+                    continue
+                chunk = _chunk(pa.Table.from_batches([batch]).take(pa.array(rng.permutation(keep))), spec,
+                               mask_label_item)
+                chunk["item_prob"] = prior.lookup(chunk["item_id"])
+                yield chunk
 
     return generate
+
+
+def time_local_chunks(files: Sequence[str], spec: ModelSpec, *, window: int, worker: int = 0, workers: int = 1,
+                      label_types: Sequence[str] | None = None, max_skip: int = 0, batch_rows: int = 8192,
+                      mask_label_item: bool = True, seed: int = 0) -> Callable[[], Iterator[Chunk]]:
+    """A generator factory over the files' rows in time order, in blocks of ``window`` rows.
+
+    This is ``train.batching: time_local``. Files are read day by day (the ``label_date=`` folder in
+    their path) and each day's rows are sorted by ``event_ts``; at most one day and three half-windows of
+    rows are held at a time. A row's ``item_prob`` is its item's share of the ``window`` rows centred on
+    it: the sampling probability of in-batch negatives drawn from batches of time-adjacent rows. A share
+    of the whole training window would misjudge items that were popular only in some period; Yi et al.
+    (RecSys 2019) estimate these probabilities from the recent stream for the same reason. Rows are
+    yielded in blocks of half a window; worker ``worker`` of ``workers`` keeps every ``workers``-th block.
+    Each pass first drops a random 0..``max_skip`` rows, so that batch boundaries move between passes.
+    Label types and the label-item mask are as in :func:`training_chunks`.
+
+    Raises:
+        ValueError: If ``window`` is below 1.
+
+    """
+    if window < 1:
+        raise ValueError(f"train.sampling_window must be at least 1 row, got {window}")
+    columns = _columns(spec, "event_ts")
+    wanted = pa.array(list(label_types)) if label_types else None
+    days: dict[str, list[str]] = {}
+    for f in files:
+        found = _LABEL_DATE.search(f)
+        days.setdefault(found.group(1) if found else "", []).append(f)
+    passes = [0]
+
+    half = max(window // 2, 1)
+
+    def emit(rows: pa.Table, start: int, stop: int) -> Chunk:
+        chunk = _chunk(rows.slice(start, stop - start), spec, mask_label_item)
+        chunk["item_prob"] = window_shares(text(rows, "item_id"), start, stop, half)
+        return chunk
+
+    def generate() -> Iterator[Chunk]:
+        rng = np.random.default_rng(seed + passes[0])
+        passes[0] += 1
+        skip = int(rng.integers(0, max_skip + 1))
+        held = None  # rows before ``start`` are context for the shares only
+        start = blocks = 0
+        for day in sorted(days):
+            parts = [pa.Table.from_batches([b]) for f in sorted(days[day]) for b in _read(f, columns, wanted,
+                                                                                        batch_rows)]
+            rows = pa.concat_tables(parts).sort_by("event_ts") if parts else None
+            if rows is None or rows.num_rows <= skip:
+                skip -= rows.num_rows if rows is not None else 0
+                continue
+            held = rows.slice(skip) if held is None else pa.concat_tables([held, rows.slice(skip)])
+            skip = 0
+            while held.num_rows - start >= 2 * half:  # the next block and the context after it are here
+                if blocks % workers == worker:
+                    yield emit(held, start, start + half)
+                blocks += 1
+                held, start = held.slice(start), half  # keep one block of context before the next one
+                held = held.combine_chunks()
+        while held is not None and start < held.num_rows:
+            if blocks % workers == worker:
+                yield emit(held, start, min(start + half, held.num_rows))
+            blocks += 1
+            start += half
+
+    return generate
+
+
+def window_shares(items: np.ndarray, start: int, stop: int, half: int) -> np.ndarray:
+    """For rows ``start..stop-1`` of ``items``: the share of rows ``r - half .. r + half`` that are row r's item.
+
+    The window is clipped to the array, and the share is of the rows actually in it.
+    """
+    codes = pd.factorize(items)[0].astype(np.int64)
+    n = len(codes)
+    keys = np.sort(codes * n + np.arange(n))  # positions grouped by item, in order
+    rows = np.arange(start, stop)
+    first, last = np.maximum(rows - half, 0), np.minimum(rows + half, n - 1)
+    ahead = np.searchsorted(keys, codes[rows] * n + first, side="left")
+    upto = np.searchsorted(keys, codes[rows] * n + last, side="right")
+    return ((upto - ahead) / (last - first + 1)).astype(np.float32)
+
+
+def chunk_source(files: Sequence[str], spec: ModelSpec, prior: ItemPrior,
+                 tc: TrainConfig) -> Callable[[int, int], Callable[[], Iterator[Chunk]]]:
+    """``(worker, workers) -> generator factory`` over ``files``, batching as ``tc.batching`` says (for ``fit``)."""
+    def make(worker: int, workers: int) -> Callable[[], Iterator[Chunk]]:
+        if tc.batching == "time_local":
+            return time_local_chunks(files, spec, window=tc.sampling_window, worker=worker, workers=workers,
+                                     label_types=list(tc.label_types), max_skip=tc.batch_size, seed=tc.seed)
+        return training_chunks(files, spec, prior, worker=worker, workers=workers,
+                               label_types=list(tc.label_types), seed=tc.seed)
+
+    return make
 
 
 def training_dataset(generate: Callable[[], Iterator[Chunk]], spec: ModelSpec, batch_size: int, *,
                      shuffle_buffer: int, seed: int, repeat: bool = False,
                      featurize: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]] | None = None,
-                     cache: str | None = None) -> tf.data.Dataset:
+                     cache: str | None = None, time_local: bool = False) -> tf.data.Dataset:
     """Unbatch, shuffle, batch (dropping the remainder: in-batch negatives need full batches) and prefetch.
 
     Args:
@@ -166,17 +287,22 @@ def training_dataset(generate: Callable[[], Iterator[Chunk]], spec: ModelSpec, b
         cache: Keep the featurized batches after the first pass: ``""`` in memory, a path prefix on disk,
             None to re-read the Parquet files every epoch. Later passes reshuffle the order of the
             batches (as TFRS's tutorials do, the rows of a batch stay together).
+        time_local: The rows come in time order (:func:`time_local_chunks`): batches are cut from
+            consecutive rows and only their order is shuffled, on every pass.
 
     """
     signature = {**input_signature(spec, "query"), **input_signature(spec, "candidate"),
                  "item_prob": tf.TensorSpec([None], tf.float32)}
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if not time_local:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=True)
     if featurize is not None:
         ds = ds.map(featurize, num_parallel_calls=tf.data.AUTOTUNE)
     if cache is not None:
-        ds = ds.cache(cache).shuffle(_BATCH_SHUFFLE, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.cache(cache)
+    if cache is not None or time_local:
+        ds = ds.shuffle(_BATCH_SHUFFLE, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     options = tf.data.Options()

@@ -129,7 +129,7 @@ def fit(spec: ModelSpec, make_chunks: Callable[[int, int], Callable[[], Iterator
         cache = None if tc.input_cache == "none" else (f"{cache_dir.name}/shard{shard}" if cache_dir else "")
         return training_dataset(make_chunks(shard, shards), spec, ctx.get_per_replica_batch_size(global_batch),
                                 shuffle_buffer=tc.shuffle_buffer, seed=tc.seed, repeat=True,
-                                featurize=model.featurize, cache=cache)
+                                featurize=model.featurize, cache=cache, time_local=tc.batching == "time_local")
 
     if tc.strategy == "default":
         data = dataset_fn(tf.distribute.InputContext())  # one pipeline: skip the distributed-iterator overhead

@@ -168,7 +168,7 @@ def run_train(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, warm_start:
 
     from recsys_lib.models import tracking
     from recsys_lib.models.bundle import Bundle
-    from recsys_lib.models.data import training_chunks
+    from recsys_lib.models.data import chunk_source
     from recsys_lib.models.trainer import fit
 
     started = time.monotonic()
@@ -186,10 +186,6 @@ def run_train(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, warm_start:
         + f"; holdout: {len(prep.holdout.truth):,} users, {len(prep.holdout.items):,} catalogue items")
     tc = cfg.train
 
-    def make_chunks(worker: int, workers: int) -> Any:
-        return training_chunks(prep.files, prep.spec, prep.prior, worker=worker, workers=workers,
-                               label_types=list(tc.label_types), seed=tc.seed)
-
     with mlflow.start_run(run_name="warm-start" if warm_start else "train") as run:
         mlflow.log_params({f"train.{k}": v for k, v in tc.model_dump().items()} | {
             "rows": prep.rows, "users_vocab": len(prep.spec.users), "items_vocab": len(prep.spec.items)})
@@ -202,7 +198,8 @@ def run_train(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, warm_start:
             say(f"  epoch {epoch + 1}: loss {metrics.get('loss', float('nan')):.1f} "
                 f"({metrics['epoch_seconds']:.1f}s)")
 
-        result = fit(prep.spec, make_chunks, prep.rows, tc, epochs=tc.warm_start_epochs if warm_start else None,
+        chunks = chunk_source(prep.files, prep.spec, prep.prior, tc)
+        result = fit(prep.spec, chunks, prep.rows, tc, epochs=tc.warm_start_epochs if warm_start else None,
                      init_weights=base_bundle.weights if base_bundle else None, on_epoch=on_epoch)
         metrics = holdout_metrics(result.model, prep.holdout, cfg)
         mlflow.log_metrics({f"holdout_{k}".replace("@", "_at_"): v for k, v in metrics.items()}

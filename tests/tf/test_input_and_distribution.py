@@ -76,6 +76,66 @@ def test_label_item_is_masked_out_of_recent_items(tmp_path):
         assert not (chunk["recent_items"] == chunk["item_id"][:, None]).any()
 
 
+def _day_file(folder: Path, day: str, stamps: list[str], items: list[str], labels: list[str]) -> str:
+    from datetime import datetime
+
+    from tests.tf.helpers import rows
+
+    n = len(items)
+    table = rows(n).drop_columns(["item_id", "label_type"])
+    table = table.append_column("item_id", pa.array(items)).append_column("label_type", pa.array(labels))
+    table = table.append_column("event_ts", pa.array([datetime.fromisoformat(f"{day}T{s}") for s in stamps],
+                                                     pa.timestamp("us")))
+    path = folder / f"label_date={day}" / "part-0.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(table, path)
+    return str(path)
+
+
+def test_time_local_blocks_are_in_time_order_with_block_shares(tmp_path):
+    from recsys_lib.models.data import time_local_chunks
+    from tests.tf.helpers import tiny_spec
+
+    # written out of order, and the later day's file listed first
+    day2 = _day_file(tmp_path, "2024-01-02", ["07:00", "06:00", "05:00"], ["i2", "i0", "i7"],
+                     ["click", "purchase", "view"])
+    day1 = _day_file(tmp_path, "2024-01-01", ["10:00", "08:00", "09:00"], ["i0", "i1", "i0"],
+                     ["click", "click", "purchase"])
+
+    def blocks(worker: int, workers: int) -> list[tuple[list[str], list[float]]]:
+        gen = time_local_chunks([day2, day1], tiny_spec(), window=5, worker=worker, workers=workers,
+                                label_types=["click", "purchase"], mask_label_item=False)
+        return [(c["item_id"].tolist(), c["item_prob"].tolist()) for c in gen()]
+
+    # stream: i1 (day 1 08:00), i0 (09:00), i0 (10:00), i0 (day 2 06:00), i2 (07:00); the view is skipped.
+    # Windows of 5 rows centred on each row, clipped at the ends: [i1 i0 i0] -> i1 1/3, [i1 i0 i0 i0] -> 3/4,
+    # all five -> 3/5, [i0 i0 i0 i2] -> 3/4, [i0 i0 i2] -> i2 1/3; blocks of 2 rows
+    blocks_ = [(["i1", "i0"], pytest.approx([1 / 3, 3 / 4])), (["i0", "i0"], pytest.approx([3 / 5, 3 / 4])),
+               (["i2"], pytest.approx([1 / 3]))]
+    assert blocks(0, 1) == blocks_
+    assert blocks(0, 2) == [blocks_[0], blocks_[2]]
+    assert blocks(1, 2) == [blocks_[1]]
+    with pytest.raises(ValueError, match="sampling_window"):
+        time_local_chunks([day1], tiny_spec(), window=0)
+
+
+def test_time_local_dataset_keeps_consecutive_rows_together():
+    from recsys_lib.models.data import candidate_chunk, query_chunk, training_dataset
+    from tests.tf.helpers import rows, tiny_spec
+
+    spec = tiny_spec()
+    table = rows(8).drop_columns(["item_id"]).append_column("item_id", pa.array([f"i{i}" for i in range(8)]))
+
+    def generate():
+        chunk = query_chunk(table, spec) | candidate_chunk(table, spec)
+        chunk["item_prob"] = np.full(8, 0.125, np.float32)
+        yield chunk
+
+    ds = training_dataset(generate, spec, 2, shuffle_buffer=100, seed=3, time_local=True)
+    batches = [tuple(x.decode() for x in b["item_id"].numpy()) for b in ds]
+    assert sorted(batches) == [("i0", "i1"), ("i2", "i3"), ("i4", "i5"), ("i6", "i7")]
+
+
 def test_item_prior_probabilities():
     from recsys_lib.models.data import ItemPrior
 
