@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -134,6 +135,20 @@ def test_time_local_dataset_keeps_consecutive_rows_together():
     ds = training_dataset(generate, spec, 2, shuffle_buffer=100, seed=3, time_local=True)
     batches = [tuple(x.decode() for x in b["item_id"].numpy()) for b in ds]
     assert sorted(batches) == [("i0", "i1"), ("i2", "i3"), ("i4", "i5"), ("i6", "i7")]
+
+
+def test_fit_trains_on_time_local_batches(tmp_path):
+    from recsys_lib.core.config import TrainConfig
+    from recsys_lib.models.data import ItemPrior, chunk_source
+    from recsys_lib.models.trainer import fit
+    from tests.tf.helpers import ITEMS, tiny_spec
+
+    files = [_day_file(tmp_path, f"2024-01-0{d}", [f"{h:02d}:00" for h in range(20)],
+                       [ITEMS[(d * h) % len(ITEMS)] for h in range(20)], ["click"] * 20) for d in (1, 2, 3)]
+    tc = TrainConfig(batching="time_local", sampling_window=16, batch_size=8, epochs=2)
+    result = fit(tiny_spec(), chunk_source(files, tiny_spec(), ItemPrior.from_counts({}), tc), 60, tc)
+    assert [math.isfinite(e["loss"]) for e in result.epochs] == [True, True]
+    assert result.examples == 2 * (60 // 8) * 8
 
 
 def test_item_prior_probabilities():
