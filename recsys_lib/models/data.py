@@ -8,13 +8,14 @@ training set in Python lists. Two ways to form batches (``train.batching``):
   shuffles the file order and the rows of each record batch, then ``tf.data``
   unbatches and shuffles through a buffer. Item sampling probabilities are
   shares of all training labels.
-* ``time_local``: rows in time order, in blocks of ``train.sampling_window``
-  rows (each worker keeps every ``num_workers``-th block); batches are
-  consecutive rows, so in-batch negatives come from the same period, and item
-  sampling probabilities are shares of the block.
+* ``time_local``: rows in time order, in blocks of half a ``train.sampling_window``
+  (each worker keeps every ``num_workers``-th block); batches are consecutive
+  rows, so in-batch negatives come from the same period, and a row's item
+  sampling probability is its item's share of the window of rows centred on it.
 
 Then ``tf.data`` batches, maps the model's id lookups over each batch, caches the
-result (``train.input_cache``), shuffles the order of the batches and prefetches.
+result (``train.input_cache``), shuffles the order of the batches through a buffer
+of 256 batches and prefetches.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def training_chunks(files: Sequence[str], spec: ModelSpec, prior: ItemPrior, *, 
 def time_local_chunks(files: Sequence[str], spec: ModelSpec, *, window: int, worker: int = 0, workers: int = 1,
                       label_types: Sequence[str] | None = None, max_skip: int = 0, batch_rows: int = 8192,
                       mask_label_item: bool = True, seed: int = 0) -> Callable[[], Iterator[Chunk]]:
-    """A generator factory over the files' rows in time order, in blocks of ``window`` rows.
+    """A generator factory over the files' rows in time order, in blocks of half a ``window`` of rows.
 
     This is ``train.batching: time_local``. Files are read day by day (the ``label_date=`` folder in
     their path) and each day's rows are sorted by ``event_ts``; at most one day and three half-windows of
@@ -215,7 +216,9 @@ def time_local_chunks(files: Sequence[str], spec: ModelSpec, *, window: int, wor
 
     def emit(rows: pa.Table, start: int, stop: int) -> Chunk:
         chunk = _chunk(rows.slice(start, stop - start), spec, mask_label_item)
-        chunk["item_prob"] = window_shares(text(rows, "item_id"), start, stop, half)
+        first = max(start - half, 0)  # the rows the block's windows can reach
+        around = rows.slice(first, min(stop + half, rows.num_rows) - first)
+        chunk["item_prob"] = window_shares(text(around, "item_id"), start - first, stop - first, half)
         return chunk
 
     def generate() -> Iterator[Chunk]:
@@ -227,18 +230,18 @@ def time_local_chunks(files: Sequence[str], spec: ModelSpec, *, window: int, wor
         for day in sorted(days):
             parts = [pa.Table.from_batches([b]) for f in sorted(days[day]) for b in _read(f, columns, wanted,
                                                                                         batch_rows)]
-            rows = pa.concat_tables(parts).sort_by("event_ts") if parts else None
+            rows = pa.concat_tables(parts, promote_options="default").sort_by("event_ts") if parts else None
             if rows is None or rows.num_rows <= skip:
                 skip -= rows.num_rows if rows is not None else 0
                 continue
-            held = rows.slice(skip) if held is None else pa.concat_tables([held, rows.slice(skip)])
+            rows = rows.slice(skip)
+            held = rows if held is None else pa.concat_tables([held, rows], promote_options="default")
             skip = 0
             while held.num_rows - start >= 2 * half:  # the next block and the context after it are here
                 if blocks % workers == worker:
                     yield emit(held, start, start + half)
                 blocks += 1
                 held, start = held.slice(start), half  # keep one block of context before the next one
-                held = held.combine_chunks()
         while held is not None and start < held.num_rows:
             if blocks % workers == worker:
                 yield emit(held, start, min(start + half, held.num_rows))

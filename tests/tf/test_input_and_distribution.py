@@ -120,6 +120,38 @@ def test_time_local_blocks_are_in_time_order_with_block_shares(tmp_path):
         time_local_chunks([day1], tiny_spec(), window=0)
 
 
+def _naive_shares(items: list[str], half: int) -> list[float]:
+    n = len(items)
+    out = []
+    for r in range(n):
+        window = items[max(r - half, 0):min(r + half, n - 1) + 1]
+        out.append(window.count(items[r]) / len(window))
+    return out
+
+
+@pytest.mark.parametrize("window", [1, 2, 6, 13, 100])
+def test_time_local_shares_match_a_direct_count_across_days_and_blocks(tmp_path, window):
+    from recsys_lib.models.data import time_local_chunks
+    from tests.tf.helpers import ITEMS, tiny_spec
+
+    rng = np.random.default_rng(window)
+    sizes = [1, 17, 0, 5, 30]
+    files, stream = [], []
+    for d, n in enumerate(sizes, start=1):
+        if n == 0:
+            continue
+        items = [ITEMS[k] for k in rng.integers(0, 3, n)]  # few items, so the shares vary
+        stamps = [f"{h:02d}:{m:02d}" for h, m in zip(rng.integers(0, 24, n), rng.integers(0, 60, n), strict=True)]
+        files.append(_day_file(tmp_path, f"2024-01-{d:02d}", stamps, items, ["click"] * n))
+        stream += [i for _, i in sorted(zip(stamps, items, strict=True), key=lambda x: x[0])]
+    chunks = list(time_local_chunks(files, tiny_spec(), window=window, mask_label_item=False)())
+    got_items = [i for c in chunks for i in c["item_id"].tolist()]
+    got = [p for c in chunks for p in c["item_prob"].tolist()]
+    assert all(len(c["item_id"]) <= max(window // 2, 1) for c in chunks)
+    assert got_items == stream
+    assert got == pytest.approx(_naive_shares(stream, max(window // 2, 1)))
+
+
 def test_time_local_dataset_keeps_consecutive_rows_together():
     from recsys_lib.models.data import candidate_chunk, query_chunk, training_dataset
     from tests.tf.helpers import rows, tiny_spec
