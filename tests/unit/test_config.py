@@ -39,6 +39,18 @@ def test_cluster_overlay_loads_and_extends_base():
     assert cfg.ingest.max_line_bytes == 65536  # from base.yaml
 
 
+def test_movielens_overlay_loads_with_time_local_batching():
+    cfg = load_config([CONF / "movielens.yaml"])
+    assert (cfg.train.batching, cfg.train.sampling_window, cfg.train.temperature) == ("time_local", 20000, 0.7)
+    assert cfg.features.half_lives == (86400.0, 30 * 86400.0, 365 * 86400.0)  # 1d, 30d, 365d
+    assert load_config().train.batching == "shuffled"
+
+
+def test_bad_batching_value_is_named():
+    with pytest.raises(ConfigError, match=r"train\.batching"):
+        load_config(overrides=["train.batching=by_time"])
+
+
 def test_unknown_key_is_named():
     with pytest.raises(ConfigError, match=r"unknown config key 'ingest\.max_line_byte'"):
         load_config(overrides=["ingest.max_line_byte=5"])
