@@ -153,7 +153,8 @@ class TrainConfig(_Strict):
     #: in shuffled order; probabilities are shares of the ``sampling_window`` rows around them). Use
     #: time_local for data spanning eras with shifting popularity (conf/movielens.yaml).
     batching: Literal["shuffled", "time_local"] = "shuffled"
-    #: Rows per block of time-adjacent rows in ``time_local`` batching (see recsys_lib/models/data.py).
+    #: ``time_local`` batching: a row's item sampling probability is its item's share of this many rows
+    #: centred on it; rows are read in blocks of half as many (see recsys_lib/models/data.py).
     sampling_window: int = Field(20_000, ge=1)
     #: Featurized batches kept after the first epoch: memory, disk (a temporary folder) or none
     #: (re-read the Parquet files every epoch; for training sets larger than memory and disk).
