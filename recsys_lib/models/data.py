@@ -221,12 +221,10 @@ def time_local_chunks(files: Sequence[str], spec: ModelSpec, *, window: int, wor
         chunk["item_prob"] = window_shares(text(around, "item_id"), start - first, stop - first, half)
         return chunk
 
-    def generate() -> Iterator[Chunk]:
-        rng = np.random.default_rng(seed + passes[0])
-        passes[0] += 1
-        skip = int(rng.integers(0, max_skip + 1))
-        held = None  # rows before ``start`` are context for the shares only
-        start = blocks = 0
+    def blocks(skip: int) -> Iterator[tuple[pa.Table, int, int]]:
+        """Every block in time order, as (rows, start, stop): rows around it are context for its shares."""
+        held = None
+        start = 0
         for day in sorted(days):
             parts = [pa.Table.from_batches([b]) for f in sorted(days[day]) for b in _read(f, columns, wanted,
                                                                                         batch_rows)]
@@ -238,15 +236,18 @@ def time_local_chunks(files: Sequence[str], spec: ModelSpec, *, window: int, wor
             held = rows if held is None else pa.concat_tables([held, rows], promote_options="default")
             skip = 0
             while held.num_rows - start >= 2 * half:  # the next block and the context after it are here
-                if blocks % workers == worker:
-                    yield emit(held, start, start + half)
-                blocks += 1
+                yield held, start, start + half
                 held, start = held.slice(start), half  # keep one block of context before the next one
         while held is not None and start < held.num_rows:
-            if blocks % workers == worker:
-                yield emit(held, start, min(start + half, held.num_rows))
-            blocks += 1
+            yield held, start, min(start + half, held.num_rows)
             start += half
+
+    def generate() -> Iterator[Chunk]:
+        rng = np.random.default_rng(seed + passes[0])
+        passes[0] += 1
+        for k, (rows, start, stop) in enumerate(blocks(int(rng.integers(0, max_skip + 1)))):
+            if k % workers == worker:
+                yield emit(rows, start, stop)
 
     return generate
 

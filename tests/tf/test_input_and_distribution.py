@@ -93,7 +93,7 @@ def _day_file(folder: Path, day: str, stamps: list[str], items: list[str], label
     return str(path)
 
 
-def test_time_local_blocks_are_in_time_order_with_block_shares(tmp_path):
+def test_time_local_blocks_are_in_time_order_with_window_shares(tmp_path):
     from recsys_lib.models.data import time_local_chunks
     from tests.tf.helpers import tiny_spec
 
