@@ -74,14 +74,17 @@ def test_overlapping_second_folder_only_adds_new_events(spark, lake, cfg, tmp_pa
     a, b = tmp_path / "a" / "date=2024-01-01", tmp_path / "b" / "date=2024-01-01"
     a.mkdir(parents=True)
     b.mkdir(parents=True)
-    line = '{{"event_id":"{}","event_ts":"2024-01-01T00:00:00Z","user_id":"u","event_type":"view","item_id":"i"}}'
-    (a / "x.jsonl").write_text("\n".join(line.format(i) for i in ("e1", "e2")) + "\n")
-    (b / "y.jsonl").write_text("\n".join(line.format(i) for i in ("e2", "e3", "e3")) + "\n")
+    line = '{{"event_id":"{}","event_ts":"2024-01-01T00:00:00Z","user_id":"{}","event_type":"view","item_id":"i"}}'
+    (a / "x.jsonl").write_text("\n".join(line.format(i, "u") for i in ("e1", "e2")) + "\n")
+    (b / "y.jsonl").write_text(line.format("e2", "u") + "\n" + line.format("e3", "first") + "\n")
+    (b / "z.jsonl").write_text("\n".join(line.format("e3", "second") for _ in range(2)) + "\n")
     run_ingest(spark, lake, cfg, str(tmp_path / "a"), now=NOW)
     s = run_ingest(spark, lake, cfg, str(tmp_path / "b"), now=NOW)
-    assert (s.valid, s.duplicates) == (1, 2)
-    assert s.duplicates_by_kind == {"duplicate_in_batch": 1, "duplicate_existing": 1, "already_quarantined": 0}
-    assert sorted(r[0] for r in lake.read("events").select("event_id").collect()) == ["e1", "e2", "e3"]
+    assert (s.valid, s.duplicates) == (1, 3)
+    assert s.duplicates_by_kind == {"duplicate_in_batch": 2, "duplicate_existing": 1, "already_quarantined": 0}
+    rows = sorted((r[0], r[1]) for r in lake.read("events").select("event_id", "user_id").collect())
+    # of conflicting copies, the one from the first file (by name) is kept
+    assert rows == [("e1", "u"), ("e2", "u"), ("e3", "first")]
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
