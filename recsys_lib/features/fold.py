@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import reduce
 from typing import Any, TypeVar, cast
 
 from pyspark import SparkContext
@@ -47,8 +48,26 @@ def _memo(key: tuple[Any, ...], build: Callable[[], T_]) -> T_:
     return cast(T_, _MEMO[full])
 
 
-def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: datetime | None = None) -> DataFrame:
-    """The state of every key of ``entity`` after folding ``events`` (an ``events``-shaped DataFrame)."""
+def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: datetime | None = None, *,
+         category_states: DataFrame | None = None, large_input: bool = False) -> DataFrame:
+    """The state of every key of ``entity`` after folding ``events`` (an ``events``-shaped DataFrame).
+
+    Args:
+        events: The events to fold.
+        entity: The table whose states to build.
+        fc: Feature config.
+        updated_at: Stamp for ``updated_at`` (None: the current time).
+        category_states: For the user table only: the user x category states of the same
+            ``events``, when the caller has them (the full refresh does). The category
+            weights are then derived from them instead of from a second pass over the events
+            (same values up to rounding); ignored unless the affinity half-life is one of
+            ``fc.half_lives``.
+        large_input: Plan for many events per key (the full refresh): before ranking a
+            user's recent items, drop the events that cannot make the list
+            (:func:`_since_nth_newest_item`). Same result; cheaper over many events per
+            user, dearer over a small batch.
+
+    """
     keys = list(entity.keys)
     ev = events
     if entity.name == ITEM:
@@ -63,8 +82,12 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
         state = state.join(ev.groupBy(*keys).agg(*apart), keys)
     if entity.name == USER:
         user_as_of = state.select("user_id", seconds(F.col("as_of")).alias("_u"))
-        state = state.join(_recent_items(ev, fc), "user_id", "left").join(
-            _category_weights(ev, fc, user_as_of), "user_id", "left")
+        if category_states is not None and fc.affinity_half_life in fc.half_lives:
+            per_category = _category_weights_from_states(category_states, fc)
+        else:
+            per_category = _category_weights(ev, fc)
+        state = state.join(_recent_items(ev, fc, cutoff=large_input), "user_id", "left").join(
+            _weights_map(per_category, user_as_of, fc), "user_id", "left")
         state = state.withColumn("recent_items", F.coalesce("recent_items", F.array())).withColumn(
             "category_weights", F.coalesce("category_weights", F.create_map()))
     stamp = F.lit(updated_at).cast("timestamp") if updated_at else F.current_timestamp()
@@ -199,21 +222,52 @@ def _latest(value: str) -> Column:
     return F.max(F.when(F.col(value).isNotNull(), entry))
 
 
-def _recent_items(ev: DataFrame, fc: FeaturesConfig) -> DataFrame:
+def _recent_items(ev: DataFrame, fc: FeaturesConfig, *, cutoff: bool = False) -> DataFrame:
+    with_item = ev.where(F.col("item_id").isNotNull())
+    if cutoff:
+        with_item = _since_nth_newest_item(with_item, fc.recent_items)
     entry = F.struct(F.col("event_ts").alias("ts"), F.col("event_id"), F.col("item_id"))
-    newest_per_item = ev.where(F.col("item_id").isNotNull()).groupBy("user_id", "item_id").agg(
-        F.max(entry).alias("entry"))
+    newest_per_item = with_item.groupBy("user_id", "item_id").agg(F.max(entry).alias("entry"))
     return newest_per_item.groupBy("user_id").agg(
         F.slice(F.sort_array(F.collect_list("entry"), asc=False), 1, fc.recent_items).alias("recent_items"))
 
 
-def _category_weights(ev: DataFrame, fc: FeaturesConfig, user_as_of: DataFrame) -> DataFrame:
+def _since_nth_newest_item(ev: DataFrame, n: int) -> DataFrame:
+    """Each user's events no older than the n-th newest of the user's per-item newest times.
+
+    Exact for :func:`_recent_items`: every item among a user's ``n`` most recent has
+    its newest time at or after that cut, and its newest events survive. It replaces
+    a sort-based aggregation of every event by a hash aggregation of (user, item)
+    times and a window over those pairs.
+    """
+    newest = ev.groupBy("user_id", "item_id").agg(F.max("event_ts").alias("_newest"))
+    nth = F.row_number().over(Window.partitionBy("user_id").orderBy(F.col("_newest").desc()))
+    cuts = newest.withColumn("_n", nth).where(F.col("_n") == n).select("user_id", F.col("_newest").alias("_cut"))
+    kept = ev.join(F.broadcast(cuts), "user_id", "left")  # one row per user
+    return kept.where(F.col("_cut").isNull() | (F.col("event_ts") >= F.col("_cut"))).drop("_cut")
+
+
+def _category_weights(ev: DataFrame, fc: FeaturesConfig) -> DataFrame:
+    """Per (user, category): ``w`` = sum of type weight x 2^-((as_of - ts) / H), and that ``_as_of_s``."""
     weights = F.create_map(*[x for k, v in fc.affinity_weights.items() for x in (F.lit(k), F.lit(float(v)))])
     with_category = ev.where(F.col("category_id").isNotNull()).withColumn(
         "_w", F.coalesce(weights[F.col("event_type")], F.lit(0.0)))
-    per_category = decayed_sums(with_category, ["user_id", "category_id"],
-                                {"w": (F.col("_w"), fc.affinity_half_life)}, fc.affinity_half_life)
-    # per-category sums are relative to that category's latest event; move them to the user's as_of
+    return decayed_sums(with_category, ["user_id", "category_id"],
+                        {"w": (F.col("_w"), fc.affinity_half_life)}, fc.affinity_half_life)
+
+
+def _category_weights_from_states(category_states: DataFrame, fc: FeaturesConfig) -> DataFrame:
+    """:func:`_category_weights` from user x category states: sum of type weight x that type's decayed count."""
+    h = fc.affinity_half_life
+    weighted = [F.lit(float(v)) * F.coalesce(F.col(decayed_name(t, h)), F.lit(0.0))
+                for t, v in fc.affinity_weights.items() if t in EVENT_TYPES]
+    w = reduce(lambda a, b: a + b, weighted) if weighted else F.lit(0.0)
+    return category_states.select("user_id", "category_id", w.alias("w"),
+                                  seconds(F.col("as_of")).alias("_as_of_s"))
+
+
+def _weights_map(per_category: DataFrame, user_as_of: DataFrame, fc: FeaturesConfig) -> DataFrame:
+    """Per user, the category -> weight map, each weight moved from its category's as_of to the user's."""
     moved = per_category.join(user_as_of, "user_id").withColumn(
         "w", F.col("w") * F.pow(F.lit(2.0), -(F.col("_u") - F.col("_as_of_s")) / fc.affinity_half_life))
     return moved.groupBy("user_id").agg(

@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.core.schema import EVENTS_TABLE
-from recsys_lib.features import entities, fold
+from recsys_lib.features import USER, USER_CATEGORY, Entity, entities, fold
 from recsys_lib.features.layers import table_spec
 from recsys_lib.lake import Lake
 
@@ -66,18 +66,34 @@ def run_refresh(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, until: da
     watermark = watermark_row[0] if watermark_row else None
     stamp = datetime.now(UTC)
     summary = RefreshSummary(events_version=events_version, watermark=_iso(watermark), until=_iso(until))
-    for name, entity in entities(cfg.features).items():
-        if only and name not in only:
-            continue
-        t0 = time.monotonic()
-        states = fold(events, entity, cfg.features, updated_at=stamp)
-        meta = {"job": "features_refresh", "events_version": events_version, "watermark": summary.watermark,
-                "until": summary.until}
-        result = lake.overwrite(table_spec(entity), states, metadata=meta)
-        summary.tables[entity.table] = {"version": result.version, "rows": result.rows,
-                                        "files": result.files, "seconds": round(time.monotonic() - t0, 2)}
+    todo = {n: e for n, e in entities(cfg.features).items() if not only or n in only}
+    _refresh_tables(lake, cfg, events, todo, summary, stamp)
     summary.seconds = round(time.monotonic() - started, 2)
     return summary
+
+
+def _refresh_tables(lake: Lake, cfg: RecsysConfig, events: DataFrame, todo: dict[str, Entity],
+                    summary: RefreshSummary, stamp: datetime) -> None:
+    """Fold and overwrite each table in ``todo``.
+
+    User x category goes first: the user table derives its category weights from those
+    states. Both this and ``large_input`` give the same states as a micro-batch's fold
+    (tests/spark/test_features_exactness.py).
+    """
+    order = sorted(todo, key=lambda n: n == USER)
+    category_states = None
+    for name in order:
+        entity = todo[name]
+        t0 = time.monotonic()
+        states = fold(events, entity, cfg.features, updated_at=stamp,
+                      category_states=category_states if name == USER else None, large_input=True)
+        meta = {"job": "features_refresh", "events_version": summary.events_version, "watermark": summary.watermark,
+                "until": summary.until}
+        result = lake.overwrite(table_spec(entity), states, metadata=meta)
+        if name == USER_CATEGORY:
+            category_states = lake.read(entity.table, version=result.version)
+        summary.tables[entity.table] = {"version": result.version, "rows": result.rows,
+                                        "files": result.files, "seconds": round(time.monotonic() - t0, 2)}
 
 
 def _iso(ts: datetime | None) -> str | None:

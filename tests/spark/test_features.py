@@ -53,12 +53,18 @@ def test_recent_items_newest_first_ties_by_event_id(states):
     assert [x["item_id"] for x in states[USER][("u2",)]["recent_items"]] == ["i1"]
 
 
-def test_recent_items_keep_only_the_limit(spark):
+@pytest.mark.parametrize("cutoff", [False, True], ids=["fold-all", "cut-old-events-first"])
+def test_recent_items_keep_only_the_limit(spark, cutoff):
     fc = FeaturesConfig(recent_items=2)
     rows = [event(f"e{i}", "u", "view", i * H, f"i{i % 3}") for i in range(7)]
-    [u] = fold(events_df(spark, rows), entities(fc)[USER], fc).collect()
+    # i3 ties i2's newest time (5h) with a smaller event id, so i2 wins the second place
+    rows += [event("d5", "u", "click", 5 * H, "i3"), event("e9", "v", "view", 0 * H, "i9")]
+    users = {r["user_id"]: r for r in fold(events_df(spark, rows), entities(fc)[USER], fc, large_input=cutoff)
+             .collect()}
     # items i0..i2 last seen at e6 (i0), e5 (i2), e4 (i1): newest two
-    assert [x["item_id"] for x in u["recent_items"]] == ["i0", "i2"]
+    assert [x["item_id"] for x in users["u"]["recent_items"]] == ["i0", "i2"]
+    assert [x["event_id"] for x in users["u"]["recent_items"]] == ["e6", "e5"]
+    assert [x["item_id"] for x in users["v"]["recent_items"]] == ["i9"]  # fewer items than the limit
 
 
 def test_purchase_spend_and_category_weights(states):
@@ -67,6 +73,19 @@ def test_purchase_spend_and_category_weights(states):
     w = u1["category_weights"]
     assert w["c1"] == pytest.approx(1 * 2 ** (-2 / 168) + 2 * 2 ** (-1 / 168) + 8)
     assert w["c2"] == pytest.approx(1.0)
+
+
+def test_category_weights_derived_from_user_category_states(spark, states):
+    ev = events_df(spark, ROWS)
+    ents = entities(FC)
+    derived = fold(ev, ents[USER], FC, category_states=fold(ev, ents[USER_CATEGORY], FC))
+    w = {r["user_id"]: r["category_weights"] for r in derived.collect()}
+    assert w["u1"]["c1"] == pytest.approx(1 * 2 ** (-2 / 168) + 2 * 2 ** (-1 / 168) + 8, rel=1e-12)
+    assert w["u1"]["c2"] == pytest.approx(1.0, rel=1e-12)
+    # u2's only category event (a view of c1 at 0h) is 1h older than u2's as_of (the search at 1h)
+    assert w["u2"] == pytest.approx({"c1": 2 ** (-1 / 168)}, rel=1e-12)
+    for user, weights in w.items():  # and the direct fold agrees
+        assert weights == pytest.approx(states[USER][(user,)]["category_weights"], rel=1e-12)
 
 
 def test_item_latest_values_and_distinct_users(states):
