@@ -109,9 +109,8 @@ def freshness(recsys: str, work: Path, rate: int, seconds: int, master: str, env
     shutil.rmtree(home, ignore_errors=True)
     shutil.rmtree(landing, ignore_errors=True)
     landing.mkdir(parents=True)
-    proc = subprocess.Popen([recsys, "stream", "--input", str(landing), "--trigger", "1s", "--set", f"home={home}",
-                             "--set", f"spark.master={master}"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([recsys, "stream", "--input", str(landing), "--trigger", "1s", *_common(home, master)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     dropped: dict[str, float] = {}
     seen: dict[str, float] = {}
     stop = threading.Event()

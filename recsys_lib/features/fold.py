@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import reduce
 from typing import Any, TypeVar, cast
 
 from pyspark import SparkContext
@@ -259,9 +258,8 @@ def _category_weights(ev: DataFrame, fc: FeaturesConfig) -> DataFrame:
 def _category_weights_from_states(category_states: DataFrame, fc: FeaturesConfig) -> DataFrame:
     """:func:`_category_weights` from user x category states: sum of type weight x that type's decayed count."""
     h = fc.affinity_half_life
-    weighted = [F.lit(float(v)) * F.coalesce(F.col(decayed_name(t, h)), F.lit(0.0))
-                for t, v in fc.affinity_weights.items() if t in EVENT_TYPES]
-    w = reduce(lambda a, b: a + b, weighted) if weighted else F.lit(0.0)
+    w = sum((F.lit(float(v)) * F.coalesce(F.col(decayed_name(t, h)), F.lit(0.0))
+             for t, v in fc.affinity_weights.items() if t in EVENT_TYPES), F.lit(0.0))
     return category_states.select("user_id", "category_id", w.alias("w"),
                                   seconds(F.col("as_of")).alias("_as_of_s"))
 
