@@ -120,6 +120,9 @@ class StreamingConfig(_Strict):
     #: recsys_lib/features/layers.py); past this many rows it is compacted into the base
     #: buckets. Larger: cheaper batches, costlier reads. 0: compact after every batch.
     pending_max_rows: int = Field(250_000, ge=0)
+    #: A micro-batch with at most this many new events is folded and merged on the driver
+    #: (recsys_lib/features/local.py: Arrow and pandas, no Spark job); larger ones by Spark. 0: always Spark.
+    local_max_events: int = Field(200_000, ge=0)
     kafka_bootstrap_servers: str | None = None
     kafka_topic: str | None = None
 

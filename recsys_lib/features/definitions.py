@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 from pyspark.sql import Column
 from pyspark.sql import functions as F
@@ -63,14 +64,33 @@ class Sides:
         return F.coalesce(get(name) * factor, F.lit(0.0))
 
 
+class Merge(str, Enum):
+    """How two states of one column combine (the same rule in Spark and in :mod:`.local`)."""
+
+    MAX = "max"  #: the larger value (structs compare field by field); nulls ignored
+    SUM = "sum"  #: the sum, a missing side counting 0
+    DECAY = "decay"  #: each side's decayed sum moved to the merged ``as_of``, then added
+    HLL_UNION = "hll_union"  #: union of the HyperLogLog sketches
+    RECENT = "recent"  #: newest entries first, one per item, at most ``param`` of them
+    MAP_DECAY = "map_decay"  #: key by key, like DECAY (a key missing on one side counts 0)
+
+
 @dataclass(frozen=True)
 class StateColumn:
-    """One stored column: its type, documentation and merge."""
+    """One stored column: its type, documentation and merge rule.
+
+    ``param`` is the half-life in seconds (DECAY, MAP_DECAY) or the length limit (RECENT).
+    """
 
     name: str
     dtype: T.DataType
     doc: str
-    merge: Callable[[Sides], Column]
+    kind: Merge
+    param: float = 0.0
+
+    def merge(self, s: Sides) -> Column:
+        """The merged value as a Spark column over the two sides ``s``."""
+        return _SPARK_MERGES[self.kind](self.name, self.param, s)
 
 
 #: The feature tables' partition column: ``pmod(xxhash64(keys), key_buckets)``, or the pending layer's bucket.
@@ -119,61 +139,62 @@ def decayed_columns(fc: FeaturesConfig) -> dict[str, float]:
     return {decayed_name(t, h): h for t in EVENT_TYPES for h in fc.half_lives}
 
 
-def _sum(name: str) -> Callable[[Sides], Column]:
-    return lambda s: F.coalesce(s.l(name), F.lit(0)) + F.coalesce(s.r(name), F.lit(0))
+def _spark_sum(name: str, _: float, s: Sides) -> Column:
+    return F.coalesce(s.l(name), F.lit(0)) + F.coalesce(s.r(name), F.lit(0))
 
 
-def _max(name: str) -> Callable[[Sides], Column]:
-    return lambda s: F.greatest(s.l(name), s.r(name))
+def _spark_max(name: str, _: float, s: Sides) -> Column:
+    return F.greatest(s.l(name), s.r(name))
 
 
-def _decay_merge(name: str, half_life: float) -> Callable[[Sides], Column]:
-    return lambda s: s.decayed("l", name, half_life) + s.decayed("r", name, half_life)
+def _spark_decay(name: str, half_life: float, s: Sides) -> Column:
+    return s.decayed("l", name, half_life) + s.decayed("r", name, half_life)
 
 
-def _hll_union(name: str) -> Callable[[Sides], Column]:
-    return lambda s: (F.when(s.l(name).isNull(), s.r(name)).when(s.r(name).isNull(), s.l(name))
-                      .otherwise(F.hll_union(s.l(name), s.r(name), allowDifferentLgConfigK=True)))
+def _spark_hll_union(name: str, _: float, s: Sides) -> Column:
+    return (F.when(s.l(name).isNull(), s.r(name)).when(s.r(name).isNull(), s.l(name))
+            .otherwise(F.hll_union(s.l(name), s.r(name), allowDifferentLgConfigK=True)))
 
 
-def _recent_merge(name: str, limit: int) -> Callable[[Sides], Column]:
-    def merge(s: Sides) -> Column:
-        both = F.sort_array(F.concat(F.coalesce(s.l(name), F.array()), F.coalesce(s.r(name), F.array())),
-                            asc=False)
-        # keep each item's newest entry: drop an entry if the item appears earlier in the sorted array
-        first = F.filter(both, lambda x, i: ~F.exists(F.slice(both, 1, i), lambda y: y["item_id"] == x["item_id"]))
-        return F.slice(first, 1, limit)
-    return merge
+def _spark_recent(name: str, limit: float, s: Sides) -> Column:
+    both = F.sort_array(F.concat(F.coalesce(s.l(name), F.array()), F.coalesce(s.r(name), F.array())), asc=False)
+    # keep each item's newest entry: drop an entry if the item appears earlier in the sorted array
+    first = F.filter(both, lambda x, i: ~F.exists(F.slice(both, 1, i), lambda y: y["item_id"] == x["item_id"]))
+    return F.slice(first, 1, int(limit))
 
 
-def _map_decay_merge(name: str, half_life: float) -> Callable[[Sides], Column]:
-    def merge(s: Sides) -> Column:
-        fl = F.pow(F.lit(2.0), -(s.as_of_s - seconds(s.l("as_of"))) / half_life)
-        fr = F.pow(F.lit(2.0), -(s.as_of_s - seconds(s.r("as_of"))) / half_life)
-        empty = F.create_map().cast(T.MapType(T.StringType(), T.DoubleType()))
-        return F.map_zip_with(
-            F.coalesce(s.l(name), empty), F.coalesce(s.r(name), empty),
-            lambda _k, x, y: F.coalesce(x * fl, F.lit(0.0)) + F.coalesce(y * fr, F.lit(0.0)),
-        )
-    return merge
+def _spark_map_decay(name: str, half_life: float, s: Sides) -> Column:
+    fl = F.pow(F.lit(2.0), -(s.as_of_s - seconds(s.l("as_of"))) / half_life)
+    fr = F.pow(F.lit(2.0), -(s.as_of_s - seconds(s.r("as_of"))) / half_life)
+    empty = F.create_map().cast(T.MapType(T.StringType(), T.DoubleType()))
+    return F.map_zip_with(
+        F.coalesce(s.l(name), empty), F.coalesce(s.r(name), empty),
+        lambda _k, x, y: F.coalesce(x * fl, F.lit(0.0)) + F.coalesce(y * fr, F.lit(0.0)),
+    )
+
+
+_SPARK_MERGES: dict[Merge, Callable[[str, float, Sides], Column]] = {
+    Merge.MAX: _spark_max, Merge.SUM: _spark_sum, Merge.DECAY: _spark_decay, Merge.HLL_UNION: _spark_hll_union,
+    Merge.RECENT: _spark_recent, Merge.MAP_DECAY: _spark_map_decay,
+}
 
 
 def _common_columns(fc: FeaturesConfig) -> list[StateColumn]:
     cols = [
         StateColumn("as_of", T.TimestampType(),
-                    "Largest event_ts folded into the row; decayed sums are relative to it.", _max("as_of")),
+                    "Largest event_ts folded into the row; decayed sums are relative to it.", Merge.MAX),
         StateColumn("last_event_ts", T.TimestampType(),
                     "Timestamp of the row's latest event (equal to as_of by definition; kept for readers).",
-                    _max("last_event_ts")),
+                    Merge.MAX),
     ]
     for etype in EVENT_TYPES:
         cols.append(StateColumn(f"{etype}_count", T.LongType(), f"Lifetime number of {etype} events.",
-                                _sum(f"{etype}_count")))
+                                Merge.SUM))
         for h in fc.half_lives:
             name = decayed_name(etype, h)
             cols.append(StateColumn(
                 name, T.DoubleType(),
-                f"Sum over {etype} events of 2^-((as_of - ts) / {half_life_label(h)}).", _decay_merge(name, h)))
+                f"Sum over {etype} events of 2^-((as_of - ts) / {half_life_label(h)}).", Merge.DECAY, h))
     return cols
 
 
@@ -183,26 +204,26 @@ def entities(fc: FeaturesConfig) -> dict[str, Entity]:
     user_extra = [
         StateColumn("recent_items", T.ArrayType(RECENT_ITEM),
                     f"Up to {fc.recent_items} most recent distinct items (ts, event_id, item_id), newest first; "
-                    "ties by larger event_id.", _recent_merge("recent_items", fc.recent_items)),
+                    "ties by larger event_id.", Merge.RECENT, fc.recent_items),
         StateColumn("category_weights", T.MapType(T.StringType(), T.DoubleType()),
                     f"Category -> sum of type weight x 2^-((as_of - ts) / {half_life_label(fc.affinity_half_life)}) "
                     "over events with a category (all categories; top-K is taken at read time).",
-                    _map_decay_merge("category_weights", fc.affinity_half_life)),
+                    Merge.MAP_DECAY, fc.affinity_half_life),
         StateColumn("purchase_spend", T.DoubleType(),
-                    "Sum of price x quantity (quantity defaults to 1) over purchases.", _sum("purchase_spend")),
+                    "Sum of price x quantity (quantity defaults to 1) over purchases.", Merge.SUM),
         StateColumn("purchase_price_sum", T.DoubleType(), "Sum of price over purchases that carry a price.",
-                    _sum("purchase_price_sum")),
+                    Merge.SUM),
         StateColumn("purchase_priced_count", T.LongType(), "Number of purchases that carry a price.",
-                    _sum("purchase_priced_count")),
+                    Merge.SUM),
     ]
     item_extra = [
         StateColumn("latest_category", LATEST_STRING,
-                    "Category of the latest event (by ts, then event_id) that has one.", _max("latest_category")),
+                    "Category of the latest event (by ts, then event_id) that has one.", Merge.MAX),
         StateColumn("latest_price", LATEST_DOUBLE, "Price of the latest event (by ts, then event_id) that has one.",
-                    _max("latest_price")),
+                    Merge.MAX),
         StateColumn("users_hll", T.BinaryType(),
                     f"HyperLogLog sketch (lgK={fc.hll_lg_k}) of distinct users; unions exactly.",
-                    _hll_union("users_hll")),
+                    Merge.HLL_UNION),
     ]
     return {
         USER: Entity(USER, "user_features", ("user_id",), "One row per user.", tuple(common + user_extra)),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -179,6 +180,25 @@ class Lake(ABC):
 
         ``partitions=(column, values)`` reads only the files of those partitions.
         """
+
+    def read_arrow(self, name: str, *, version: int | None = None,
+                   partitions: tuple[str, Sequence[Any]] | None = None) -> pa.Table:
+        """Like :meth:`read`, into an Arrow table on the driver: for small tables and partitions only."""
+        return self.read(name, version=version, partitions=partitions).toArrow()
+
+    def inserted_arrow(self, name: str, since_version: int, until_version: int, *,
+                       max_rows: int) -> pa.Table | None:
+        """Like :meth:`inserted`, on the driver, or None when the range holds more than ``max_rows`` rows.
+
+        None also when the engine cannot tell cheaply (the caller then uses Spark).
+        """
+        return None
+
+    def replace_partitions_arrow(self, spec: TableSpec, table: pa.Table, column: str, values: Sequence[Any], *,
+                                 read_version: int, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        """:meth:`replace_partitions` with a small Arrow table that the driver writes."""
+        df = self.spark.createDataFrame(table)
+        return self.replace_partitions(spec, df, column, values, read_version=read_version, metadata=metadata)
 
     @abstractmethod
     def version(self, name: str) -> int:

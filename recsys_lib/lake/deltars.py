@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction
@@ -34,8 +33,11 @@ from recsys_lib.lake.files import (
     list_parquet,
     partition_value_from_path,
     plain_arrow_type,
+    read_files_arrow,
     spark_to_arrow,
+    write_arrow_files,
 )
+from recsys_lib.lake.log import appended_files, files_in, partition_text
 
 _CONFLICT_WORDS = ("conflict", "concurrent", "version already exists", "transaction failed")
 
@@ -119,20 +121,28 @@ class DeltaRsLake(Lake):
 
     def replace_partitions(self, spec: TableSpec, df: DataFrame, column: str, values: Sequence[Any], *,
                            read_version: int, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        return self._replace(spec, lambda: self._write_parquet(spec, df), column, values, read_version, metadata)
+
+    def replace_partitions_arrow(self, spec: TableSpec, table: pa.Table, column: str, values: Sequence[Any], *,
+                                 read_version: int, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        return self._replace(spec, lambda: self._write_arrow(spec, table), column, values, read_version, metadata)
+
+    def _replace(self, spec: TableSpec, write: Callable[[], _Written], column: str, values: Sequence[Any],
+                 read_version: int, metadata: Mapping[str, Any] | None) -> CommitResult:
         if column not in spec.partition_by:
             raise ValueError(f"replace_partitions on '{spec.name}': '{column}' is not a partition column "
                              f"(partitioned by {list(spec.partition_by)})")
         table = self._table(spec.name, version=read_version)
-        old = _files_in(pa.table(table.get_add_actions(flatten=True)), column, values)
+        old = files_in(pa.table(table.get_add_actions(flatten=True)), column, values)
         now_ms = int(datetime.now(UTC).timestamp() * 1000)
         removes = [
             RemoveAction(path=path, data_change=True, deletion_timestamp=now_ms, size=size,
-                         partition_values={c: _text(old.column(f"partition.{c}")[i].as_py())
+                         partition_values={c: partition_text(old.column(f"partition.{c}")[i].as_py())
                                            for c in spec.partition_by})
             for i, (path, size) in enumerate(zip(old.column("path").to_pylist(), old.column("size_bytes").to_pylist(),
                                                  strict=True))
         ]
-        written = self._write_parquet(spec, df)
+        written = write()
         if not written.adds and not removes:
             written.discard()
             return CommitResult(version=read_version, skipped=True)
@@ -157,13 +167,23 @@ class DeltaRsLake(Lake):
 
     def _write_parquet(self, spec: TableSpec, df: DataFrame) -> _Written:
         """Executors write ``df`` as Parquet into a fresh folder of the table; the driver builds add actions."""
-        table_uri = self.uri(spec.name)
-        fs, table_path = filesystem_for(table_uri)
-        folder = f"w{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+        folder = _write_folder()
         writer = df.select(*spec.schema.fieldNames()).write.mode("errorifexists")
         if spec.partition_by:
             writer = writer.partitionBy(*spec.partition_by)
-        writer.parquet(f"{table_uri}/{folder}")
+        writer.parquet(f"{self.uri(spec.name)}/{folder}")
+        return self._written(spec, folder)
+
+    def _write_arrow(self, spec: TableSpec, table: pa.Table) -> _Written:
+        """The driver writes a small Arrow table as Parquet into a fresh folder of the table."""
+        folder = _write_folder()
+        fs, table_path = filesystem_for(self.uri(spec.name))
+        write_arrow_files(fs, f"{table_path}/{folder}", table.select(spec.schema.fieldNames()), spec.partition_by)
+        return self._written(spec, folder)
+
+    def _written(self, spec: TableSpec, folder: str) -> _Written:
+        """Add actions (with statistics from the footers) for the files below ``folder``."""
+        fs, table_path = filesystem_for(self.uri(spec.name))
         write_dir = f"{table_path}/{folder}"
         adds = []
         for info in list_parquet(fs, write_dir):
@@ -249,13 +269,40 @@ class DeltaRsLake(Lake):
             column, values = partitions
             if column not in partition_by:
                 raise ValueError(f"{table.table_uri}: '{column}' is not a partition column ({partition_by})")
-            actions = _files_in(actions, column, values)
+            actions = files_in(actions, column, values)
         return self._files_df(table, actions)
+
+    def read_arrow(self, name: str, *, version: int | None = None,
+                   partitions: tuple[str, Sequence[Any]] | None = None) -> pa.Table:
+        table = self._table(name, version=version)
+        actions = pa.table(table.get_add_actions(flatten=True))
+        if partitions is not None:
+            actions = files_in(actions, *partitions)
+        return self._files_arrow(table, actions)
+
+    def inserted_arrow(self, name: str, since_version: int, until_version: int, *,
+                       max_rows: int) -> pa.Table | None:
+        table = self._table(name, version=until_version)
+        actions = appended_files(table.table_uri, since_version, until_version,
+                                 list(table.metadata().partition_columns))
+        if actions is None or actions.column("num_records").null_count:
+            return None
+        if sum(actions.column("num_records").to_pylist()) > max_rows:
+            return None
+        return self._files_arrow(table, actions)
+
+    def _files_arrow(self, table: DeltaTable, actions: pa.Table) -> pa.Table:
+        """The files named by ``actions`` read on the driver, in the table's schema."""
+        schema = spark_to_arrow(arrow_to_spark(pa.schema(table.schema().to_arrow())))
+        partition_by = list(table.metadata().partition_columns)
+        fs, table_path = filesystem_for(table.table_uri.rstrip("/"))
+        values = {c: actions.column(f"partition.{c}").to_pylist() for c in partition_by}
+        return read_files_arrow(fs, table_path, actions.column("path").to_pylist(), values, schema)
 
     def inserted(self, name: str, since_version: int, until_version: int) -> DataFrame:
         """Append-only ranges are read by Spark straight from the added files; others through the change feed."""
         table = self._table(name, version=until_version)
-        actions = _appended_files(table.table_uri, since_version, until_version,
+        actions = appended_files(table.table_uri, since_version, until_version,
                                   list(table.metadata().partition_columns))
         if actions is None:
             return super().inserted(name, since_version, until_version)
@@ -342,55 +389,9 @@ class _Written:
         return result
 
 
-def _files_in(actions: pa.Table, column: str, values: Sequence[Any]) -> pa.Table:
-    """The add actions (flattened) whose partition ``column`` is one of ``values`` (compared as text)."""
-    if not actions.num_rows:
-        return actions
-    wanted = {str(v) for v in values}
-    keep = [str(v) in wanted for v in actions.column(f"partition.{column}").to_pylist()]
-    return actions.filter(pa.array(keep, pa.bool_()))
-
-
-def _appended_files(table_uri: str, since_version: int, until_version: int,
-                    partition_by: Sequence[str]) -> pa.Table | None:
-    """The files added by commits ``since_version``..``until_version`` if those commits only appended data.
-
-    Read from the commit files in ``_delta_log``. None (use the change feed) when a commit in
-    the range removed data, wrote change-data files, or changed the schema or protocol after
-    the table's creation, or when a commit file is gone (log cleanup).
-    """
-    fs, root = filesystem_for(table_uri.rstrip("/"))
-    paths: list[str] = []
-    values: dict[str, list[str | None]] = {c: [] for c in partition_by}
-    for version in range(since_version, until_version + 1):
-        try:
-            with fs.open_input_stream(f"{root}/_delta_log/{version:020d}.json") as handle:
-                lines = handle.read().decode("utf-8").splitlines()
-        except OSError:  # not found (the log was cleaned up) or unreadable: the change feed decides
-            return None
-        for line in filter(None, lines):
-            action = json.loads(line)
-            if "add" in action:
-                add = action["add"]
-                if add.get("dataChange", True):  # dataChange false: a compaction's rewrite of rows already there
-                    paths.append(unquote(add["path"]))
-                    for column in partition_by:
-                        values[column].append(add.get("partitionValues", {}).get(column))
-            elif _changes_more_than_appends(action, version):
-                return None
-    return pa.table({"path": pa.array(paths, pa.string()),
-                     **{f"partition.{c}": pa.array(v, pa.string()) for c, v in values.items()}})
-
-
-def _changes_more_than_appends(action: dict[str, Any], version: int) -> bool:
-    """A removal of data, change-data files, or a schema or protocol change after creation."""
-    removes = "remove" in action and action["remove"].get("dataChange", True)
-    return bool(removes or "cdc" in action or (("metaData" in action or "protocol" in action) and version > 0))
-
-
-def _text(value: Any) -> str | None:
-    """A partition value as the Delta log stores it."""
-    return None if value is None else str(value)
+def _write_folder() -> str:
+    """A fresh folder name for one write (files stay invisible until committed)."""
+    return f"w{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
 
 
 def _delete_quietly(fs: Any, folder: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 from pyspark.sql import functions as F
@@ -203,3 +205,45 @@ def _stat_json(value: Any, upper: bool = False) -> Any:
     if isinstance(value, str):
         return value if len(value) <= MAX_STAT_STRING else None
     return None
+
+
+def read_files_arrow(fs: pafs.FileSystem, table_path: str, rel_paths: Sequence[str],
+                     partition_values: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
+    """Data files of a table read on the driver into one Arrow table of ``schema``.
+
+    Args:
+        fs: The table's filesystem.
+        table_path: The table root on ``fs``.
+        rel_paths: Files relative to the root (decoded, as in add actions).
+        partition_values: Per partition column, each file's value (text or typed; None: null).
+        schema: The table's schema; data columns are cast to it.
+
+    """
+    parts = []
+    for i, rel in enumerate(rel_paths):
+        data = pq.read_table(f"{table_path.rstrip('/')}/{rel}", filesystem=fs)
+        columns = []
+        for field in schema:
+            if field.name in partition_values:
+                value = partition_values[field.name][i]
+                text = pa.array([None if value is None else str(value)] * data.num_rows, pa.string())
+                columns.append(text.cast(field.type))
+            else:
+                columns.append(data.column(field.name).cast(field.type))
+        parts.append(pa.Table.from_arrays(columns, schema=schema))
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def write_arrow_files(fs: pafs.FileSystem, folder: str, table: pa.Table, partition_by: Sequence[str]) -> None:
+    """Write ``table`` as one Parquet file per partition below ``folder`` (Hive layout, as Spark does)."""
+    data_columns = [n for n in table.column_names if n not in partition_by]
+    groups = table.group_by(list(partition_by)).aggregate([]) if partition_by else pa.table({})
+    for values in groups.to_pylist() if partition_by else [{}]:
+        rows = table
+        for column, value in values.items():
+            rows = rows.filter(pc.is_null(rows.column(column)) if value is None
+                               else pc.equal(rows.column(column), pa.scalar(value, rows.schema.field(column).type)))
+        segments = [f"{c}={HIVE_NULL if v is None else quote(str(v), safe='')}" for c, v in values.items()]
+        target = "/".join([folder.rstrip("/"), *segments, f"part-00000-{uuid.uuid4().hex}.snappy.parquet"])
+        fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        pq.write_table(rows.select(data_columns), target, filesystem=fs, compression="snappy")

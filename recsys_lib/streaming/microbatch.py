@@ -46,7 +46,8 @@ from recsys_lib.features import entities, fold
 from recsys_lib.features.definitions import BUCKET, Entity
 from recsys_lib.features.layers import PENDING, as_pending, compact_pending, overlay, table_spec
 from recsys_lib.ingest.commit import ingest_frame
-from recsys_lib.lake import Lake, LakeConflictError
+from recsys_lib.features.local import fold_local, overlay_local
+from recsys_lib.lake import CommitResult, Lake, LakeConflictError
 from recsys_lib.lake.files import filesystem_for
 from recsys_lib.streaming.faults import fault_point
 
@@ -153,23 +154,17 @@ def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version
         covered = covered_events_version(lake, entity.table)
         if covered >= events_version:
             return {"skipped": True, "version": table_version, "covered_events_version": covered}
-        new = events_between(lake, covered + 1, events_version)
-        batch_state = fold(new, entity, cfg.features, updated_at=now).persist()  # read twice by overlay
-        pending = lake.read(entity.table, version=table_version, partitions=(BUCKET, [PENDING]))
-        contents = as_pending(overlay(pending, batch_state, entity, cfg.features, updated_at=now)).coalesce(1)
         meta = {"job": "stream", "events_version": events_version, "from_events_version": covered + 1,
                 "batch_id": batch_id}
         try:
-            result = lake.replace_partitions(spec, contents, BUCKET, [PENDING], read_version=table_version,
-                                             metadata=meta)
+            result, engine = _merge_pending(lake, cfg, entity, covered + 1, events_version, table_version, now, meta)
         except LakeConflictError as exc:
             log.warning("feature merge into %s conflicted (attempt %d), recomputing: %s", entity.table,
                         attempt + 1, exc)
             continue
-        finally:
-            batch_state.unpersist()
         report: dict[str, Any] = {"skipped": False, "version": result.version, "pending_rows": result.rows,
-                  "covered_events_version": events_version, "folded_from": covered + 1}
+                                  "covered_events_version": events_version, "folded_from": covered + 1,
+                                  "engine": engine}
         if result.rows > cfg.streaming.pending_max_rows:
             fault_point("before_pending_compaction")
             try:
@@ -180,3 +175,30 @@ def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version
         return report
     raise LakeConflictError(f"feature merge into '{entity.table}' kept conflicting with concurrent writers "
                             f"after {cfg.lake.commit_retries + 1} attempts")
+
+
+def _merge_pending(lake: Lake, cfg: RecsysConfig, entity: Entity, first: int, last: int, table_version: int,
+                   now: datetime, meta: dict[str, Any]) -> tuple[CommitResult, str]:
+    """Fold ``events`` versions ``first``..``last`` into the pending layer read at ``table_version``; commit.
+
+    Up to ``streaming.local_max_events`` new events, on the driver (:mod:`recsys_lib.features.local`);
+    more, with Spark. Returns the commit and the engine used (``local`` or ``spark``).
+    """
+    spec = table_spec(entity)
+    limit = cfg.streaming.local_max_events
+    new_local = lake.inserted_arrow(EVENTS_TABLE, first, last, max_rows=limit) if limit else None
+    if new_local is not None:
+        state = fold_local(new_local, entity, cfg.features, now)
+        pending_local = lake.read_arrow(entity.table, version=table_version, partitions=(BUCKET, [PENDING]))
+        contents_local = overlay_local(pending_local, state, entity, cfg.features, now)
+        return lake.replace_partitions_arrow(spec, contents_local, BUCKET, [PENDING], read_version=table_version,
+                                             metadata=meta), "local"
+    new = events_between(lake, first, last)
+    batch_state = fold(new, entity, cfg.features, updated_at=now).persist()  # read twice by overlay
+    try:
+        pending = lake.read(entity.table, version=table_version, partitions=(BUCKET, [PENDING]))
+        contents = as_pending(overlay(pending, batch_state, entity, cfg.features, updated_at=now)).coalesce(1)
+        return lake.replace_partitions(spec, contents, BUCKET, [PENDING], read_version=table_version,
+                                       metadata=meta), "spark"
+    finally:
+        batch_state.unpersist()

@@ -18,9 +18,11 @@ pytestmark = pytest.mark.spark
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("pending_max_rows", [250_000, 0], ids=["pending-kept", "compact-every-batch"])
-def test_batches_then_refresh_agree_and_replays_are_skipped(spark, lake, cfg, tmp_path, pending_max_rows):
-    cfg = cfg.model_copy(update={"streaming": cfg.streaming.model_copy(update={"pending_max_rows": pending_max_rows})})
+@pytest.mark.parametrize(("pending_max_rows", "engine"), [(250_000, "local"), (0, "local"), (250_000, "spark")],
+                         ids=["pending-kept", "compact-every-batch", "spark-engine"])
+def test_batches_then_refresh_agree_and_replays_are_skipped(spark, lake, cfg, tmp_path, pending_max_rows, engine):
+    streaming = {"pending_max_rows": pending_max_rows, "local_max_events": 200_000 if engine == "local" else 0}
+    cfg = cfg.model_copy(update={"streaming": cfg.streaming.model_copy(update=streaming)})
     b0 = [raw_line("e1", "u1", "view", "2024-01-01T10:00:00Z"), raw_line("e2", "u1", "click", "2024-01-01T10:05:00Z"),
           raw_line("e3", "u2", "view", "2024-01-01T09:00:00Z", "i2", "c2", 4.5), "garbage"]
     b1 = [raw_line("e4", "u1", "purchase", "2024-01-01T10:30:00Z", price=9.5),
@@ -32,6 +34,7 @@ def test_batches_then_refresh_agree_and_replays_are_skipped(spark, lake, cfg, tm
     r1 = process_batch(spark, lake, cfg, read_raw(spark, str(tmp_path / "b1")), query="q", batch_id=1, now=NOW)
     assert (r0.new_events, r0.quarantined, r1.new_events, r1.duplicates) == (3, 1, 2, 1)
     assert 0 <= r1.freshness_lag_min_s <= r1.freshness_lag_max_s < 600
+    assert {info["engine"] for info in r1.tables.values()} == {engine}
     versions = {t: lake.version(t) for t in ("events", "user_features", "item_features")}
     replay = process_batch(spark, lake, cfg, read_raw(spark, str(tmp_path / "b1")), query="q", batch_id=1, now=NOW)
     assert all(info["skipped"] for info in replay.tables.values())

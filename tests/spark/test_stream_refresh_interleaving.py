@@ -81,18 +81,21 @@ def test_refresh_committing_during_a_merge_forces_a_recompute(spark, lake, cfg, 
     _ingest(spark, lake, cfg, drops[0], 0)
     update_features(spark, lake, cfg, now=NOW)
     _ingest(spark, lake, cfg, drops[1], 1)
-    real_replace = lake.replace_partitions
     refreshed = []
     lock = threading.Lock()  # the tables merge concurrently: every commit waits for the one refresh
 
-    def replace_after_a_concurrent_refresh(*args, **kwargs):
-        with lock:
-            if not refreshed:
-                refreshed.append(True)
-                run_refresh(spark, lake, cfg)  # lands after the stream computed its merge, before it commits
-        return real_replace(*args, **kwargs)
+    def after_a_concurrent_refresh(real):
+        def replace(*args, **kwargs):
+            with lock:
+                if not refreshed:
+                    refreshed.append(True)
+                    run_refresh(spark, lake, cfg)  # lands after the stream computed its merge, before it commits
+            return real(*args, **kwargs)
+        return replace
 
-    monkeypatch.setattr(lake, "replace_partitions", replace_after_a_concurrent_refresh)
+    # the Spark engine commits through replace_partitions, the driver-local one through its Arrow twin
+    for name in ("replace_partitions", "replace_partitions_arrow"):
+        monkeypatch.setattr(lake, name, after_a_concurrent_refresh(getattr(lake, name)))
     tables = update_features(spark, lake, cfg, now=NOW)
     monkeypatch.undo()
     assert refreshed

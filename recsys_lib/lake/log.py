@@ -1,0 +1,67 @@
+"""Reading a Delta log directly: add actions by partition, and the files a range of commits appended."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import unquote
+
+import pyarrow as pa
+
+from recsys_lib.lake.files import filesystem_for
+
+
+def files_in(actions: pa.Table, column: str, values: Sequence[Any]) -> pa.Table:
+    """The add actions (flattened) whose partition ``column`` is one of ``values`` (compared as text)."""
+    if not actions.num_rows:
+        return actions
+    wanted = {str(v) for v in values}
+    keep = [str(v) in wanted for v in actions.column(f"partition.{column}").to_pylist()]
+    return actions.filter(pa.array(keep, pa.bool_()))
+
+
+def appended_files(table_uri: str, since_version: int, until_version: int,
+                   partition_by: Sequence[str]) -> pa.Table | None:
+    """The files added by commits ``since_version``..``until_version`` if those commits only appended data.
+
+    Columns ``path``, ``num_records`` (null where a file has no statistics) and
+    ``partition.<column>``. Read from the commit files in ``_delta_log``. None (use
+    the change feed) when a commit in the range removed data, wrote change-data
+    files, or changed the schema or protocol after the table's creation, or when a
+    commit file is gone (log cleanup).
+    """
+    fs, root = filesystem_for(table_uri.rstrip("/"))
+    paths: list[str] = []
+    records: list[int | None] = []
+    values: dict[str, list[str | None]] = {c: [] for c in partition_by}
+    for version in range(since_version, until_version + 1):
+        try:
+            with fs.open_input_stream(f"{root}/_delta_log/{version:020d}.json") as handle:
+                lines = handle.read().decode("utf-8").splitlines()
+        except OSError:  # not found (the log was cleaned up) or unreadable: the change feed decides
+            return None
+        for line in filter(None, lines):
+            action = json.loads(line)
+            if "add" in action:
+                add = action["add"]
+                if add.get("dataChange", True):  # dataChange false: a compaction's rewrite of rows already there
+                    paths.append(unquote(add["path"]))
+                    records.append(json.loads(add.get("stats") or "{}").get("numRecords"))
+                    for column in partition_by:
+                        values[column].append(add.get("partitionValues", {}).get(column))
+            elif _changes_more_than_appends(action, version):
+                return None
+    return pa.table({"path": pa.array(paths, pa.string()), "num_records": pa.array(records, pa.int64()),
+                     **{f"partition.{c}": pa.array(v, pa.string()) for c, v in values.items()}})
+
+
+def _changes_more_than_appends(action: dict[str, Any], version: int) -> bool:
+    """A removal of data, change-data files, or a schema or protocol change after creation."""
+    removes = "remove" in action and action["remove"].get("dataChange", True)
+    return bool(removes or "cdc" in action or (("metaData" in action or "protocol" in action) and version > 0))
+
+
+def partition_text(value: Any) -> str | None:
+    """A partition value as the Delta log stores it."""
+    return None if value is None else str(value)
