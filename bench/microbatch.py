@@ -30,6 +30,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from recsys_lib.core.config import load_config
+    from recsys_lib.ingest.local_dedup import StoredKeys
     from recsys_lib.ingest.validate import read_raw
     from recsys_lib.pipelines.context import start
     from recsys_lib.streaming.microbatch import process_batch
@@ -41,6 +42,7 @@ def main() -> None:
     ctx = start(load_config(overrides=[f"home={home}", f"spark.master={args.master}"]))
     tracker = ctx.spark.sparkContext.statusTracker()
     measured = []
+    stored = StoredKeys(ctx.lake)  # kept between batches, as the stream keeps it
     for n in range(args.warmup + args.batches):
         folder = inbox / f"b{n:04d}"
         folder.mkdir(parents=True)
@@ -48,7 +50,7 @@ def main() -> None:
         jobs_before = len(tracker.getJobIdsForGroup(None))
         started = time.monotonic()
         report = process_batch(ctx.spark, ctx.lake, ctx.cfg, read_raw(ctx.spark, str(folder)), query="bench",
-                               batch_id=n)
+                               batch_id=n, stored=stored)
         row = {"batch": n, "seconds": round(time.monotonic() - started, 3), "merge_seconds": report.merge_seconds,
                "ingest_stage_seconds": report.ingest_stage_seconds, "new_events": report.new_events,
                "spark_jobs": len(tracker.getJobIdsForGroup(None)) - jobs_before}

@@ -10,11 +10,13 @@ committed are checked against the counts afterwards.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -29,8 +31,11 @@ from recsys_lib.core.schema import (
     QUARANTINE_TABLE,
 )
 from recsys_lib.ingest.dedup import DUPLICATE_STATUSES, Status, label
+from recsys_lib.ingest.local_dedup import StoredKeys, label_local
+from recsys_lib.ingest.local_validate import classify_local, event_date
 from recsys_lib.ingest.validate import classify
-from recsys_lib.lake import Lake, TableSpec
+from recsys_lib.lake import CommitResult, Lake, TableSpec
+from recsys_lib.lake.files import spark_to_arrow
 
 EVENTS_SPEC = TableSpec(EVENTS_TABLE, EVENTS_SCHEMA, EVENTS_PARTITION_BY)
 QUARANTINE_SPEC = TableSpec(QUARANTINE_TABLE, QUARANTINE_SCHEMA, QUARANTINE_PARTITION_BY)
@@ -97,15 +102,8 @@ def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFr
     labelled = labelled.persist(StorageLevel.MEMORY_AND_DISK)
     batch = batch_id if app_id else None
     try:
-        counts = _count(labelled)
+        summary = _reconciled(run_id, source, input_records, _count(labelled))
         stages.lap("parse_validate_dedupe")
-        summary = _summarise(run_id, source, input_records, counts)
-        if not summary.balanced:
-            raise IngestError(
-                f"ingest {run_id}: counts do not reconcile: {input_records} input records but "
-                f"{summary.valid} valid + {summary.quarantined} quarantined + {summary.duplicates} "
-                "duplicates; nothing was committed"
-            )
         ingested_at = F.lit(now).cast("timestamp")
         meta = {"run_id": run_id, "input": source}
         events = _events_rows(labelled, run_id, ingested_at)
@@ -117,9 +115,70 @@ def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFr
         stages.lap("write_commit_quarantine")
     finally:
         labelled.unpersist()
+    return _committed(summary, ev, qv, started, stages)
+
+
+def ingest_arrow(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: pa.Table, stored: StoredKeys, *,
+                 run_id: str, source: str, now: datetime, app_id: str | None = None,
+                 batch_id: int | None = None) -> IngestSummary:
+    """:func:`ingest_frame` for a small batch of lines already on the driver (an Arrow table).
+
+    Validated by :func:`~recsys_lib.ingest.local_validate.classify_local` (lines it is not
+    sure of go to Spark's ``classify``), deduplicated against ``stored``, and committed
+    from the driver. Same results, same app transactions, same checks.
+    """
+    started = time.monotonic()
+    lake.create(EVENTS_SPEC)
+    lake.create(QUARANTINE_SPEC)
+    stages = _Stopwatch()
+    stages.lap("count_input")
+    ic = cfg.ingest
+
+    def spark_classify(lines: pa.Table) -> pa.Table:
+        return classify(spark.createDataFrame(lines), max_line_bytes=ic.max_line_bytes,
+                        max_future_skew_s=ic.max_future_skew, now=now, allowed_lateness_s=ic.allowed_lateness).toArrow()
+
+    classified, _ = classify_local(raw, max_line_bytes=ic.max_line_bytes, max_future_skew_s=ic.max_future_skew,
+                                   now=now, allowed_lateness_s=ic.allowed_lateness, fallback=spark_classify)
+    rows = label_local(classified, stored)
+    counts = Counter((r["status"], f"{r['reason']}:{r['reason_field']}" if r["reason_field"] else r["reason"])
+                     for r in rows)
+    summary = _reconciled(run_id, source, raw.num_rows, counts)
+    stages.lap("parse_validate_dedupe")
+    meta = {"run_id": run_id, "input": source}
+    batch = batch_id if app_id else None
+    stamp = {"ingest_run_id": run_id, "ingested_at": now}
+    events = [{**r, **stamp, "event_date": event_date(r["event_ts"])} for r in rows if r["status"] == Status.NEW.value]
+    ev = lake.append_arrow(EVENTS_SPEC, pa.Table.from_pylist(events, spark_to_arrow(EVENTS_SCHEMA)), metadata=meta,
+                           app_id=txn_app(app_id, EVENTS_TABLE), batch_id=batch)
+    stages.lap("write_commit_events")
+    lines = [{**r, **stamp, "raw": r["value"], "ingest_date": event_date(now)} for r in rows
+             if r["status"] == Status.QUARANTINED.value]
+    qv = lake.append_arrow(QUARANTINE_SPEC, pa.Table.from_pylist(lines, spark_to_arrow(QUARANTINE_SCHEMA)),
+                           metadata=meta, app_id=txn_app(app_id, QUARANTINE_TABLE), batch_id=batch)
+    stages.lap("write_commit_quarantine")
+    return _committed(summary, ev, qv, started, stages)
+
+
+def _reconciled(run_id: str, source: str, input_records: int,
+                counts: Mapping[tuple[str, str | None], int]) -> IngestSummary:
+    """The summary of the counts; raises before anything is committed if they do not balance."""
+    summary = _summarise(run_id, source, input_records, counts)
+    if not summary.balanced:
+        raise IngestError(
+            f"ingest {run_id}: counts do not reconcile: {input_records} input records but "
+            f"{summary.valid} valid + {summary.quarantined} quarantined + {summary.duplicates} "
+            "duplicates; nothing was committed"
+        )
+    return summary
+
+
+def _committed(summary: IngestSummary, ev: CommitResult, qv: CommitResult, started: float,
+               stages: _Stopwatch) -> IngestSummary:
+    """The summary completed with the two commits, after checking they hold the rows counted."""
     if (not ev.skipped and ev.rows != summary.valid) or (not qv.skipped and qv.rows != summary.quarantined):
         raise IngestError(
-            f"ingest {run_id}: committed {ev.rows} events and {qv.rows} quarantined lines, "
+            f"ingest {summary.run_id}: committed {ev.rows} events and {qv.rows} quarantined lines, "
             f"but counted {summary.valid} and {summary.quarantined}"
         )
     summary.events_version = ev.version

@@ -182,17 +182,25 @@ class Lake(ABC):
         """
 
     def read_arrow(self, name: str, *, version: int | None = None,
-                   partitions: tuple[str, Sequence[Any]] | None = None) -> pa.Table:
-        """Like :meth:`read`, into an Arrow table on the driver: for small tables and partitions only."""
-        return self.read(name, version=version, partitions=partitions).toArrow()
+                   partitions: tuple[str, Sequence[Any]] | None = None,
+                   columns: Sequence[str] | None = None) -> pa.Table:
+        """Like :meth:`read`, into an Arrow table on the driver: small tables, partitions or columns only."""
+        df = self.read(name, version=version, partitions=partitions)
+        return (df.select(*columns) if columns is not None else df).toArrow()
 
     def inserted_arrow(self, name: str, since_version: int, until_version: int, *,
-                       max_rows: int) -> pa.Table | None:
+                       max_rows: int, columns: Sequence[str] | None = None) -> pa.Table | None:
         """Like :meth:`inserted`, on the driver, or None when the range holds more than ``max_rows`` rows.
 
         None also when the engine cannot tell cheaply (the caller then uses Spark).
         """
         return None
+
+    def append_arrow(self, spec: TableSpec, table: pa.Table, *, app_id: str | None = None,
+                     batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        """:meth:`append` of a small Arrow table that the driver writes."""
+        return self.append(spec, self.spark.createDataFrame(table), app_id=app_id, batch_id=batch_id,
+                           metadata=metadata)
 
     def replace_partitions_arrow(self, spec: TableSpec, table: pa.Table, column: str, values: Sequence[Any], *,
                                  read_version: int, metadata: Mapping[str, Any] | None = None) -> CommitResult:

@@ -92,13 +92,17 @@ class DeltaRsLake(Lake):
                   batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
         return self._write_files(spec, df, "overwrite", app_id, batch_id, metadata)
 
-    def _write_files(self, spec: TableSpec, df: DataFrame, mode: str, app_id: str | None,
+    def append_arrow(self, spec: TableSpec, table: pa.Table, *, app_id: str | None = None,
+                     batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        return self._write_files(spec, lambda: self._write_arrow(spec, table), "append", app_id, batch_id, metadata)
+
+    def _write_files(self, spec: TableSpec, df: DataFrame | Callable[[], _Written], mode: str, app_id: str | None,
                      batch_id: int | None, metadata: Mapping[str, Any] | None) -> CommitResult:
         self.create(spec)
         done = self._already_committed(spec.name, app_id, batch_id)
         if done is not None:
             return done
-        written = self._write_parquet(spec, df)
+        written = df() if callable(df) else self._write_parquet(spec, df)
         if not written.adds and mode == "append" and app_id is None:
             written.discard()
             return CommitResult(version=self.version(spec.name), skipped=True)
@@ -273,15 +277,16 @@ class DeltaRsLake(Lake):
         return self._files_df(table, actions)
 
     def read_arrow(self, name: str, *, version: int | None = None,
-                   partitions: tuple[str, Sequence[Any]] | None = None) -> pa.Table:
+                   partitions: tuple[str, Sequence[Any]] | None = None,
+                   columns: Sequence[str] | None = None) -> pa.Table:
         table = self._table(name, version=version)
         actions = pa.table(table.get_add_actions(flatten=True))
         if partitions is not None:
             actions = files_in(actions, *partitions)
-        return self._files_arrow(table, actions)
+        return self._files_arrow(table, actions, columns)
 
     def inserted_arrow(self, name: str, since_version: int, until_version: int, *,
-                       max_rows: int) -> pa.Table | None:
+                       max_rows: int, columns: Sequence[str] | None = None) -> pa.Table | None:
         table = self._table(name, version=until_version)
         actions = appended_files(table.table_uri, since_version, until_version,
                                  list(table.metadata().partition_columns))
@@ -289,15 +294,15 @@ class DeltaRsLake(Lake):
             return None
         if sum(actions.column("num_records").to_pylist()) > max_rows:
             return None
-        return self._files_arrow(table, actions)
+        return self._files_arrow(table, actions, columns)
 
-    def _files_arrow(self, table: DeltaTable, actions: pa.Table) -> pa.Table:
+    def _files_arrow(self, table: DeltaTable, actions: pa.Table, columns: Sequence[str] | None = None) -> pa.Table:
         """The files named by ``actions`` read on the driver, in the table's schema."""
         schema = spark_to_arrow(arrow_to_spark(pa.schema(table.schema().to_arrow())))
         partition_by = list(table.metadata().partition_columns)
         fs, table_path = filesystem_for(table.table_uri.rstrip("/"))
         values = {c: actions.column(f"partition.{c}").to_pylist() for c in partition_by}
-        return read_files_arrow(fs, table_path, actions.column("path").to_pylist(), values, schema)
+        return read_files_arrow(fs, table_path, actions.column("path").to_pylist(), values, schema, columns)
 
     def inserted(self, name: str, since_version: int, until_version: int) -> DataFrame:
         """Append-only ranges are read by Spark straight from the added files; others through the change feed."""

@@ -208,7 +208,8 @@ def _stat_json(value: Any, upper: bool = False) -> Any:
 
 
 def read_files_arrow(fs: pafs.FileSystem, table_path: str, rel_paths: Sequence[str],
-                     partition_values: dict[str, list[Any]], schema: pa.Schema) -> pa.Table:
+                     partition_values: dict[str, list[Any]], schema: pa.Schema,
+                     columns: Sequence[str] | None = None) -> pa.Table:
     """Data files of a table read on the driver into one Arrow table of ``schema``.
 
     Args:
@@ -217,11 +218,15 @@ def read_files_arrow(fs: pafs.FileSystem, table_path: str, rel_paths: Sequence[s
         rel_paths: Files relative to the root (decoded, as in add actions).
         partition_values: Per partition column, each file's value (text or typed; None: null).
         schema: The table's schema; data columns are cast to it.
+        columns: Read only these columns (default: all).
 
     """
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns])
+    data_columns = [f.name for f in schema if f.name not in partition_values]
     parts = []
     for i, rel in enumerate(rel_paths):
-        data = pq.read_table(f"{table_path.rstrip('/')}/{rel}", filesystem=fs)
+        data = pq.read_table(f"{table_path.rstrip('/')}/{rel}", filesystem=fs, columns=data_columns)
         columns = []
         for field in schema:
             if field.name in partition_values:

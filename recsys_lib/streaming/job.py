@@ -18,6 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_lib.core.config import RecsysConfig
+from recsys_lib.ingest.local_dedup import StoredKeys
 from recsys_lib.ingest.validate import RAW_FILE_GLOB
 from recsys_lib.lake import Lake
 from recsys_lib.streaming.faults import fault_point
@@ -56,9 +57,11 @@ def run_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     checkpoint = cfg.checkpoint_dir
     status_path = Path(checkpoint) / STATUS_FILE if "://" not in checkpoint else None
     reports: list[dict[str, Any]] = []
+    stored = StoredKeys(lake)  # the stored event ids, kept between micro-batches
 
     def on_batch(batch: DataFrame, batch_id: int) -> None:
-        report = process_batch(spark, lake, cfg, batch, query=cfg.streaming.query_name, batch_id=batch_id)
+        report = process_batch(spark, lake, cfg, batch, query=cfg.streaming.query_name, batch_id=batch_id,
+                               stored=stored)
         record = report.to_json()
         reports.append(record)
         log.info("batch %d: %d in, %d new, %d quarantined, %d duplicates, merge %.2fs", batch_id,

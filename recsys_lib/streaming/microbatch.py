@@ -45,8 +45,9 @@ from recsys_lib.core.schema import EVENTS_SCHEMA, EVENTS_TABLE
 from recsys_lib.features import entities, fold
 from recsys_lib.features.definitions import BUCKET, Entity
 from recsys_lib.features.layers import PENDING, as_pending, compact_pending, overlay, table_spec
-from recsys_lib.ingest.commit import ingest_frame
 from recsys_lib.features.local import fold_local, overlay_local
+from recsys_lib.ingest.commit import ingest_arrow, ingest_frame
+from recsys_lib.ingest.local_dedup import StoredKeys
 from recsys_lib.lake import CommitResult, Lake, LakeConflictError
 from recsys_lib.lake.files import filesystem_for
 from recsys_lib.streaming.faults import fault_point
@@ -79,14 +80,27 @@ class BatchReport:
 
 
 def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFrame, *, query: str,
-                  batch_id: int, now: datetime | None = None) -> BatchReport:
-    """Apply one micro-batch of raw lines (columns ``value``, ``source_file``)."""
+                  batch_id: int, now: datetime | None = None, stored: StoredKeys | None = None) -> BatchReport:
+    """Apply one micro-batch of raw lines (columns ``value``, ``source_file``).
+
+    A batch of up to ``streaming.local_max_events`` lines is ingested on the driver
+    (:func:`~recsys_lib.ingest.commit.ingest_arrow`), deduplicated against ``stored``
+    (which a long-running stream keeps between batches; None: read afresh); a larger
+    one by Spark (:func:`~recsys_lib.ingest.commit.ingest_frame`).
+    """
     started = time.monotonic()
     now = now or datetime.now(UTC)
     app = f"stream-{query}"
-    arrivals = _arrival_times([r[0] for r in raw.select("source_file").distinct().collect()])
-    summary = ingest_frame(spark, lake, cfg, raw, run_id=f"{app}-{batch_id}", source=f"stream:{query}", now=now,
-                           app_id=app, batch_id=batch_id)
+    limit = cfg.streaming.local_max_events
+    lines = raw.limit(limit + 1).toArrow() if limit else None
+    common: dict[str, Any] = {"run_id": f"{app}-{batch_id}", "source": f"stream:{query}", "now": now,
+                              "app_id": app, "batch_id": batch_id}
+    if lines is not None and lines.num_rows <= limit:
+        arrivals = _arrival_times(sorted(set(lines.column("source_file").to_pylist())))
+        summary = ingest_arrow(spark, lake, cfg, lines, stored or StoredKeys(lake), **common)
+    else:
+        arrivals = _arrival_times([r[0] for r in raw.select("source_file").distinct().collect()])
+        summary = ingest_frame(spark, lake, cfg, raw, **common)
     fault_point("after_ingest_commit")
     report = BatchReport(query=query, batch_id=batch_id, rows_in=summary.input_records, new_events=summary.valid,
                          quarantined=summary.quarantined, duplicates=summary.duplicates,

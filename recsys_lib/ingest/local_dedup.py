@@ -1,0 +1,112 @@
+"""Deduplication of a small batch on the driver: :func:`recsys_lib.ingest.dedup.label` in Python.
+
+Same keys, same choice of the record kept (first by source file, then by Spark's
+``xxhash64`` of the raw text), same statuses. The stored keys come from
+:class:`StoredKeys`, which a long-running stream keeps between micro-batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from recsys_lib.core.schema import EVENTS_TABLE, QUARANTINE_TABLE
+from recsys_lib.ingest.dedup import Status
+from recsys_lib.lake import Lake
+
+#: Spark's ``xxhash64`` seed.
+_SPARK_XXHASH_SEED = 42
+_ALL_ROWS = 2 ** 62
+
+
+class StoredKeys:
+    """The event ids stored in ``events`` and the record keys in ``events_quarantine``.
+
+    Read once (one column per table), then extended by the files each later commit
+    appended; a commit that did more than append (a rewrite, a schema change) reloads
+    the column. Always exact for the tables' versions at the time of the lookup.
+    A 10M-event table costs about 160 MB and 1.4 s to load; a lookup scans it once
+    (about 0.2 s at 10M, here).
+    """
+
+    _COLUMNS = {EVENTS_TABLE: "event_id", QUARANTINE_TABLE: "record_key"}
+
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+        self._cache: dict[str, tuple[int, list[pa.ChunkedArray]]] = {}
+
+    def _keys(self, table: str) -> list[pa.ChunkedArray]:
+        column = self._COLUMNS[table]
+        version = self.lake.version(table)
+        cached = self._cache.get(table)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        keys = None
+        if cached is not None and cached[0] < version:
+            added = self.lake.inserted_arrow(table, cached[0] + 1, version, max_rows=_ALL_ROWS, columns=[column])
+            if added is not None:
+                keys = [*cached[1], added.column(column)]
+        if keys is None:
+            keys = [self.lake.read_arrow(table, version=version, columns=[column]).column(column)]
+        self._cache[table] = (version, keys)
+        return keys
+
+    def existing(self, table: str, candidates: Iterable[str]) -> set[str]:
+        """The ``candidates`` already stored in ``table``."""
+        wanted = pa.array(sorted(set(candidates)), pa.string())
+        if not len(wanted):
+            return set()
+        found: set[str] = set()
+        for keys in self._keys(table):
+            found.update(pc.filter(keys, pc.is_in(keys, value_set=wanted)).to_pylist())
+        return found
+
+
+def quarantine_key(source_file: str, value: str | None) -> str:
+    """:func:`recsys_lib.ingest.dedup.quarantine_key` for one line."""
+    return hashlib.sha256(f"{source_file}\u0001{value or ''}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def spark_xxhash64(text: str | None) -> int:
+    """Spark's ``xxhash64`` of a string (seed 42; null hashes to the seed)."""
+    if text is None:
+        return _SPARK_XXHASH_SEED
+    unsigned = xxhash.xxh64_intdigest(text.encode("utf-8", "surrogatepass"), seed=_SPARK_XXHASH_SEED)
+    return unsigned - (1 << 64) if unsigned >= (1 << 63) else unsigned
+
+
+def label_local(classified: pa.Table, stored: StoredKeys) -> list[dict]:
+    """Classified lines as rows with ``record_key`` and ``status`` added.
+
+    Args:
+        classified: Output of :func:`~recsys_lib.ingest.local_validate.classify_local`.
+        stored: The keys already in the lake.
+
+    """
+    rows = classified.to_pylist()
+    best: dict[str, tuple[tuple[str, int], int]] = {}
+    for i, row in enumerate(rows):
+        valid = row["reason"] is None
+        row["record_key"] = row["event_id"] if valid else quarantine_key(row["source_file"], row["value"])
+        key = ("e:" if valid else "q:") + row["record_key"]
+        order = (row["source_file"], spark_xxhash64(row["value"]))
+        if key not in best or order < best[key][0]:
+            best[key] = (order, i)
+    kept = {i for _, i in best.values()}
+    existing_events = stored.existing(EVENTS_TABLE, (r["record_key"] for r in rows if r["reason"] is None))
+    existing_lines = stored.existing(QUARANTINE_TABLE, (r["record_key"] for r in rows if r["reason"] is not None))
+    for i, row in enumerate(rows):
+        valid = row["reason"] is None
+        if i not in kept:
+            row["status"] = Status.DUPLICATE_IN_BATCH.value
+        elif valid and row["record_key"] in existing_events:
+            row["status"] = Status.DUPLICATE_EXISTING.value
+        elif not valid and row["record_key"] in existing_lines:
+            row["status"] = Status.ALREADY_QUARANTINED.value
+        else:
+            row["status"] = (Status.NEW if valid else Status.QUARANTINED).value
+    return rows

@@ -1,0 +1,139 @@
+"""Driver-local ingestion (classify, label, commit) against Spark's, line for line and table for table."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pytest
+
+from recsys_lib.core.config import load_config
+from recsys_lib.datagen.synthetic import GeneratorSpec, generate
+from recsys_lib.ingest.commit import ingest_arrow, ingest_frame
+from recsys_lib.ingest.local_dedup import StoredKeys, spark_xxhash64
+from recsys_lib.ingest.local_validate import classify_local
+from recsys_lib.ingest.validate import classify, read_raw
+from recsys_lib.lake import DeltaRsLake
+
+pytestmark = pytest.mark.spark
+
+NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+HEAD = '"event_id":"e1","user_id":"u1","event_type":"view","item_id":"i1"'
+
+
+def _line(ts='"2024-05-01T10:00:00Z"', extra=""):
+    return "{" + HEAD + f',"event_ts":{ts}{extra}' + "}"
+
+
+TRICKY = [
+    _line(), _line("1714557600000"), _line('"1714557600000"'), _line('" 1714557600000 "'),
+    _line('"2024-05-01T10:00:00+05:30"'), _line('"2024-05-01T10:00:00.123456Z"'), _line('"2024-05-01T10:00:00.5-03:00"'),
+    _line('"2024-05-01T10:00:00.123456789Z"'), _line('"2024-05-01 10:00:00Z"'), _line('"2024-05-01T10:00Z"'),
+    _line('"2024-05-01T10:00:00z"'), _line('"2024-05-01T10:00:00+0530"'), _line('"2024-05-01T10:00:00"'),
+    _line('"2024-13-01T10:00:00Z"'), _line('"2024-02-30T10:00:00Z"'), _line('"2024-05-01T24:00:00Z"'),
+    _line('"2024-05-01T10:00:00+19:00"'), _line('"yesterday"'), _line('""'), _line("null"), _line("true"),
+    _line("1.5e12"), _line('{"a":1}'), _line("[1]"), _line('"2024-06-01T13:00:01Z"'),
+    _line(extra=',"price":9.5'), _line(extra=',"price":0'), _line(extra=',"price":-0.01'), _line(extra=',"price":"9"'),
+    _line(extra=',"price":"NaN"'), _line(extra=',"price":NaN'), _line(extra=',"price":1e400'),
+    _line(extra=',"price":true'), _line(extra=',"price":123456789012345678901234567890'),
+    _line(extra=',"quantity":0'), _line(extra=',"quantity":2'), _line(extra=',"quantity":2.0'),
+    _line(extra=',"quantity":"3"'), _line(extra=',"quantity":100000000000000000000'),
+    _line(extra=',"quantity":"x","price":5'), _line(extra=',"price":5,"quantity":"x"'),
+    _line(extra=',"session_id":7'), _line(extra=',"session_id":7.5'), _line(extra=',"session_id":false'),
+    _line(extra=',"category_id":"  "'), _line(extra=',"category_id":{"id":1}'), _line(extra=',"query":"[a"'),
+    _line(extra=',"category_id":"\\u00fc"'), _line(extra=',"category_id":"\\ud800"'), _line(extra=',"x":1'),
+    _line(extra=',"event_id":"dup-key"'), _line(extra=',"item_id":""'),
+    '{"event_id":"s1","user_id":"u1","event_type":"search","event_ts":"2024-05-01T10:00:00Z","query":"q"}',
+    '{"event_id":"s2","user_id":"u1","event_type":"search","event_ts":"2024-05-01T10:00:00Z","item_id":" "}',
+    '{"event_id":"s3","user_id":"u1","event_type":"VIEW","event_ts":"2024-05-01T10:00:00Z","item_id":"i"}',
+    '{"event_id":"s4","user_id":"  ","event_type":"view","event_ts":"2024-05-01T10:00:00Z","item_id":"i"}',
+    '{"event_id":"s5","user_id":"[u]","event_type":"view","event_ts":"2024-05-01T10:00:00Z","item_id":"i"}',
+    '{"event_id":"s6","user_id":"u","event_ts":"2024-05-01T10:00:00Z","item_id":"i"}',
+    '{"event_id":7,"user_id":8,"event_type":"view","event_ts":"2024-05-01T10:00:00Z","item_id":9}',
+    "[1,2]", '"x"', "42", "null", "", "   ", "garbage", '{"event_id":"x"', '{"event_id":"x"} trailing',
+    "{'event_id':'q1','user_id':'u','event_type':'view','event_ts':'2024-05-01T10:00:00Z','item_id':'i'}",
+    '\t{"event_id":"t1"}', ' {"event_id":"t2","user_id":"u","event_type":"view","event_ts":1,"item_id":"i"}',
+    '{"event_id":"p1","price":5,"user_id":"u1","event_type":"view","event_ts":"2024-05-01T10:00:00Z","item_id":"i"',
+    "x" * 300,
+]
+TYPED = ("event_id", "event_ts", "user_id", "event_type", "item_id", "category_id", "price", "quantity", "session_id",
+         "query", "raw_bytes")
+
+
+def _outcome(row):
+    """What a classified line decides: its reason, or its typed fields when valid."""
+    if row["reason"] is not None:
+        return row["reason"], row["reason_field"], row["raw_bytes"]
+    out = {k: row[k] for k in TYPED}
+    ts = out["event_ts"]
+    out["event_ts"] = ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+    return out
+
+
+def _spark_classify(spark, lines, lateness):
+    def run(table):
+        return classify(spark.createDataFrame(table), max_line_bytes=256, max_future_skew_s=3600.0, now=NOW,
+                        allowed_lateness_s=lateness).toArrow()
+    return run
+
+
+@pytest.mark.parametrize("lateness", [None, 40 * 86400.0], ids=["any-age", "lateness-40d"])
+def test_local_classify_equals_spark_line_for_line(spark, lateness):
+    lines = pa.table({"value": pa.array(TRICKY), "source_file": pa.array(["file:/in/a.jsonl"] * len(TRICKY))})
+    spark_rows = {r["value"]: _outcome(r) for r in _spark_classify(spark, TRICKY, lateness)(lines).to_pylist()}
+    spark_calls = []
+
+    def counted(table):
+        spark_calls.append(table.num_rows)
+        return _spark_classify(spark, TRICKY, lateness)(table)
+
+    local, handed_over = classify_local(lines, max_line_bytes=256, max_future_skew_s=3600.0, now=NOW,
+                                        allowed_lateness_s=lateness, fallback=counted)
+    local_rows = {r["value"]: _outcome(r) for r in local.to_pylist()}
+    assert local.num_rows == len(TRICKY)
+    for line in TRICKY:
+        assert local_rows[line] == spark_rows[line], line
+    assert handed_over == sum(spark_calls)
+    assert 0 < handed_over < len(TRICKY) // 2  # most lines, including many bad ones, are decided locally
+
+
+def test_spark_xxhash64_matches_spark(spark):
+    from pyspark.sql import functions as F
+
+    texts = ["", "a", "{\"event_id\":\"e1\"}", "ü€𝄞", "x" * 100]
+    rows = spark.createDataFrame([(t,) for t in texts], "t string").select("t", F.xxhash64("t")).collect()
+    assert {t: h for t, h in rows} == {t: spark_xxhash64(t) for t in texts}
+
+
+def _tables(lake):
+    events = {r["event_id"]: {k: v for k, v in r.asDict().items() if k != "ingested_at"}
+              for r in lake.read("events").collect()}
+    lines = {r["record_key"]: (r["raw"], r["reason"], r["reason_field"], r["raw_bytes"])
+             for r in lake.read("events_quarantine").collect()}
+    return events, lines
+
+
+def test_local_ingest_equals_spark_ingest(spark, tmp_path):
+    raw_dir = tmp_path / "raw"
+    generate(GeneratorSpec(users=50, items=40, days=2, events=1_500, bad_fraction=0.1, duplicate_fraction=0.05,
+                           seed=17, compress=False), raw_dir)
+    raw = read_raw(spark, str(raw_dir))
+    lines = raw.toArrow()
+    summaries = {}
+    for engine in ("spark", "local"):
+        cfg = load_config(overrides=[f"home={tmp_path / engine}"])
+        lake = DeltaRsLake(spark, cfg.lake_root)
+        stored = StoredKeys(lake)
+        runs = []
+        for attempt in range(2):  # the second run finds everything stored
+            common = {"run_id": "r", "source": "s", "now": NOW, "app_id": "app", "batch_id": attempt}
+            summary = (ingest_frame(spark, lake, cfg, raw, **common) if engine == "spark"
+                       else ingest_arrow(spark, lake, cfg, lines, stored, **common))
+            runs.append({k: v for k, v in summary.to_json().items()
+                         if k not in ("seconds", "stage_seconds", "events_per_second")})
+        summaries[engine] = (runs, _tables(lake))
+    (spark_runs, spark_tables), (local_runs, local_tables) = summaries["spark"], summaries["local"]
+    assert local_runs == spark_runs
+    assert spark_runs[0]["quarantined"] > 0 and spark_runs[0]["duplicates"] > 0
+    assert spark_runs[1]["valid"] == 0 and spark_runs[1]["balanced"]
+    assert local_tables == spark_tables
