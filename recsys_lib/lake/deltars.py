@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,12 @@ class DeltaRsLake(Lake):
 
     engine_name = "delta-rs"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Latest-version handles, brought up to date incrementally (reading only new commits).
+        self._latest: dict[str, DeltaTable] = {}
+        self._latest_lock = threading.Lock()
+
     # -- table handles -------------------------------------------------------
     def _table(self, name: str, version: int | None = None) -> DeltaTable:
         try:
@@ -78,7 +85,16 @@ class DeltaRsLake(Lake):
         return self.version(spec.name)
 
     def version(self, name: str) -> int:
-        return self._table(name).version()
+        uri = self.uri(name)
+        with self._latest_lock:
+            handle = self._latest.get(uri)
+            try:
+                if handle is None:
+                    raise KeyError(uri)
+                handle.update_incremental()
+            except Exception:  # noqa: BLE001 - not cached yet, or the log moved on in a way only a reopen reads
+                handle = self._latest[uri] = self._table(name)
+            return handle.version()
 
     def txn_version(self, name: str, app_id: str) -> int | None:
         return self._table(name).transaction_version(app_id)
