@@ -72,17 +72,21 @@ def overlay_local(pending: pa.Table, changes: pa.Table, entity: Entity, fc: Feat
     schema = spark_to_arrow(entity.schema)
     pending = pending.select(schema.names).cast(schema)
     changes = changes.select(schema.names).cast(schema)
-    touched_mask = pc.is_in(_key_column(pending, entity), value_set=_key_column(changes, entity))
-    untouched = pending.filter(pc.invert(touched_mask))
-    stored = {tuple(r[k] for k in entity.keys): r for r in pending.filter(touched_mask).to_pylist()}
+    pending_keys, change_keys = _key_column(pending, entity), _key_column(changes, entity)
+    touched = pc.is_in(pending_keys, value_set=change_keys)
+    in_both = pc.is_in(change_keys, value_set=pending_keys)
+    stored = {tuple(r[k] for k in entity.keys): r for r in pending.filter(touched).to_pylist()}
     merges = {c.name: _ROW_MERGES[c.kind] for c in entity.columns}
-    merged = []
-    for row in changes.to_pylist():
-        old = stored.get(tuple(row[k] for k in entity.keys))
-        merged.append(row if old is None else _merge_row(old, row, entity, merges))
+    merged = [_merge_row(stored[tuple(r[k] for k in entity.keys)], r, entity, merges)
+              for r in changes.filter(in_both).to_pylist()]
     for row in merged:
         row["updated_at"], row[BUCKET] = updated_at, PENDING_BUCKET
-    return pa.concat_tables([untouched, pa.Table.from_pylist(merged, schema)])
+    added = changes.filter(pc.invert(in_both))  # keys new to the layer keep their batch state
+    added = added.set_column(added.schema.get_field_index("updated_at"), schema.field("updated_at"),
+                             pa.array([updated_at] * added.num_rows, schema.field("updated_at").type))
+    added = added.set_column(added.schema.get_field_index(BUCKET), schema.field(BUCKET),
+                             pa.array([PENDING_BUCKET] * added.num_rows, pa.int32()))
+    return pa.concat_tables([pending.filter(pc.invert(touched)), added, pa.Table.from_pylist(merged, schema)])
 
 
 # -- fold ---------------------------------------------------------------------------------------------------

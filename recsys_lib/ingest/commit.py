@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -140,24 +141,36 @@ def ingest_arrow(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: pa.Tab
 
     classified, _ = classify_local(raw, max_line_bytes=ic.max_line_bytes, max_future_skew_s=ic.max_future_skew,
                                    now=now, allowed_lateness_s=ic.allowed_lateness, fallback=spark_classify)
-    rows = label_local(classified, stored)
-    counts = Counter((r["status"], f"{r['reason']}:{r['reason_field']}" if r["reason_field"] else r["reason"])
-                     for r in rows)
+    labelled = label_local(classified, stored)
+    why = [f"{r}:{f}" if f else r for r, f in zip(labelled.column("reason").to_pylist(),
+                                                  labelled.column("reason_field").to_pylist(), strict=True)]
+    counts = Counter(zip(labelled.column("status").to_pylist(), why, strict=True))
     summary = _reconciled(run_id, source, raw.num_rows, counts)
     stages.lap("parse_validate_dedupe")
     meta = {"run_id": run_id, "input": source}
     batch = batch_id if app_id else None
-    stamp = {"ingest_run_id": run_id, "ingested_at": now}
-    events = [{**r, **stamp, "event_date": event_date(r["event_ts"])} for r in rows if r["status"] == Status.NEW.value]
-    ev = lake.append_arrow(EVENTS_SPEC, pa.Table.from_pylist(events, spark_to_arrow(EVENTS_SCHEMA)), metadata=meta,
-                           app_id=txn_app(app_id, EVENTS_TABLE), batch_id=batch)
+    events = _with_status(labelled, Status.NEW)
+    events = _stamped(events.append_column("event_date", pc.cast(events.column("event_ts"), pa.date32())), run_id, now)
+    ev = lake.append_arrow(EVENTS_SPEC, events.select(EVENTS_SCHEMA.fieldNames()).cast(spark_to_arrow(EVENTS_SCHEMA)),
+                           metadata=meta, app_id=txn_app(app_id, EVENTS_TABLE), batch_id=batch)
     stages.lap("write_commit_events")
-    lines = [{**r, **stamp, "raw": r["value"], "ingest_date": event_date(now)} for r in rows
-             if r["status"] == Status.QUARANTINED.value]
-    qv = lake.append_arrow(QUARANTINE_SPEC, pa.Table.from_pylist(lines, spark_to_arrow(QUARANTINE_SCHEMA)),
-                           metadata=meta, app_id=txn_app(app_id, QUARANTINE_TABLE), batch_id=batch)
+    lines = _with_status(labelled, Status.QUARANTINED)
+    lines = _stamped(lines.append_column("raw", lines.column("value")), run_id, now)
+    lines = lines.append_column("ingest_date", pa.array([event_date(now)] * lines.num_rows, pa.date32()))
+    qv = lake.append_arrow(QUARANTINE_SPEC, lines.select(QUARANTINE_SCHEMA.fieldNames()).cast(
+        spark_to_arrow(QUARANTINE_SCHEMA)), metadata=meta, app_id=txn_app(app_id, QUARANTINE_TABLE), batch_id=batch)
     stages.lap("write_commit_quarantine")
     return _committed(summary, ev, qv, started, stages)
+
+
+def _with_status(labelled: pa.Table, status: Status) -> pa.Table:
+    return labelled.filter(pc.equal(labelled.column("status"), status.value))
+
+
+def _stamped(rows: pa.Table, run_id: str, now: datetime) -> pa.Table:
+    """``rows`` with the ingest run id and time added."""
+    return rows.append_column("ingest_run_id", pa.array([run_id] * rows.num_rows, pa.string())).append_column(
+        "ingested_at", pa.array([now] * rows.num_rows, pa.timestamp("us", tz="UTC")))
 
 
 def _reconciled(run_id: str, source: str, input_records: int,

@@ -8,6 +8,7 @@ Same keys, same choice of the record kept (first by source file, then by Spark's
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable
 
 import pyarrow as pa
@@ -38,8 +39,23 @@ class StoredKeys:
     def __init__(self, lake: Lake) -> None:
         self.lake = lake
         self._cache: dict[str, tuple[int, list[pa.ChunkedArray]]] = {}
+        self._lock = threading.Lock()
+
+    def warm_up(self) -> threading.Thread:
+        """Load the keys in a background thread (a stream does it while its query starts)."""
+        def load() -> None:
+            for table in self._COLUMNS:
+                if self.lake.exists(table):
+                    self._keys(table)
+        thread = threading.Thread(target=load, name="stored-keys-warm-up", daemon=True)
+        thread.start()
+        return thread
 
     def _keys(self, table: str) -> list[pa.ChunkedArray]:
+        with self._lock:
+            return self._keys_now(table)
+
+    def _keys_now(self, table: str) -> list[pa.ChunkedArray]:
         column = self._COLUMNS[table]
         version = self.lake.version(table)
         cached = self._cache.get(table)
@@ -79,34 +95,40 @@ def spark_xxhash64(text: str | None) -> int:
     return unsigned - (1 << 64) if unsigned >= (1 << 63) else unsigned
 
 
-def label_local(classified: pa.Table, stored: StoredKeys) -> list[dict]:
-    """Classified lines as rows with ``record_key`` and ``status`` added.
+def label_local(classified: pa.Table, stored: StoredKeys) -> pa.Table:
+    """Classified lines with ``record_key`` and ``status`` added.
 
     Args:
         classified: Output of :func:`~recsys_lib.ingest.local_validate.classify_local`.
         stored: The keys already in the lake.
 
     """
-    rows = classified.to_pylist()
+    valid = pc.is_null(classified.column("reason")).to_pylist()
+    event_ids = classified.column("event_id").to_pylist()
+    values = classified.column("value").to_pylist()
+    files = classified.column("source_file").to_pylist()
+    record_keys = [eid if ok else quarantine_key(f, v) for ok, eid, f, v in zip(valid, event_ids, files, values,
+                                                                                  strict=True)]
+    keys = [("e:" if ok else "q:") + k for ok, k in zip(valid, record_keys, strict=True)]
+    # Only keys seen more than once need a choice: the first by (source file, Spark's xxhash64 of the text).
+    counts = pa.table({"k": keys}).group_by("k").aggregate([("k", "count")])
+    repeated = set(counts.filter(pc.greater(counts.column("k_count"), 1)).column("k").to_pylist())
     best: dict[str, tuple[tuple[str, int], int]] = {}
-    for i, row in enumerate(rows):
-        valid = row["reason"] is None
-        row["record_key"] = row["event_id"] if valid else quarantine_key(row["source_file"], row["value"])
-        key = ("e:" if valid else "q:") + row["record_key"]
-        order = (row["source_file"], spark_xxhash64(row["value"]))
-        if key not in best or order < best[key][0]:
-            best[key] = (order, i)
+    for i, key in enumerate(keys):
+        if key in repeated:
+            order = (files[i], spark_xxhash64(values[i]))
+            if key not in best or order < best[key][0]:
+                best[key] = (order, i)
     kept = {i for _, i in best.values()}
-    existing_events = stored.existing(EVENTS_TABLE, (r["record_key"] for r in rows if r["reason"] is None))
-    existing_lines = stored.existing(QUARANTINE_TABLE, (r["record_key"] for r in rows if r["reason"] is not None))
-    for i, row in enumerate(rows):
-        valid = row["reason"] is None
-        if i not in kept:
-            row["status"] = Status.DUPLICATE_IN_BATCH.value
-        elif valid and row["record_key"] in existing_events:
-            row["status"] = Status.DUPLICATE_EXISTING.value
-        elif not valid and row["record_key"] in existing_lines:
-            row["status"] = Status.ALREADY_QUARANTINED.value
+    existing_events = stored.existing(EVENTS_TABLE, (k for ok, k in zip(valid, record_keys, strict=True) if ok))
+    existing_lines = stored.existing(QUARANTINE_TABLE, (k for ok, k in zip(valid, record_keys, strict=True) if not ok))
+    statuses = []
+    for i, (ok, key) in enumerate(zip(valid, record_keys, strict=True)):
+        if keys[i] in repeated and i not in kept:
+            statuses.append(Status.DUPLICATE_IN_BATCH.value)
+        elif ok:
+            statuses.append((Status.DUPLICATE_EXISTING if key in existing_events else Status.NEW).value)
         else:
-            row["status"] = (Status.NEW if valid else Status.QUARANTINED).value
-    return rows
+            statuses.append((Status.ALREADY_QUARANTINED if key in existing_lines else Status.QUARANTINED).value)
+    return classified.append_column("record_key", pa.array(record_keys, pa.string())).append_column(
+        "status", pa.array(statuses, pa.string()))

@@ -42,6 +42,7 @@ CLASSIFIED_SCHEMA = pa.schema([
 _TEXT_FIELDS = (*ID_FIELDS, "event_type", "query")
 _STRING_FIELDS = ("event_id", "event_ts", "user_id", "event_type", "item_id", "category_id", "session_id", "query")
 _OPTIONAL_TEXT = ("item_id", "category_id", "session_id", "query")
+_QUOTED = tuple(f'"{name}"' for name in (*_STRING_FIELDS, "price", "quantity"))
 _EPOCH_MS = re.compile(r"-?[0-9]{1,15}")
 _CANONICAL_ISO = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?(Z|[+-][0-9]{2}:[0-9]{2})")
@@ -90,14 +91,11 @@ def classify_local(raw: pa.Table, *, max_line_bytes: int, max_future_skew_s: flo
 
 
 def _classify_line(value: str, max_line_bytes: int, limits: tuple[datetime, datetime | None]) -> Row:
-    raw_bytes = len(value.encode("utf-8", "surrogatepass"))
+    raw_bytes = len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
     if raw_bytes > max_line_bytes:
         return _bad(raw_bytes, Reason.OVERSIZED_LINE, None)
     looks_like_object = value.lstrip(" ").startswith("{")
-    try:
-        parsed = json.loads(value, object_pairs_hook=_no_duplicate_keys, parse_constant=_unsure_constant)
-    except ValueError as exc:
-        raise _Unsure from exc
+    parsed = _parse(value)
     if not isinstance(parsed, dict):
         if looks_like_object:
             raise _Unsure
@@ -150,6 +148,33 @@ def _bad(raw_bytes: int, reason: Reason, field: str | None) -> Row:
     return {"raw_bytes": raw_bytes, "reason": reason.value, "reason_field": field}
 
 
+def _parse(value: str) -> Any:
+    r"""The JSON value of a line; :class:`_Unsure` if Spark's reader might see it differently.
+
+    The fast path is a plain ``json.loads``. A line with ``\u`` escapes (which can hide
+    a repeated key or a lone surrogate), or in which a field name occurs twice, is parsed
+    again, checking that no key repeats.
+    """
+    try:
+        parsed = json.loads(value, parse_constant=_unsure_constant)
+        if "\\u" in value or (isinstance(parsed, dict) and any(value.count(q) > 1 for q in _QUOTED if q in value)):
+            parsed = json.loads(value, object_pairs_hook=_no_duplicate_keys, parse_constant=_unsure_constant)
+            _check_strings(parsed)
+    except ValueError as exc:
+        raise _Unsure from exc
+    return parsed
+
+
+def _check_strings(parsed: Any) -> None:
+    r"""Raise :class:`_Unsure` if a top-level string value holds a lone surrogate (``\ud800``)."""
+    for item in parsed.values() if isinstance(parsed, dict) else ():
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise _Unsure from exc
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
     if len(out) != len(pairs):
@@ -163,12 +188,7 @@ def _unsure_constant(_name: str) -> float:
 
 def _text(value: Any) -> str | None:
     """A JSON value as Spark reads it into a string field (objects and arrays: their JSON text)."""
-    if value is None or isinstance(value, str):
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:  # a lone surrogate escape
-                raise _Unsure from exc
+    if value is None or value.__class__ is str:
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -201,7 +221,7 @@ def _quantity(value: Any) -> int | None:
 
 
 def _blank(value: str | None) -> bool:
-    return value is None or value.strip(" ") == ""
+    return value is None or not value.strip(" ")
 
 
 def _timestamp(text: str | None) -> datetime | None:

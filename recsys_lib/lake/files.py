@@ -11,6 +11,7 @@ import math
 import re
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -224,9 +225,9 @@ def read_files_arrow(fs: pafs.FileSystem, table_path: str, rel_paths: Sequence[s
     if columns is not None:
         schema = pa.schema([schema.field(c) for c in columns])
     data_columns = [f.name for f in schema if f.name not in partition_values]
-    parts = []
-    for i, rel in enumerate(rel_paths):
-        data = pq.read_table(f"{table_path.rstrip('/')}/{rel}", filesystem=fs, columns=data_columns)
+
+    def read(i: int) -> pa.Table:
+        data = pq.read_table(f"{table_path.rstrip('/')}/{rel_paths[i]}", filesystem=fs, columns=data_columns)
         columns = []
         for field in schema:
             if field.name in partition_values:
@@ -235,7 +236,10 @@ def read_files_arrow(fs: pafs.FileSystem, table_path: str, rel_paths: Sequence[s
                 columns.append(text.cast(field.type))
             else:
                 columns.append(data.column(field.name).cast(field.type))
-        parts.append(pa.Table.from_arrays(columns, schema=schema))
+        return pa.Table.from_arrays(columns, schema=schema)
+
+    with ThreadPoolExecutor(max_workers=min(8, len(rel_paths)) or 1) as pool:  # Parquet decoding frees the GIL
+        parts = list(pool.map(read, range(len(rel_paths))))
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 

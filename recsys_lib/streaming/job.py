@@ -58,6 +58,7 @@ def run_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     status_path = Path(checkpoint) / STATUS_FILE if "://" not in checkpoint else None
     reports: list[dict[str, Any]] = []
     stored = StoredKeys(lake)  # the stored event ids, kept between micro-batches
+    stored.warm_up()  # loaded while the query starts
 
     def on_batch(batch: DataFrame, batch_id: int) -> None:
         report = process_batch(spark, lake, cfg, batch, query=cfg.streaming.query_name, batch_id=batch_id,

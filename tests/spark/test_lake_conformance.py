@@ -173,12 +173,13 @@ def test_real_conflict_is_retried_on_a_fresh_snapshot(spark, lake, monkeypatch):
 
     def table(name, version=None):
         calls["n"] += 1
-        return stale if calls["n"] == 2 else real_table(name, version)  # first attempt sees the old snapshot
+        return stale if calls["n"] == 1 else real_table(name, version)  # first attempt sees the old snapshot
 
     monkeypatch.setattr(lake, "_table", table)
     lake.merge(SPEC, _df(spark, [("a", 1, None, D1)]), ["k"], update={"n": "t.n + s.n"})
+    monkeypatch.undo()
     assert _rows(lake) == [("a", 101, D1)]  # applied once, on the fresh snapshot
-    assert calls["n"] >= 3
+    assert calls["n"] >= 2
 
 
 def test_retry_is_bounded_and_names_the_table():
