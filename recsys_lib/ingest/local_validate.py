@@ -42,7 +42,10 @@ CLASSIFIED_SCHEMA = pa.schema([
 _TEXT_FIELDS = (*ID_FIELDS, "event_type", "query")
 _STRING_FIELDS = ("event_id", "event_ts", "user_id", "event_type", "item_id", "category_id", "session_id", "query")
 _OPTIONAL_TEXT = ("item_id", "category_id", "session_id", "query")
-_QUOTED = tuple(f'"{name}"' for name in (*_STRING_FIELDS, "price", "quantity"))
+_KNOWN = frozenset((*_STRING_FIELDS, "price", "quantity"))
+_QUOTED = tuple(f'"{name}"' for name in _KNOWN)
+#: First characters after which a text field may start with "{" or "[" once spaces are trimmed.
+_OPENING = frozenset("{[ ")
 _EPOCH_MS = re.compile(r"-?[0-9]{1,15}")
 _CANONICAL_ISO = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?(Z|[+-][0-9]{2}:[0-9]{2})")
@@ -108,7 +111,8 @@ def _classify_line(value: str, max_line_bytes: int, limits: tuple[datetime, date
     if reason is not None:  # a quarantined line keeps only its text: its typed fields are never stored
         return _bad(raw_bytes, *reason)
     for name in _OPTIONAL_TEXT:
-        if _blank(row[name]):
+        text = row[name]
+        if text is not None and (not text or (text[0] == " " and _blank(text))):
             row[name] = None
     return row
 
@@ -119,10 +123,12 @@ def _first_failing_rule(row: Row, limits: tuple[datetime, datetime | None]) -> t
     if price is not None and (math.isnan(price) or math.isinf(price)):
         return Reason.ILL_TYPED, "price"
     for name in _TEXT_FIELDS:
-        if row[name] is not None and row[name].lstrip(" ")[:1] in ("{", "["):
+        text = row[name]
+        if text and text[0] in _OPENING and text.lstrip(" ")[:1] in ("{", "["):
             return Reason.ILL_TYPED, name
     for name in REQUIRED_FIELDS:
-        if _blank(row[name]):
+        text = row[name]
+        if not text or (text[0] == " " and _blank(text)):
             return Reason.MISSING_FIELD, name
     if row["event_type"] not in EVENT_TYPES:
         return Reason.UNKNOWN_EVENT_TYPE, "event_type"
@@ -156,9 +162,10 @@ def _parse(value: str) -> Any:
     again, checking that no key repeats.
     """
     try:
-        parsed = json.loads(value, parse_constant=_unsure_constant)
-        if "\\u" in value or (isinstance(parsed, dict) and any(value.count(q) > 1 for q in _QUOTED if q in value)):
-            parsed = json.loads(value, object_pairs_hook=_no_duplicate_keys, parse_constant=_unsure_constant)
+        parsed = _DECODER.decode(value)
+        repeated = isinstance(parsed, dict) and sum(map(value.count, _QUOTED)) > len(_KNOWN & parsed.keys())
+        if repeated or "\\u" in value:
+            parsed = _STRICT_DECODER.decode(value)
             _check_strings(parsed)
     except ValueError as exc:
         raise _Unsure from exc
@@ -259,3 +266,7 @@ def _timestamp(text: str | None) -> datetime | None:
 def event_date(ts: datetime) -> date:
     """The ``event_date`` partition of an event (UTC)."""
     return ts.astimezone(UTC).date()
+
+
+_DECODER = json.JSONDecoder(parse_constant=_unsure_constant)
+_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_unsure_constant)
