@@ -53,6 +53,11 @@ _CANONICAL_ISO = re.compile(
 _ISO_LIKE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LONG_MIN, _LONG_MAX = -(2 ** 63), 2 ** 63 - 1
+_BAD = object()
+
+
+class _Malformed(Exception):
+    """Raised for a line that is not JSON for Spark either: ``unparseable``."""
 
 
 class _Unsure(Exception):
@@ -98,13 +103,24 @@ def _classify_line(value: str, max_line_bytes: int, limits: tuple[datetime, date
     if raw_bytes > max_line_bytes:
         return _bad(raw_bytes, Reason.OVERSIZED_LINE, None)
     looks_like_object = value.lstrip(" ").startswith("{")
-    parsed = _parse(value)
+    try:
+        parsed = _parse(value)
+    except _Malformed:
+        return _bad(raw_bytes, Reason.UNPARSEABLE, None)
     if not isinstance(parsed, dict):
         if looks_like_object:
             raise _Unsure
         return _bad(raw_bytes, Reason.NOT_AN_OBJECT, None)
     if not looks_like_object:
         raise _Unsure  # e.g. a tab before "{": Spark's trim keeps it
+    price = parsed.get("price")
+    if price is not None and (price.__class__ is bool or not isinstance(price, (int, float))):
+        # Spark's reader fails on the field: a corrupt record whose price is present, so the
+        # first rule is ill_typed price. Unless quantity fails too (which one Spark's partial
+        # parse reports depends on the field order).
+        if _quantity(parsed.get("quantity"), strict=False) is _BAD:
+            raise _Unsure
+        return _bad(raw_bytes, Reason.ILL_TYPED, "price")
     row: Row = {"raw_bytes": raw_bytes, **{name: _text(parsed.get(name)) for name in _STRING_FIELDS}}
     row["price"], row["quantity"] = _price(parsed.get("price")), _quantity(parsed.get("quantity"))
     reason = _first_failing_rule(row, limits)
@@ -163,6 +179,13 @@ def _parse(value: str) -> Any:
     """
     try:
         parsed = _DECODER.decode(value)
+    except ValueError as exc:
+        if _may_parse_in_spark(value):
+            raise _Unsure from exc
+        raise _Malformed from exc
+    except RecursionError as exc:
+        raise _Unsure from exc
+    try:
         repeated = isinstance(parsed, dict) and sum(map(value.count, _QUOTED)) > len(_KNOWN & parsed.keys())
         if repeated or "\\u" in value:
             parsed = _STRICT_DECODER.decode(value)
@@ -170,6 +193,21 @@ def _parse(value: str) -> Any:
     except ValueError as exc:
         raise _Unsure from exc
     return parsed
+
+
+def _may_parse_in_spark(value: str) -> bool:
+    """True if Spark's reader might accept a line Python's rejects.
+
+    It allows single quotes and NaN / INF / Infinity tokens; and a valid value
+    followed by more text is left to it too.
+    """
+    if "'" in value or "NaN" in value or "INF" in value or "Infinity" in value:
+        return True
+    try:
+        _DECODER.raw_decode(value, len(value) - len(value.lstrip()))
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def _check_strings(parsed: Any) -> None:
@@ -219,11 +257,14 @@ def _price(value: Any) -> float | None:
         raise _Unsure from exc
 
 
-def _quantity(value: Any) -> int | None:
+def _quantity(value: Any, strict: bool = True) -> Any:
+    """``quantity`` as Spark reads it; if not a JSON integer that fits a long, :class:`_Unsure` (or ``_BAD``)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not _LONG_MIN <= value <= _LONG_MAX:
-        raise _Unsure
+        if strict:
+            raise _Unsure
+        return _BAD
     return value
 
 
@@ -259,7 +300,9 @@ def _timestamp(text: str | None) -> datetime | None:
         local = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
                          int((fraction or "0").ljust(6, "0")), tzinfo=timezone(offset))
     except ValueError as exc:
-        raise _Unsure from exc
+        if int(year) == 0:
+            raise _Unsure from exc  # year 0 exists for Spark, not for Python
+        return None  # month 13, 30 February, hour 24, second 60: Spark's cast gives null too
     return local.astimezone(UTC)
 
 

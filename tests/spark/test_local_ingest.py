@@ -55,7 +55,12 @@ TRICKY = [
     "{'event_id':'q1','user_id':'u','event_type':'view','event_ts':'2024-05-01T10:00:00Z','item_id':'i'}",
     '\t{"event_id":"t1"}', ' {"event_id":"t2","user_id":"u","event_type":"view","event_ts":1,"item_id":"i"}',
     '{"event_id":"p1","price":5,"user_id":"u1","event_type":"view","event_ts":"2024-05-01T10:00:00Z","item_id":"i"',
-    "x" * 300,
+    "x" * 300, '{"event_id":"p2","price":5, x}', '{"event_id":"p3","price":5,"user_id":"u"', '{"event_id":"x",}',
+    "NaN", "{'event_id':'q2'", '{"event_id":"q3","query":"it\'s"', _line(extra=',"price":""'),
+    _line(extra=',"price":" 5"'), _line(extra=',"price":{"a":1}'), _line(extra=',"price":[]'),
+    _line(extra=',"price":"cheap","quantity":"2"'), _line(extra=',"quantity":1,"price":"cheap"'),
+    _line('"2024-01-01T00:00:60Z"'), _line('"2024-02-29T10:00:00Z"'), _line('"2023-02-29T10:00:00Z"'),
+    _line('"2024-01-01T24:00:00Z"'), _line('"2024-00-10T10:00:00Z"'),
 ]
 TYPED = ("event_id", "event_ts", "user_id", "event_type", "item_id", "category_id", "price", "quantity", "session_id",
          "query", "raw_bytes")
