@@ -12,26 +12,22 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
-from deltalake.transaction import AddAction, RemoveAction
+from deltalake.transaction import RemoveAction
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from recsys_lib.lake.base import CommitResult, Lake, LakeConflictError, TableNotFound, TableSpec
 from recsys_lib.lake.files import (
-    add_action_fields,
     arrow_to_spark,
     check_hive_layout,
     filesystem_for,
-    list_parquet,
     partition_value_from_path,
     plain_arrow_type,
     read_files_arrow,
@@ -39,6 +35,7 @@ from recsys_lib.lake.files import (
     write_arrow_files,
 )
 from recsys_lib.lake.log import appended_files, files_in, partition_text
+from recsys_lib.lake.staged import Staged, staged, write_folder
 
 _CONFLICT_WORDS = ("conflict", "concurrent", "version already exists", "transaction failed")
 
@@ -112,7 +109,7 @@ class DeltaRsLake(Lake):
                      batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
         return self._write_files(spec, lambda: self._write_arrow(spec, table), "append", app_id, batch_id, metadata)
 
-    def _write_files(self, spec: TableSpec, df: DataFrame | Callable[[], _Written], mode: str, app_id: str | None,
+    def _write_files(self, spec: TableSpec, df: DataFrame | Callable[[], Staged], mode: str, app_id: str | None,
                      batch_id: int | None, metadata: Mapping[str, Any] | None) -> CommitResult:
         self.create(spec)
         done = self._already_committed(spec.name, app_id, batch_id)
@@ -147,7 +144,7 @@ class DeltaRsLake(Lake):
                                  read_version: int, metadata: Mapping[str, Any] | None = None) -> CommitResult:
         return self._replace(spec, lambda: self._write_arrow(spec, table), column, values, read_version, metadata)
 
-    def _replace(self, spec: TableSpec, write: Callable[[], _Written], column: str, values: Sequence[Any],
+    def _replace(self, spec: TableSpec, write: Callable[[], Staged], column: str, values: Sequence[Any],
                  read_version: int, metadata: Mapping[str, Any] | None) -> CommitResult:
         if column not in spec.partition_by:
             raise ValueError(f"replace_partitions on '{spec.name}': '{column}' is not a partition column "
@@ -185,34 +182,21 @@ class DeltaRsLake(Lake):
 
         return written.commit_or_discard(commit)
 
-    def _write_parquet(self, spec: TableSpec, df: DataFrame) -> _Written:
+    def _write_parquet(self, spec: TableSpec, df: DataFrame) -> Staged:
         """Executors write ``df`` as Parquet into a fresh folder of the table; the driver builds add actions."""
-        folder = _write_folder()
+        folder = write_folder()
         writer = df.select(*spec.schema.fieldNames()).write.mode("errorifexists")
         if spec.partition_by:
             writer = writer.partitionBy(*spec.partition_by)
         writer.parquet(f"{self.uri(spec.name)}/{folder}")
-        return self._written(spec, folder)
+        return staged(self.uri(spec.name), folder, spec.partition_by)
 
-    def _write_arrow(self, spec: TableSpec, table: pa.Table) -> _Written:
+    def _write_arrow(self, spec: TableSpec, table: pa.Table) -> Staged:
         """The driver writes a small Arrow table as Parquet into a fresh folder of the table."""
-        folder = _write_folder()
+        folder = write_folder()
         fs, table_path = filesystem_for(self.uri(spec.name))
         write_arrow_files(fs, f"{table_path}/{folder}", table.select(spec.schema.fieldNames()), spec.partition_by)
-        return self._written(spec, folder)
-
-    def _written(self, spec: TableSpec, folder: str) -> _Written:
-        """Add actions (with statistics from the footers) for the files below ``folder``."""
-        fs, table_path = filesystem_for(self.uri(spec.name))
-        write_dir = f"{table_path}/{folder}"
-        adds = []
-        for info in list_parquet(fs, write_dir):
-            fields = add_action_fields(fs, table_path, info, spec.partition_by)
-            if fields is None:
-                fs.delete_file(info.path)
-            else:
-                adds.append(AddAction(**fields))
-        return _Written(fs, write_dir, adds, sum(json.loads(a.stats)["numRecords"] for a in adds))
+        return staged(self.uri(spec.name), folder, spec.partition_by)
 
     def merge(self, spec: TableSpec, df: DataFrame, keys: Sequence[str], *,
               update: Mapping[str, str] | None = None, app_id: str | None = None,
@@ -383,40 +367,3 @@ def _done(table: DeltaTable, app_id: str | None, batch_id: int | None) -> Commit
     if last is not None and last >= batch_id:
         return CommitResult(version=table.version(), skipped=True)
     return None
-
-
-@dataclass(frozen=True)
-class _Written:
-    """Parquet files written into a table folder but not yet committed."""
-
-    fs: Any
-    folder: str
-    adds: list[AddAction]
-    rows: int
-
-    def discard(self) -> None:
-        """Delete the uncommitted files (they are invisible to readers either way)."""
-        _delete_quietly(self.fs, self.folder)
-
-    def commit_or_discard(self, commit: Callable[[], CommitResult]) -> CommitResult:
-        """Run ``commit``; discard the files if it fails or commits nothing."""
-        try:
-            result = commit()
-        except BaseException:
-            self.discard()
-            raise
-        if result.skipped:
-            self.discard()
-        return result
-
-
-def _write_folder() -> str:
-    """A fresh folder name for one write (files stay invisible until committed)."""
-    return f"w{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
-
-
-def _delete_quietly(fs: Any, folder: str) -> None:
-    try:
-        fs.delete_dir(folder)
-    except OSError:
-        pass  # orphans are invisible to readers and removed by vacuum
