@@ -171,8 +171,13 @@ def file_stats(meta: pq.FileMetaData) -> dict[str, Any]:
                 break
             null_count += stats.null_count
             if stats.has_min_max:
-                lo = stats.min if lo is None else min(lo, stats.min)
-                hi = stats.max if hi is None else max(hi, stats.max)
+                try:
+                    low, high = stats.min, stats.max
+                except (ValueError, OverflowError):  # e.g. a timestamp in year 0: no Python value
+                    usable = False
+                    break
+                lo = low if lo is None else min(lo, low)
+                hi = high if hi is None else max(hi, high)
         if not usable:
             continue
         nulls[name] = null_count
@@ -246,13 +251,15 @@ def read_files_arrow(fs: pafs.FileSystem, table_path: str, rel_paths: Sequence[s
 def write_arrow_files(fs: pafs.FileSystem, folder: str, table: pa.Table, partition_by: Sequence[str]) -> None:
     """Write ``table`` as one Parquet file per partition below ``folder`` (Hive layout, as Spark does)."""
     data_columns = [n for n in table.column_names if n not in partition_by]
-    groups = table.group_by(list(partition_by)).aggregate([]) if partition_by else pa.table({})
+    # partition values as text (as they appear in folder names): no Python date or time objects
+    texts = {c: pc.cast(table.column(c), pa.string()) for c in partition_by}
+    groups = pa.table(texts).group_by(list(partition_by)).aggregate([]) if partition_by else pa.table({})
     for values in groups.to_pylist() if partition_by else [{}]:
-        rows = table
+        keep = pa.array([True] * table.num_rows, pa.bool_())
         for column, value in values.items():
-            rows = rows.filter(pc.is_null(rows.column(column)) if value is None
-                               else pc.equal(rows.column(column), pa.scalar(value, rows.schema.field(column).type)))
-        segments = [f"{c}={HIVE_NULL if v is None else quote(str(v), safe='')}" for c, v in values.items()]
+            same = pc.is_null(texts[column]) if value is None else pc.equal(texts[column], value)
+            keep = pc.and_(keep, pc.fill_null(same, False))
+        segments = [f"{c}={HIVE_NULL if v is None else quote(v, safe='')}" for c, v in values.items()]
         target = "/".join([folder.rstrip("/"), *segments, f"part-00000-{uuid.uuid4().hex}.snappy.parquet"])
         fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(rows.select(data_columns), target, filesystem=fs, compression="snappy")
+        pq.write_table(table.filter(keep).select(data_columns), target, filesystem=fs, compression="snappy")

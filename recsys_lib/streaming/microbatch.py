@@ -46,9 +46,9 @@ from recsys_lib.features import entities, fold
 from recsys_lib.features.definitions import BUCKET, Entity
 from recsys_lib.features.layers import PENDING, as_pending, compact_pending, overlay, table_spec
 from recsys_lib.features.local import fold_local, overlay_local
-from recsys_lib.ingest.commit import ingest_arrow, ingest_frame
+from recsys_lib.ingest.commit import IngestError, ingest_arrow, ingest_frame
 from recsys_lib.ingest.local_dedup import StoredKeys
-from recsys_lib.lake import CommitResult, Lake, LakeConflictError
+from recsys_lib.lake import CommitResult, Lake, LakeConflictError, LakeError
 from recsys_lib.lake.files import filesystem_for
 from recsys_lib.streaming.faults import fault_point
 
@@ -70,6 +70,8 @@ class BatchReport:
     seconds: float = 0.0
     #: Seconds of each ingest stage (count, parse/validate/dedupe, the two commits).
     ingest_stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: ``local`` (on the driver) or ``spark``.
+    ingest_engine: str = "spark"
     #: Seconds from the earliest / latest file arrival (mtime) in the batch until its features were committed.
     freshness_lag_max_s: float | None = None
     freshness_lag_min_s: float | None = None
@@ -95,16 +97,25 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     lines = raw.limit(limit + 1).toArrow() if limit else None
     common: dict[str, Any] = {"run_id": f"{app}-{batch_id}", "source": f"stream:{query}", "now": now,
                               "app_id": app, "batch_id": batch_id}
+    summary, engine = None, "spark"
     if lines is not None and lines.num_rows <= limit:
         arrivals = _arrival_times(sorted(set(lines.column("source_file").to_pylist())))
-        summary = ingest_arrow(spark, lake, cfg, lines, stored or StoredKeys(lake), **common)
+        try:
+            summary, engine = ingest_arrow(spark, lake, cfg, lines, stored or StoredKeys(lake), **common), "local"
+        except (IngestError, LakeError):
+            raise
+        except Exception:  # noqa: BLE001 - a failure of the local path must not wedge the stream
+            # Safe to redo with Spark: whatever the local path committed carries this batch's app
+            # transaction, so it is skipped, and its events are found stored (counted as duplicates).
+            log.exception("batch %d: driver-local ingest failed; ingesting this batch with Spark", batch_id)
     else:
         arrivals = _arrival_times([r[0] for r in raw.select("source_file").distinct().collect()])
+    if summary is None:
         summary = ingest_frame(spark, lake, cfg, raw, **common)
     fault_point("after_ingest_commit")
     report = BatchReport(query=query, batch_id=batch_id, rows_in=summary.input_records, new_events=summary.valid,
                          quarantined=summary.quarantined, duplicates=summary.duplicates,
-                         ingest_stage_seconds=summary.stage_seconds)
+                         ingest_stage_seconds=summary.stage_seconds, ingest_engine=engine)
     t0 = time.monotonic()
     report.tables = update_features(spark, lake, cfg, now=now, batch_id=batch_id)
     report.merge_seconds = round(time.monotonic() - t0, 3)
@@ -196,17 +207,22 @@ def _merge_pending(lake: Lake, cfg: RecsysConfig, entity: Entity, first: int, la
     """Fold ``events`` versions ``first``..``last`` into the pending layer read at ``table_version``; commit.
 
     Up to ``streaming.local_max_events`` new events, on the driver (:mod:`recsys_lib.features.local`);
-    more, with Spark. Returns the commit and the engine used (``local`` or ``spark``).
+    more, or if the local fold fails, with Spark. Returns the commit and the engine used (``local`` or
+    ``spark``).
     """
     spec = table_spec(entity)
     limit = cfg.streaming.local_max_events
     new_local = lake.inserted_arrow(EVENTS_TABLE, first, last, max_rows=limit) if limit else None
     if new_local is not None:
-        state = fold_local(new_local, entity, cfg.features, now)
-        pending_local = lake.read_arrow(entity.table, version=table_version, partitions=(BUCKET, [PENDING]))
-        contents_local = overlay_local(pending_local, state, entity, cfg.features, now)
-        return lake.replace_partitions_arrow(spec, contents_local, BUCKET, [PENDING], read_version=table_version,
-                                             metadata=meta), "local"
+        try:
+            state = fold_local(new_local, entity, cfg.features, now)
+            pending_local = lake.read_arrow(entity.table, version=table_version, partitions=(BUCKET, [PENDING]))
+            contents_local = overlay_local(pending_local, state, entity, cfg.features, now)
+        except Exception:  # noqa: BLE001 - e.g. a timestamp outside Python's years 1..9999: Spark folds it
+            log.exception("driver-local fold into %s failed; folding this batch with Spark", entity.table)
+        else:
+            return lake.replace_partitions_arrow(spec, contents_local, BUCKET, [PENDING],
+                                                 read_version=table_version, metadata=meta), "local"
     new = events_between(lake, first, last)
     batch_state = fold(new, entity, cfg.features, updated_at=now).persist()  # read twice by overlay
     try:
