@@ -22,6 +22,7 @@ from recsys_lib.lake import Lake
 #: Spark's ``xxhash64`` seed.
 _SPARK_XXHASH_SEED = 42
 _ALL_ROWS = 2 ** 62
+_MAX_CHUNKS = 1024
 
 
 class StoredKeys:
@@ -38,7 +39,7 @@ class StoredKeys:
 
     def __init__(self, lake: Lake) -> None:
         self.lake = lake
-        self._cache: dict[str, tuple[int, list[pa.ChunkedArray]]] = {}
+        self._cache: dict[str, tuple[int, pa.ChunkedArray]] = {}
         self._lock = threading.Lock()
 
     def warm_up(self) -> threading.Thread:
@@ -51,11 +52,11 @@ class StoredKeys:
         thread.start()
         return thread
 
-    def _keys(self, table: str) -> list[pa.ChunkedArray]:
+    def _keys(self, table: str) -> pa.ChunkedArray:
         with self._lock:
             return self._keys_now(table)
 
-    def _keys_now(self, table: str) -> list[pa.ChunkedArray]:
+    def _keys_now(self, table: str) -> pa.ChunkedArray:
         column = self._COLUMNS[table]
         version = self.lake.version(table)
         cached = self._cache.get(table)
@@ -65,9 +66,11 @@ class StoredKeys:
         if cached is not None and cached[0] < version:
             added = self.lake.inserted_arrow(table, cached[0] + 1, version, max_rows=_ALL_ROWS, columns=[column])
             if added is not None:
-                keys = [*cached[1], added.column(column)]
+                keys = pa.chunked_array([*cached[1].chunks, *added.column(column).chunks], pa.string())
+                if keys.num_chunks > _MAX_CHUNKS:  # one small chunk per micro-batch: merge them now and then
+                    keys = pa.chunked_array([keys.combine_chunks()])
         if keys is None:
-            keys = [self.lake.read_arrow(table, version=version, columns=[column]).column(column)]
+            keys = self.lake.read_arrow(table, version=version, columns=[column]).column(column)
         self._cache[table] = (version, keys)
         return keys
 
@@ -76,10 +79,8 @@ class StoredKeys:
         wanted = pa.array(sorted(set(candidates)), pa.string())
         if not len(wanted):
             return set()
-        found: set[str] = set()
-        for keys in self._keys(table):
-            found.update(pc.filter(keys, pc.is_in(keys, value_set=wanted)).to_pylist())
-        return found
+        keys = self._keys(table)
+        return set(pc.filter(keys, pc.is_in(keys, value_set=wanted)).to_pylist())
 
 
 def quarantine_key(source_file: str, value: str | None) -> str:

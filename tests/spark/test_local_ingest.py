@@ -144,3 +144,25 @@ def test_local_ingest_equals_spark_ingest(spark, tmp_path):
     assert spark_runs[0]["quarantined"] > 0 and spark_runs[0]["duplicates"] > 0
     assert spark_runs[1]["valid"] == 0 and spark_runs[1]["balanced"]
     assert local_tables == spark_tables
+
+
+def test_stored_keys_follow_appends_and_reload_after_rewrites(spark, lake):
+    from datetime import timedelta
+
+    from recsys_lib.core.schema import EVENTS_SCHEMA
+    from recsys_lib.ingest.commit import EVENTS_SPEC
+    from recsys_lib.lake.files import spark_to_arrow
+    from tests.spark.helpers import event
+
+    def rows(*ids):
+        names = EVENTS_SCHEMA.fieldNames()
+        return pa.Table.from_pylist([dict(zip(names, event(i, "u", "view", timedelta(0), "i"), strict=True))
+                                     for i in ids], spark_to_arrow(EVENTS_SCHEMA))
+
+    stored = StoredKeys(lake)
+    lake.append_arrow(EVENTS_SPEC, rows("e1", "e2"))
+    assert stored.existing("events", ["e1", "e3"]) == {"e1"}
+    lake.append_arrow(EVENTS_SPEC, rows("e3"))  # read incrementally: only the new commit's file
+    assert stored.existing("events", ["e1", "e3", "e4"]) == {"e1", "e3"}
+    lake.overwrite(EVENTS_SPEC, spark.createDataFrame(rows("e9")))  # removes data: the column is reloaded
+    assert stored.existing("events", ["e1", "e9"]) == {"e9"}
