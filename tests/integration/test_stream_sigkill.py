@@ -58,8 +58,10 @@ def test_sigkill_at_random_moments_and_fault_points(spark, tmp_path):
     landing.mkdir()
     common = ["--input", str(landing), "--set", f"home={home}", "--set", "spark.master=local[2]",
               "--set", "spark.driver_memory=1g", "--set", "streaming.max_files_per_trigger=1",
-              # small enough that pending layers are compacted mid-run, so kills land around compactions too
-              "--set", "streaming.pending_max_rows=100"]
+              # small enough that almost every batch compacts the user x category layer (a day's file touches
+              # 60+ of those keys), so kills land around compactions too, and the last, fault-point run below
+              # reaches a compaction whatever batch the earlier kills left it at
+              "--set", "streaming.pending_max_rows=30"]
     rng = random.Random(20261124)
     plan: list[tuple[str | None, float | None]] = [
         ("after_ingest_commit", None), (None, rng.uniform(8, 20)), ("between_feature_merges@2", None),
