@@ -32,10 +32,9 @@ import pyarrow.compute as pc
 from recsys_lib.core.config import FeaturesConfig
 from recsys_lib.core.schema import EVENT_TYPES
 from recsys_lib.features.definitions import BUCKET, ITEM, USER, USER_CATEGORY, Entity, Merge, decayed_name
+from recsys_lib.features.layers import PENDING
 from recsys_lib.lake.files import spark_to_arrow
 
-#: The pending layer's bucket (:data:`recsys_lib.features.layers.PENDING`).
-PENDING_BUCKET = -1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _EVENT_COLUMNS = ("event_id", "user_id", "event_type", "item_id", "category_id", "price", "quantity")
@@ -80,12 +79,12 @@ def overlay_local(pending: pa.Table, changes: pa.Table, entity: Entity, fc: Feat
     merged = [_merge_row(stored[tuple(r[k] for k in entity.keys)], r, entity, merges)
               for r in changes.filter(in_both).to_pylist()]
     for row in merged:
-        row["updated_at"], row[BUCKET] = updated_at, PENDING_BUCKET
+        row["updated_at"], row[BUCKET] = updated_at, PENDING
     added = changes.filter(pc.invert(in_both))  # keys new to the layer keep their batch state
     added = added.set_column(added.schema.get_field_index("updated_at"), schema.field("updated_at"),
                              pa.array([updated_at] * added.num_rows, schema.field("updated_at").type))
     added = added.set_column(added.schema.get_field_index(BUCKET), schema.field(BUCKET),
-                             pa.array([PENDING_BUCKET] * added.num_rows, pa.int32()))
+                             pa.array([PENDING] * added.num_rows, pa.int32()))
     return pa.concat_tables([pending.filter(pc.invert(touched)), added, pa.Table.from_pylist(merged, schema)])
 
 
@@ -188,7 +187,7 @@ def _to_arrow(states: pd.DataFrame, entity: Entity, updated_at: datetime) -> pa.
     n = len(states)
     as_of = pa.array(states["_as_of_us"].to_numpy(dtype=np.int64), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
     columns: dict[str, Any] = {"as_of": as_of, "last_event_ts": as_of, "updated_at": [updated_at] * n,
-                               BUCKET: [PENDING_BUCKET] * n}
+                               BUCKET: [PENDING] * n}
     defaults: dict[str, Callable[[], Any]] = {"recent_items": list, "category_weights": list}
     for field in schema:
         if field.name in columns:

@@ -32,12 +32,14 @@ table is append-only; other commits fall back to the change feed).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from recsys_lib.core.config import RecsysConfig
@@ -144,11 +146,13 @@ def update_features(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, now: 
     """Fold every ``events`` version not yet covered into each feature table."""
     events_version = lake.version(EVENTS_TABLE)
     tables = list(entities(cfg.features).values())
+    reads = _NewEvents(lake, cfg.streaming.local_max_events)  # the tables usually fold the same range: read it once
     done = {}
     # The tables are independent (each fenced by its own covered version), so they are updated
     # concurrently: Spark runs one table's jobs while the driver plans or commits another's.
     with ThreadPoolExecutor(max_workers=len(tables), thread_name_prefix="feature-merge") as pool:
-        futures = {pool.submit(_update_entity, lake, cfg, e, events_version, now, batch_id): e.table for e in tables}
+        futures = {pool.submit(_update_entity, lake, cfg, e, events_version, now, batch_id, reads): e.table
+                   for e in tables}
         for future in as_completed(futures):
             done[futures[future]] = future.result()
             fault_point("between_feature_merges")
@@ -171,7 +175,7 @@ def events_between(lake: Lake, first_version: int, last_version: int) -> DataFra
 
 
 def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version: int, now: datetime,
-                   batch_id: int | None) -> dict[str, Any]:
+                   batch_id: int | None, reads: _NewEvents) -> dict[str, Any]:
     spec = table_spec(entity)
     lake.create(spec)
     for attempt in range(cfg.lake.commit_retries + 1):
@@ -182,7 +186,8 @@ def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version
         meta = {"job": "stream", "events_version": events_version, "from_events_version": covered + 1,
                 "batch_id": batch_id}
         try:
-            result, engine = _merge_pending(lake, cfg, entity, covered + 1, events_version, table_version, now, meta)
+            result, engine = _merge_pending(lake, cfg, entity, reads, covered + 1, events_version, table_version,
+                                            now, meta)
         except LakeConflictError as exc:
             log.warning("feature merge into %s conflicted (attempt %d), recomputing: %s", entity.table,
                         attempt + 1, exc)
@@ -202,8 +207,25 @@ def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version
                             f"after {cfg.lake.commit_retries + 1} attempts")
 
 
-def _merge_pending(lake: Lake, cfg: RecsysConfig, entity: Entity, first: int, last: int, table_version: int,
-                   now: datetime, meta: dict[str, Any]) -> tuple[CommitResult, str]:
+class _NewEvents:
+    """The ``events`` rows of a version range read on the driver, once per range (None: more than ``limit``)."""
+
+    def __init__(self, lake: Lake, limit: int) -> None:
+        self.lake, self.limit = lake, limit
+        self._read: dict[tuple[int, int], pa.Table | None] = {}
+        self._lock = threading.Lock()
+
+    def get(self, first: int, last: int) -> pa.Table | None:
+        if not self.limit:
+            return None
+        with self._lock:
+            if (first, last) not in self._read:
+                self._read[(first, last)] = self.lake.inserted_arrow(EVENTS_TABLE, first, last, max_rows=self.limit)
+            return self._read[(first, last)]
+
+
+def _merge_pending(lake: Lake, cfg: RecsysConfig, entity: Entity, reads: _NewEvents, first: int, last: int,
+                   table_version: int, now: datetime, meta: dict[str, Any]) -> tuple[CommitResult, str]:
     """Fold ``events`` versions ``first``..``last`` into the pending layer read at ``table_version``; commit.
 
     Up to ``streaming.local_max_events`` new events, on the driver (:mod:`recsys_lib.features.local`);
@@ -211,8 +233,7 @@ def _merge_pending(lake: Lake, cfg: RecsysConfig, entity: Entity, first: int, la
     ``spark``).
     """
     spec = table_spec(entity)
-    limit = cfg.streaming.local_max_events
-    new_local = lake.inserted_arrow(EVENTS_TABLE, first, last, max_rows=limit) if limit else None
+    new_local = reads.get(first, last)
     if new_local is not None:
         try:
             state = fold_local(new_local, entity, cfg.features, now)
