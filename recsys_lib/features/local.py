@@ -40,25 +40,57 @@ _US = timedelta(microseconds=1)
 _EVENT_COLUMNS = ("event_id", "user_id", "event_type", "item_id", "category_id", "price", "quantity")
 
 
-def fold_local(events: pa.Table, entity: Entity, fc: FeaturesConfig, updated_at: datetime) -> pa.Table:
+class LocalEvents:
+    """A batch of events prepared once for every entity's fold (read-only, so shared across threads).
+
+    Besides the columns a fold reads, the frame holds integer codes: ``_user_id``,
+    ``_item_id``, ``_category_id`` and ``_event_id`` number the distinct values in
+    their sort order (-1 for null), and ``_type`` is the index in ``EVENT_TYPES``.
+    Grouping and sorting run on the codes; ``names`` maps them back.
+    """
+
+    def __init__(self, events: pa.Table) -> None:
+        df = events.select(list(_EVENT_COLUMNS)).to_pandas()
+        df["_us"] = events.column("event_ts").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+        self.names: dict[str, np.ndarray] = {}
+        for name in ("user_id", "item_id", "category_id", "event_id"):
+            df[f"_{name}"], self.names[name] = _sorted_codes(events.column(name))
+        df["_type"] = pc.fill_null(pc.index_in(events.column("event_type"), value_set=pa.array(EVENT_TYPES)),
+                                   -1).to_numpy()
+        self.frame = df
+
+
+def _sorted_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's position among the distinct values in sort order (-1 for null), and those values."""
+    distinct = pc.unique(pc.drop_null(column))
+    distinct = distinct.take(pc.sort_indices(distinct))
+    codes = pc.fill_null(pc.index_in(column, value_set=distinct), -1)
+    return codes.to_numpy().astype(np.int64), np.array(distinct.to_pylist(), dtype=object)
+
+
+def fold_local(events: pa.Table | LocalEvents, entity: Entity, fc: FeaturesConfig, updated_at: datetime) -> pa.Table:
     """The state of every key of ``entity`` after folding ``events`` (an ``events``-shaped Arrow table)."""
-    df = _frame(events)
+    prepared = events if isinstance(events, LocalEvents) else LocalEvents(events)
+    df = prepared.frame
     if entity.name == ITEM:
-        df = df[df["item_id"].notna()]
+        df = df[df["_item_id"].to_numpy() >= 0]
     if entity.name == USER_CATEGORY:
-        df = df[df["category_id"].notna()]
-    keys = list(entity.keys)
+        df = df[df["_category_id"].to_numpy() >= 0]
+    keys = [f"_{k}" for k in entity.keys]
     df = df.assign(_as_of=df.groupby(keys, sort=False)["_us"].transform("max"))
     states = _counts_and_decays(df, keys, fc)
     if entity.name == USER:
         states = states.join(_purchases(df))
-        states["recent_items"] = _recent_items(df, fc.recent_items).reindex(states.index)
-        states["category_weights"] = _category_weights(df, fc).reindex(states.index)
+        states["recent_items"] = _recent_items(df, fc.recent_items, prepared.names).reindex(states.index)
+        states["category_weights"] = _category_weights(df, fc, prepared.names).reindex(states.index)
     if entity.name == ITEM:
         states["latest_category"] = _latest(df, "category_id").reindex(states.index)
         states["latest_price"] = _latest(df, "price").reindex(states.index)
         states["users_hll"] = _sketches(df, fc.hll_lg_k).reindex(states.index)
-    return _to_arrow(states.reset_index(), entity, updated_at)
+    states = states.reset_index()
+    for key in entity.keys:
+        states[key] = prepared.names[key][states[f"_{key}"].to_numpy()]
+    return _to_arrow(states, entity, updated_at)
 
 
 def overlay_local(pending: pa.Table, changes: pa.Table, entity: Entity, fc: FeaturesConfig,
@@ -91,14 +123,6 @@ def overlay_local(pending: pa.Table, changes: pa.Table, entity: Entity, fc: Feat
 # -- fold ---------------------------------------------------------------------------------------------------
 
 
-def _frame(events: pa.Table) -> pd.DataFrame:
-    """The columns a fold reads, plus ``_us``: ``event_ts`` in epoch microseconds."""
-    df = events.select(list(_EVENT_COLUMNS)).to_pandas()
-    micros = events.column("event_ts").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
-    df["_us"] = micros.to_numpy()
-    return df
-
-
 def _seconds(micros: Any) -> Any:
     """Epoch microseconds as fractional seconds, as Spark's ``unix_micros(ts) / 1e6``."""
     return micros / 1_000_000.0
@@ -114,8 +138,9 @@ def _counts_and_decays(df: pd.DataFrame, keys: list[str], fc: FeaturesConfig) ->
     work = {k: df[k] for k in keys}
     work["_as_of_us"] = df["_us"]
     factors = {h: _factor(df, h) for h in fc.half_lives}
-    for etype in EVENT_TYPES:
-        is_type = (df["event_type"] == etype).to_numpy()
+    types = df["_type"].to_numpy()
+    for index, etype in enumerate(EVENT_TYPES):
+        is_type = types == index
         work[f"{etype}_count"] = is_type.astype(np.int64)
         for h, factor in factors.items():
             work[decayed_name(etype, h)] = np.where(is_type, factor, 0.0)
@@ -126,55 +151,77 @@ def _counts_and_decays(df: pd.DataFrame, keys: list[str], fc: FeaturesConfig) ->
 
 
 def _purchases(df: pd.DataFrame) -> pd.DataFrame:
-    priced = ((df["event_type"] == "purchase") & df["price"].notna()).to_numpy()
+    priced = (df["_type"].to_numpy() == EVENT_TYPES.index("purchase")) & df["price"].notna().to_numpy()
     price = df["price"].fillna(0.0).to_numpy(dtype=np.float64)
     quantity = df["quantity"].fillna(1).to_numpy(dtype=np.float64)
     work = pd.DataFrame({
-        "user_id": df["user_id"], "purchase_spend": np.where(priced, price * quantity, 0.0),
+        "_user_id": df["_user_id"], "purchase_spend": np.where(priced, price * quantity, 0.0),
         "purchase_price_sum": np.where(priced, price, 0.0), "purchase_priced_count": priced.astype(np.int64)})
-    return work.groupby("user_id", sort=False).sum()
+    return work.groupby("_user_id", sort=False).sum()
 
 
-def _recent_items(df: pd.DataFrame, limit: int) -> pd.Series:
+def _recent_items(df: pd.DataFrame, limit: int, names: dict[str, np.ndarray]) -> pd.Series:
     """Per user, the newest entry of each of the ``limit`` most recent items, newest first."""
-    with_item = df[df["item_id"].notna()].sort_values(
-        ["user_id", "_us", "event_id", "item_id"], ascending=[True, False, False, False])
-    newest = with_item.drop_duplicates(["user_id", "item_id"]).groupby("user_id", sort=False).head(limit)
-    lists: dict[str, list[dict[str, Any]]] = {}
-    for user, micros, event_id, item in zip(newest["user_id"], newest["_us"], newest["event_id"],
-                                            newest["item_id"], strict=True):
+    with_item = df[df["_item_id"].to_numpy() >= 0]
+    users, items = with_item["_user_id"].to_numpy(), with_item["_item_id"].to_numpy()
+    # by user, then newest first (ties: the larger event_id, then the larger item_id)
+    order = np.lexsort((-items, -with_item["_event_id"].to_numpy(), -with_item["_us"].to_numpy(), users))
+    users, items = users[order], items[order]
+    first_of_pair = ~pd.Series(users * (len(names["item_id"]) + 1) + items).duplicated().to_numpy()
+    rows = order[first_of_pair]
+    rows = rows[pd.Series(users[first_of_pair]).groupby(users[first_of_pair], sort=False).cumcount().to_numpy()
+                < limit]
+    lists: dict[int, list[dict[str, Any]]] = {}
+    picked = {c: with_item[c].to_numpy()[rows] for c in ("_user_id", "_us", "event_id", "_item_id")}
+    item_names = names["item_id"][picked["_item_id"]]
+    for user, micros, event_id, item in zip(picked["_user_id"], picked["_us"], picked["event_id"], item_names,
+                                            strict=True):
         lists.setdefault(user, []).append({"ts": _timestamp(micros), "event_id": event_id, "item_id": item})
     return pd.Series(lists, dtype=object)
 
 
-def _category_weights(df: pd.DataFrame, fc: FeaturesConfig) -> pd.Series:
+def _category_weights(df: pd.DataFrame, fc: FeaturesConfig, names: dict[str, np.ndarray]) -> pd.Series:
     """Per user: category -> sum of type weight x 2^-((user as_of - ts) / H)."""
-    with_category = df[df["category_id"].notna()]
-    weight = with_category["event_type"].map(fc.affinity_weights).fillna(0.0).to_numpy(dtype=np.float64)
-    terms = pd.DataFrame({"user_id": with_category["user_id"], "category_id": with_category["category_id"],
+    with_category = df[df["_category_id"].to_numpy() >= 0]
+    by_type = np.array([fc.affinity_weights.get(t, 0.0) for t in EVENT_TYPES] + [0.0])  # index -1: unknown
+    weight = by_type[with_category["_type"].to_numpy()]
+    terms = pd.DataFrame({"_user_id": with_category["_user_id"], "_category_id": with_category["_category_id"],
                           "w": weight * _factor(with_category, fc.affinity_half_life)})
-    maps: dict[str, list[tuple[str, float]]] = {}
-    for (user, category), w in terms.groupby(["user_id", "category_id"], sort=False)["w"].sum().items():
+    sums = terms.groupby(["_user_id", "_category_id"], sort=False)["w"].sum()
+    maps: dict[int, list[tuple[str, float]]] = {}
+    categories = names["category_id"][sums.index.get_level_values(1).to_numpy()]
+    for user, category, w in zip(sums.index.get_level_values(0).to_numpy(), categories, sums.to_numpy(), strict=True):
         maps.setdefault(user, []).append((category, float(w)))
     return pd.Series(maps, dtype=object)
 
 
 def _latest(df: pd.DataFrame, column: str) -> pd.Series:
     """Per item, (ts, event_id, value) of its latest event (by ts, then event_id) with a ``column`` value."""
-    rows = df[df[column].notna()].sort_values(["_us", "event_id"], ascending=False).drop_duplicates("item_id")
+    rows = df[df[column].notna().to_numpy()]
+    rows = rows.iloc[np.lexsort((-rows["_event_id"].to_numpy(), -rows["_us"].to_numpy()))]
+    rows = rows[~rows["_item_id"].duplicated().to_numpy()]
     return pd.Series({item: {"ts": _timestamp(us), "event_id": eid, "value": value}
-                      for item, us, eid, value in zip(rows["item_id"], rows["_us"], rows["event_id"], rows[column],
+                      for item, us, eid, value in zip(rows["_item_id"], rows["_us"], rows["event_id"], rows[column],
                                                       strict=True)}, dtype=object)
 
 
 def _sketches(df: pd.DataFrame, lg_k: int) -> pd.Series:
-    """Per item, the serialized HLL_8 sketch of its users (Spark's ``hll_sketch_agg`` bytes)."""
+    """Per item, the serialized HLL_8 sketch of its users (Spark's ``hll_sketch_agg`` bytes).
+
+    A repeated (item, user) pair changes nothing in a sketch, so only the first is added.
+    """
+    pairs = df[~df.duplicated(["_item_id", "_user_id"]).to_numpy()]
+    if pairs.empty:
+        return pd.Series({}, dtype=object)
+    order = np.argsort(pairs["_item_id"].to_numpy(), kind="stable")  # by item, users in their event order
+    items, users = pairs["_item_id"].to_numpy()[order], pairs["user_id"].to_numpy()[order]
+    bounds = np.r_[np.flatnonzero(np.r_[True, items[1:] != items[:-1]]), len(items)]
     out = {}
-    for item, users in df.groupby("item_id", sort=False)["user_id"]:
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
         sketch = ds.hll_sketch(lg_k, ds.tgt_hll_type.HLL_8)
-        for user in users:
+        for user in users[start:stop]:
             sketch.update(user)
-        out[item] = sketch.serialize_updatable()
+        out[items[start]] = sketch.serialize_updatable()
     return pd.Series(out, dtype=object)
 
 

@@ -142,9 +142,11 @@ def ingest_arrow(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: pa.Tab
     classified, _ = classify_local(raw, max_line_bytes=ic.max_line_bytes, max_future_skew_s=ic.max_future_skew,
                                    now=now, allowed_lateness_s=ic.allowed_lateness, fallback=spark_classify)
     labelled = label_local(classified, stored)
-    why = [f"{r}:{f}" if f else r for r, f in zip(labelled.column("reason").to_pylist(),
-                                                  labelled.column("reason_field").to_pylist(), strict=True)]
-    counts = Counter(zip(labelled.column("status").to_pylist(), why, strict=True))
+    groups = labelled.group_by(["status", "reason", "reason_field"]).aggregate([("status", "count")]).to_pylist()
+    counts: Counter[tuple[str, str | None]] = Counter()
+    for g in groups:
+        counts[(g["status"], f"{g['reason']}:{g['reason_field']}" if g["reason_field"] else g["reason"])] += \
+            g["status_count"]
     summary = _reconciled(run_id, source, raw.num_rows, counts)
     stages.lap("parse_validate_dedupe")
     meta = {"run_id": run_id, "input": source}

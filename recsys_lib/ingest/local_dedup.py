@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
@@ -74,13 +74,13 @@ class StoredKeys:
         self._cache[table] = (version, keys)
         return keys
 
-    def existing(self, table: str, candidates: Iterable[str]) -> set[str]:
-        """The ``candidates`` already stored in ``table``."""
-        wanted = pa.array(sorted(set(candidates)), pa.string())
+    def existing(self, table: str, candidates: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """The distinct ``candidates`` already stored in ``table``."""
+        wanted = pc.unique(pc.drop_null(candidates))
         if not len(wanted):
-            return set()
+            return pa.array([], pa.string())
         keys = self._keys(table)
-        return set(pc.filter(keys, pc.is_in(keys, value_set=wanted)).to_pylist())
+        return pc.unique(pc.filter(keys, pc.is_in(keys, value_set=wanted)))
 
 
 def quarantine_key(source_file: str, value: str | None) -> str:
@@ -99,37 +99,38 @@ def spark_xxhash64(text: str | None) -> int:
 def label_local(classified: pa.Table, stored: StoredKeys) -> pa.Table:
     """Classified lines with ``record_key`` and ``status`` added.
 
+    Vectorised: Python touches only the few quarantined lines and repeated keys.
+
     Args:
         classified: Output of :func:`~recsys_lib.ingest.local_validate.classify_local`.
         stored: The keys already in the lake.
 
     """
-    valid = pc.is_null(classified.column("reason")).to_pylist()
-    event_ids = classified.column("event_id").to_pylist()
-    values = classified.column("value").to_pylist()
-    files = classified.column("source_file").to_pylist()
-    record_keys = [eid if ok else quarantine_key(f, v) for ok, eid, f, v in zip(valid, event_ids, files, values,
-                                                                                  strict=True)]
-    keys = [("e:" if ok else "q:") + k for ok, k in zip(valid, record_keys, strict=True)]
+    valid = pc.is_null(classified.column("reason")).combine_chunks()
+    bad_rows = np.flatnonzero(~valid.to_numpy(zero_copy_only=False))
+    files, values = classified.column("source_file"), classified.column("value")
+    line_keys = [quarantine_key(files[i].as_py(), values[i].as_py()) for i in bad_rows]
+    record_keys = pc.replace_with_mask(classified.column("event_id").combine_chunks(), pc.invert(valid),
+                                       pa.array(line_keys, pa.string()))
+    keys = pc.binary_join_element_wise(pc.if_else(valid, "e:", "q:"), record_keys, "")
     # Only keys seen more than once need a choice: the first by (source file, Spark's xxhash64 of the text).
     counts = pa.table({"k": keys}).group_by("k").aggregate([("k", "count")])
-    repeated = set(counts.filter(pc.greater(counts.column("k_count"), 1)).column("k").to_pylist())
-    best: dict[str, tuple[tuple[str, int], int]] = {}
-    for i, key in enumerate(keys):
-        if key in repeated:
-            order = (files[i], spark_xxhash64(values[i]))
+    repeated = counts.filter(pc.greater(counts.column("k_count"), 1)).column("k").combine_chunks()
+    dropped = np.zeros(len(keys), dtype=bool)
+    if len(repeated):
+        best: dict[str, tuple[tuple[str, int], int]] = {}
+        for i in np.flatnonzero(pc.is_in(keys, value_set=repeated).to_numpy(zero_copy_only=False)).tolist():
+            key, order = keys[i].as_py(), (files[i].as_py(), spark_xxhash64(values[i].as_py()))
+            if key in best:
+                dropped[best[key][1] if order < best[key][0] else i] = True
             if key not in best or order < best[key][0]:
                 best[key] = (order, i)
-    kept = {i for _, i in best.values()}
-    existing_events = stored.existing(EVENTS_TABLE, (k for ok, k in zip(valid, record_keys, strict=True) if ok))
-    existing_lines = stored.existing(QUARANTINE_TABLE, (k for ok, k in zip(valid, record_keys, strict=True) if not ok))
-    statuses = []
-    for i, (ok, key) in enumerate(zip(valid, record_keys, strict=True)):
-        if keys[i] in repeated and i not in kept:
-            statuses.append(Status.DUPLICATE_IN_BATCH.value)
-        elif ok:
-            statuses.append((Status.DUPLICATE_EXISTING if key in existing_events else Status.NEW).value)
-        else:
-            statuses.append((Status.ALREADY_QUARANTINED if key in existing_lines else Status.QUARANTINED).value)
-    return classified.append_column("record_key", pa.array(record_keys, pa.string())).append_column(
-        "status", pa.array(statuses, pa.string()))
+    stored_events = stored.existing(EVENTS_TABLE, pc.filter(record_keys, valid))
+    stored_lines = stored.existing(QUARANTINE_TABLE, pc.filter(record_keys, pc.invert(valid)))
+    found = pc.if_else(valid, pc.is_in(record_keys, value_set=stored_events),
+                       pc.is_in(record_keys, value_set=stored_lines))
+    status = pc.if_else(
+        pa.array(dropped), Status.DUPLICATE_IN_BATCH.value,
+        pc.if_else(valid, pc.if_else(found, Status.DUPLICATE_EXISTING.value, Status.NEW.value),
+                   pc.if_else(found, Status.ALREADY_QUARANTINED.value, Status.QUARANTINED.value)))
+    return classified.append_column("record_key", record_keys).append_column("status", status)

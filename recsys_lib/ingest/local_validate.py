@@ -31,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 
 from recsys_lib.core.schema import EVENT_TYPES, ID_FIELDS, REQUIRED_FIELDS, Reason
+from recsys_lib.ingest.canonical import classify_canonical, window
 
 #: Columns of a classified line, as :func:`recsys_lib.ingest.validate.classify` returns them.
 CLASSIFIED_SCHEMA = pa.schema([
@@ -77,11 +78,11 @@ def classify_local(raw: pa.Table, *, max_line_bytes: int, max_future_skew_s: flo
         (Spark) classified.
 
     """
-    limits = (now + timedelta(seconds=max_future_skew_s),
-              None if allowed_lateness_s is None else now - timedelta(seconds=allowed_lateness_s))
+    limits = window(now, max_future_skew_s, allowed_lateness_s)
+    fast, rest = classify_canonical(raw, max_line_bytes=max_line_bytes, latest=limits[0], earliest=limits[1])
     rows: list[Row] = []
     unsure_values, unsure_files = [], []
-    for value, source in zip(raw.column("value").to_pylist(), raw.column("source_file").to_pylist(), strict=True):
+    for value, source in zip(rest.column("value").to_pylist(), rest.column("source_file").to_pylist(), strict=True):
         try:
             row = _classify_line(value, max_line_bytes, limits)
         except _Unsure:
@@ -90,7 +91,7 @@ def classify_local(raw: pa.Table, *, max_line_bytes: int, max_future_skew_s: flo
             continue
         row["value"], row["source_file"] = value, source
         rows.append(row)
-    table = pa.Table.from_pylist(rows, CLASSIFIED_SCHEMA)
+    table = pa.concat_tables([fast.cast(CLASSIFIED_SCHEMA), pa.Table.from_pylist(rows, CLASSIFIED_SCHEMA)])
     if unsure_values:
         spark_rows = fallback(pa.table({"value": pa.array(unsure_values, pa.string()),
                                         "source_file": pa.array(unsure_files, pa.string())}))

@@ -39,7 +39,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from recsys_lib.core.config import RecsysConfig
@@ -47,7 +46,7 @@ from recsys_lib.core.schema import EVENTS_SCHEMA, EVENTS_TABLE
 from recsys_lib.features import entities, fold
 from recsys_lib.features.definitions import BUCKET, Entity
 from recsys_lib.features.layers import PENDING, as_pending, compact_pending, overlay, table_spec
-from recsys_lib.features.local import fold_local, overlay_local
+from recsys_lib.features.local import LocalEvents, fold_local, overlay_local
 from recsys_lib.ingest.commit import IngestError, ingest_arrow, ingest_frame
 from recsys_lib.ingest.local_dedup import StoredKeys
 from recsys_lib.lake import CommitResult, Lake, LakeConflictError, LakeError
@@ -208,19 +207,23 @@ def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version
 
 
 class _NewEvents:
-    """The ``events`` rows of a version range read on the driver, once per range (None: more than ``limit``)."""
+    """The ``events`` rows of a version range read and prepared on the driver, once per range.
+
+    None: more than ``limit`` rows (or ``limit`` is 0): Spark folds them.
+    """
 
     def __init__(self, lake: Lake, limit: int) -> None:
         self.lake, self.limit = lake, limit
-        self._read: dict[tuple[int, int], pa.Table | None] = {}
+        self._read: dict[tuple[int, int], LocalEvents | None] = {}
         self._lock = threading.Lock()
 
-    def get(self, first: int, last: int) -> pa.Table | None:
+    def get(self, first: int, last: int) -> LocalEvents | None:
         if not self.limit:
             return None
         with self._lock:
             if (first, last) not in self._read:
-                self._read[(first, last)] = self.lake.inserted_arrow(EVENTS_TABLE, first, last, max_rows=self.limit)
+                rows = self.lake.inserted_arrow(EVENTS_TABLE, first, last, max_rows=self.limit)
+                self._read[(first, last)] = None if rows is None else LocalEvents(rows)
             return self._read[(first, last)]
 
 

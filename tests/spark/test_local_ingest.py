@@ -9,6 +9,7 @@ import pytest
 
 from recsys_lib.core.config import load_config
 from recsys_lib.datagen.synthetic import GeneratorSpec, generate
+from recsys_lib.ingest.canonical import classify_canonical, window
 from recsys_lib.ingest.commit import ingest_arrow, ingest_frame
 from recsys_lib.ingest.local_dedup import StoredKeys, spark_xxhash64
 from recsys_lib.ingest.local_validate import classify_local
@@ -63,6 +64,41 @@ TRICKY = [
     _line('"2024-01-01T00:00:60Z"'), _line('"2024-02-29T10:00:00Z"'), _line('"2023-02-29T10:00:00Z"'),
     _line('"2024-01-01T24:00:00Z"'), _line('"2024-00-10T10:00:00Z"'),
 ]
+
+
+def _canonical(ts="1714557600000", sep=",", **fields):
+    """A line in schema order (the canonical lane's shape); ``fields`` are JSON texts."""
+    head = {"event_id": '"c1"', "event_ts": ts, "user_id": '"u1"', "event_type": '"view"', "item_id": '"i1"'}
+    body = {**head, **fields}
+    return "{" + sep.join(f'"{k}":{v}' for k, v in body.items() if v is not None) + "}"
+
+
+#: Lines the canonical (Arrow) lane decides.
+CANONICAL = [
+    _canonical(), _canonical('"1714557600000"'), _canonical("0"), _canonical('"2024-05-01T10:00:00Z"'),
+    _canonical('"2024-05-01T10:00:00.5Z"'), _canonical('"2024-05-01T10:00:00.123456+05:30"'),
+    _canonical('"2024-05-01T23:59:59.999999-03:00"'), _canonical('"2024-02-29T10:00:00+17:59"'),
+    _canonical('"1900-03-01T00:00:00.000001Z"'), _canonical('"2024-06-01T13:00:00Z"'),
+    _canonical('"2024-06-01T13:00:01Z"'), _canonical("1717246801000"), _canonical('"2024-04-22T11:59:59Z"'),
+    _canonical(item_id='""'), _canonical(item_id="null"), _canonical(item_id=None),
+    _canonical(event_type='"search"', item_id=None, query='"red shoes, size 9"'),
+    _canonical(event_type='"search"', item_id='""', query='""'),
+    _canonical(event_type='"purchase"', category_id='"ü€𝄞"', price="12.345678901234567", quantity="3",
+               session_id='"s 1"', query="null"),
+    _canonical(price="-0.0"), _canonical(price="0"), _canonical(price="-0.01"), _canonical(price="5"),
+    _canonical(price="1234567890123456.5"), _canonical(price="0.30000000000000004"), _canonical(price="null"),
+    _canonical(quantity="0"), _canonical(quantity="-3"), _canonical(quantity="999999999999999999"),
+    _canonical(price="-1", quantity="0"), _canonical(item_id='""', price="-1"),
+    _canonical(sep=", ", category_id='"c 1"'), _canonical(event_type='"add_to_cart"', category_id='""'),
+]
+#: Canonical-looking lines the canonical lane leaves to the per-line lane.
+NOT_CANONICAL = [
+    _canonical('"2023-02-29T10:00:00Z"'), _canonical('"2024-05-01T24:00:00Z"'), _canonical('"0000-01-01T00:00:00Z"'),
+    _canonical('"2024-05-01T10:00:00+18:00"'), _canonical(price="1e3"), _canonical(item_id='" i"'),
+    _canonical(item_id='"{x"'), _canonical(category_id='"\\u00fc"'), _canonical(quantity="1.0"),
+    _canonical(event_type='"wishlist"'), _canonical(extra="1"), _canonical(user_id='"  "'),
+    _canonical(event_type='"view"', item_id='"i1"', query='"' + "x" * 300 + '"'),
+]
 TYPED = ("event_id", "event_ts", "user_id", "event_type", "item_id", "category_id", "price", "quantity", "session_id",
          "query", "raw_bytes")
 
@@ -102,6 +138,24 @@ def test_local_classify_equals_spark_line_for_line(spark, lateness):
         assert local_rows[line] == spark_rows[line], line
     assert handed_over == sum(spark_calls)
     assert 0 < handed_over < len(TRICKY) // 2  # most lines, including many bad ones, are decided locally
+
+
+@pytest.mark.parametrize("lateness", [None, 40 * 86400.0], ids=["any-age", "lateness-40d"])
+def test_canonical_lane_equals_spark(spark, lateness):
+    lines = CANONICAL + NOT_CANONICAL
+    raw = pa.table({"value": pa.array(lines), "source_file": pa.array(["file:/in/a.jsonl"] * len(lines))})
+    latest, earliest = window(NOW, 3600.0, lateness)
+    decided, rest = classify_canonical(raw, max_line_bytes=256, latest=latest, earliest=earliest)
+    assert decided.column("value").to_pylist() == CANONICAL
+    assert rest.column("value").to_pylist() == NOT_CANONICAL
+    # (the rest is the per-line lane's: some of it, a year-0 timestamp, Python cannot even hold)
+    spark_rows = {r["value"]: _outcome(r) for r in _spark_classify(spark, lines, lateness)(
+        raw.slice(0, len(CANONICAL))).to_pylist()}
+    for row in decided.to_pylist():
+        assert _outcome(row) == spark_rows[row["value"]], row["value"]
+    reasons = {row["reason"] for row in decided.to_pylist()}
+    assert {None, "missing_field", "future_timestamp", "negative_price", "bad_quantity"} <= reasons
+    assert ("too_late" in reasons) == (lateness is not None)
 
 
 def test_spark_xxhash64_matches_spark(spark):
@@ -159,10 +213,13 @@ def test_stored_keys_follow_appends_and_reload_after_rewrites(spark, lake):
         return pa.Table.from_pylist([dict(zip(names, event(i, "u", "view", timedelta(0), "i"), strict=True))
                                      for i in ids], spark_to_arrow(EVENTS_SCHEMA))
 
+    def found(stored, ids):
+        return set(stored.existing("events", pa.array(ids)).to_pylist())
+
     stored = StoredKeys(lake)
     lake.append_arrow(EVENTS_SPEC, rows("e1", "e2"))
-    assert stored.existing("events", ["e1", "e3"]) == {"e1"}
+    assert found(stored, ["e1", "e3"]) == {"e1"}
     lake.append_arrow(EVENTS_SPEC, rows("e3"))  # read incrementally: only the new commit's file
-    assert stored.existing("events", ["e1", "e3", "e4"]) == {"e1", "e3"}
+    assert found(stored, ["e1", "e3", "e4"]) == {"e1", "e3"}
     lake.overwrite(EVENTS_SPEC, spark.createDataFrame(rows("e9")))  # removes data: the column is reloaded
-    assert stored.existing("events", ["e1", "e9"]) == {"e9"}
+    assert found(stored, ["e1", "e9"]) == {"e9"}
