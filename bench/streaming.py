@@ -64,6 +64,7 @@ def incremental(recsys: str, work: Path, size: int, master: str, env: dict[str, 
             "increment_events": sum(b["new_events"] for b in measured), "batches_in_run": len(batches),
             "increment_batches": len(measured), "batch_seconds": round(seconds, 2), "merge_seconds": round(merge, 2),
             "ingest_stage_seconds": [b.get("ingest_stage_seconds") for b in measured],
+            "read_seconds": [b.get("read_seconds") for b in measured],
             "ratio": round(seconds / refresh_seconds, 3),
             # the feature merge alone (the whole batch also ingests and deduplicates the new events)
             "merge_ratio": round(merge / refresh_seconds, 3),

@@ -73,6 +73,8 @@ class BatchReport:
     ingest_stage_seconds: dict[str, float] = field(default_factory=dict)
     #: ``local`` (on the driver) or ``spark``.
     ingest_engine: str = "spark"
+    #: Seconds spent bringing the batch's lines to the driver (the local engine's one Spark job).
+    read_seconds: float = 0.0
     #: Seconds from the earliest / latest file arrival (mtime) in the batch until its features were committed.
     freshness_lag_max_s: float | None = None
     freshness_lag_min_s: float | None = None
@@ -96,6 +98,7 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     app = f"stream-{query}"
     limit = cfg.streaming.local_max_events
     lines = raw.limit(limit + 1).toArrow() if limit else None
+    read_seconds = round(time.monotonic() - started, 3)
     common: dict[str, Any] = {"run_id": f"{app}-{batch_id}", "source": f"stream:{query}", "now": now,
                               "app_id": app, "batch_id": batch_id}
     summary, engine = None, "spark"
@@ -116,7 +119,8 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     fault_point("after_ingest_commit")
     report = BatchReport(query=query, batch_id=batch_id, rows_in=summary.input_records, new_events=summary.valid,
                          quarantined=summary.quarantined, duplicates=summary.duplicates,
-                         ingest_stage_seconds=summary.stage_seconds, ingest_engine=engine)
+                         ingest_stage_seconds=summary.stage_seconds, ingest_engine=engine,
+                         read_seconds=read_seconds)
     t0 = time.monotonic()
     report.tables = update_features(spark, lake, cfg, now=now, batch_id=batch_id)
     report.merge_seconds = round(time.monotonic() - t0, 3)
