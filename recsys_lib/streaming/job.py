@@ -62,7 +62,7 @@ def run_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
 
     def on_batch(batch: DataFrame, batch_id: int) -> None:
         report = process_batch(spark, lake, cfg, batch, query=cfg.streaming.query_name, batch_id=batch_id,
-                               stored=stored)
+                               stored=stored, checkpoint=checkpoint)
         record = report.to_json()
         reports.append(record)
         log.info("batch %d: %d in, %d new, %d quarantined, %d duplicates, merge %.2fs", batch_id,

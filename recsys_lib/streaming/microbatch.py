@@ -51,6 +51,7 @@ from recsys_lib.ingest.commit import IngestError, ingest_arrow, ingest_frame
 from recsys_lib.ingest.local_dedup import StoredKeys
 from recsys_lib.lake import CommitResult, Lake, LakeConflictError, LakeError
 from recsys_lib.lake.files import filesystem_for
+from recsys_lib.streaming.batch_files import batch_lines, local_path
 from recsys_lib.streaming.faults import fault_point
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,10 @@ class BatchReport:
     ingest_stage_seconds: dict[str, float] = field(default_factory=dict)
     #: ``local`` (on the driver) or ``spark``.
     ingest_engine: str = "spark"
-    #: Seconds spent bringing the batch's lines to the driver (the local engine's one Spark job).
+    #: Seconds spent bringing the batch's lines to the driver, and how: ``files`` (read directly, from
+    #: the checkpoint's file list), ``spark`` (one Spark job) or ``none`` (the Spark engine ingests).
     read_seconds: float = 0.0
+    read_by: str = "none"
     #: Seconds from the earliest / latest file arrival (mtime) in the batch until its features were committed.
     freshness_lag_max_s: float | None = None
     freshness_lag_min_s: float | None = None
@@ -85,19 +88,27 @@ class BatchReport:
 
 
 def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFrame, *, query: str,
-                  batch_id: int, now: datetime | None = None, stored: StoredKeys | None = None) -> BatchReport:
+                  batch_id: int, now: datetime | None = None, stored: StoredKeys | None = None,
+                  checkpoint: str | None = None) -> BatchReport:
     """Apply one micro-batch of raw lines (columns ``value``, ``source_file``).
 
     A batch of up to ``streaming.local_max_events`` lines is ingested on the driver
     (:func:`~recsys_lib.ingest.commit.ingest_arrow`), deduplicated against ``stored``
     (which a long-running stream keeps between batches; None: read afresh); a larger
-    one by Spark (:func:`~recsys_lib.ingest.commit.ingest_frame`).
+    one by Spark (:func:`~recsys_lib.ingest.commit.ingest_frame`). With the query's
+    ``checkpoint`` (only the stream itself passes it), the driver reads the batch's
+    files itself (:mod:`~recsys_lib.streaming.batch_files`); otherwise, or if that is
+    not certain, one Spark job brings ``raw`` to the driver.
     """
     started = time.monotonic()
     now = now or datetime.now(UTC)
     app = f"stream-{query}"
     limit = cfg.streaming.local_max_events
-    lines = raw.limit(limit + 1).toArrow() if limit else None
+    lines, read_by = None, "none"
+    if limit and checkpoint is not None:
+        lines, read_by = batch_lines(checkpoint, batch_id, max_lines=limit), "files"
+    if limit and lines is None:
+        lines, read_by = raw.limit(limit + 1).toArrow(), "spark"
     read_seconds = round(time.monotonic() - started, 3)
     common: dict[str, Any] = {"run_id": f"{app}-{batch_id}", "source": f"stream:{query}", "now": now,
                               "app_id": app, "batch_id": batch_id}
@@ -120,7 +131,7 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     report = BatchReport(query=query, batch_id=batch_id, rows_in=summary.input_records, new_events=summary.valid,
                          quarantined=summary.quarantined, duplicates=summary.duplicates,
                          ingest_stage_seconds=summary.stage_seconds, ingest_engine=engine,
-                         read_seconds=read_seconds)
+                         read_seconds=read_seconds, read_by=read_by)
     t0 = time.monotonic()
     report.tables = update_features(spark, lake, cfg, now=now, batch_id=batch_id)
     report.merge_seconds = round(time.monotonic() - t0, 3)
@@ -136,8 +147,7 @@ def _arrival_times(files: list[str]) -> list[float]:
     """Modification times (epoch seconds) of the batch's files: when each was renamed into the landing folder."""
     times = []
     for uri in files:
-        path = uri[len("file:"):] if uri.startswith("file:") else uri
-        fs, inner = filesystem_for(path)
+        fs, inner = filesystem_for(local_path(uri))
         info = fs.get_file_info(inner)
         if info.mtime_ns:
             times.append(info.mtime_ns / 1e9)

@@ -28,6 +28,7 @@ def test_available_now_twice_then_refresh_agrees(spark, tmp_path):
     from recsys_lib.core.config import load_config
     from recsys_lib.features import entities
     from recsys_lib.lake import open_lake
+    from recsys_lib.streaming.job import last_batches
 
     raw, landing, home = tmp_path / "raw", tmp_path / "landing", tmp_path / "home"
     generate(GeneratorSpec(users=80, items=60, days=4, events=4_000, seed=31, compress=False), raw)
@@ -45,6 +46,9 @@ def test_available_now_twice_then_refresh_agrees(spark, tmp_path):
     cfg = load_config(overrides=[f"home={home}"])
     lake = open_lake(spark, cfg, engine="delta-rs")
     assert lake.read("events").count() == manifest["valid_events"]
+    batches = last_batches(cfg, limit=100)
+    # the default engine: each batch's files read straight from the checkpoint's list, ingested on the driver
+    assert batches and {(b["read_by"], b["ingest_engine"]) for b in batches} == {("files", "local")}
     incremental = {n: stored_states(lake, e, cfg.features) for n, e in entities(cfg.features).items()}
     _recsys("features", "refresh", *common)
     for name, entity in entities(cfg.features).items():
