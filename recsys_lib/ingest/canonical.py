@@ -114,8 +114,10 @@ def _parse(values: pa.ChunkedArray) -> pa.Table:
 def _newline_joined(values: pa.ChunkedArray) -> bytes:
     """The strings' UTF-8 bytes, each followed by a newline, read straight from Arrow's buffers."""
     parts = []
-    for chunk in pc.binary_join_element_wise(values, "", "\n").chunks:
-        offsets = np.frombuffer(chunk.buffers()[1], np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
+    text_type = values.type
+    for chunk in pc.binary_join_element_wise(values, pa.scalar("", text_type), pa.scalar("\n", text_type)).chunks:
+        width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+        offsets = np.frombuffer(chunk.buffers()[1], width)[chunk.offset:chunk.offset + len(chunk) + 1]
         parts.append(chunk.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]])
     return b"".join(parts)
 
@@ -137,8 +139,7 @@ def _timestamps(text: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
         part(17, 19)
     tail = pc.extract_regex(pc.utf8_slice_codeunits(iso, 19), _ISO_PARTS)
     fraction = pc.utf8_rpad(pc.fill_null(pc.struct_field(tail, "fraction"), ""), 6, "0")
-    micros = pc.cast(pc.if_else(pc.equal(fraction, "000000"), "0", fraction), pa.int64()).to_numpy(
-        zero_copy_only=False)
+    micros = pc.cast(fraction, pa.int64()).to_numpy(zero_copy_only=False)
     zone = pc.struct_field(tail, "zone")
     offset_sign = np.where(pc.starts_with(zone, "-").to_numpy(zero_copy_only=False), -1, 1)
     zoned = pc.if_else(pc.equal(zone, "Z"), "+00:00", zone)

@@ -250,15 +250,17 @@ def _merge_pending(lake: Lake, cfg: RecsysConfig, entity: Entity, reads: _NewEve
     ``spark``).
     """
     spec = table_spec(entity)
-    new_local = reads.get(first, last)
-    if new_local is not None:
-        try:
+    contents_local = None
+    try:
+        new_local = reads.get(first, last)
+        if new_local is not None:
             state = fold_local(new_local, entity, cfg.features, now)
             pending_local = lake.read_arrow(entity.table, version=table_version, partitions=(BUCKET, [PENDING]))
             contents_local = overlay_local(pending_local, state, entity, cfg.features, now)
-        except Exception:  # noqa: BLE001 - e.g. a timestamp outside Python's years 1..9999: Spark folds it
-            log.exception("driver-local fold into %s failed; folding this batch with Spark", entity.table)
-        else:
+    except Exception:  # noqa: BLE001 - e.g. a timestamp outside Python's years 1..9999: Spark folds it
+        log.exception("driver-local fold into %s failed; folding this batch with Spark", entity.table)
+    else:
+        if contents_local is not None:
             return lake.replace_partitions_arrow(spec, contents_local, BUCKET, [PENDING],
                                                  read_version=table_version, metadata=meta), "local"
     new = events_between(lake, first, last)
