@@ -95,7 +95,7 @@ CANONICAL = [
 NOT_CANONICAL = [
     _canonical('"2023-02-29T10:00:00Z"'), _canonical('"2024-05-01T24:00:00Z"'), _canonical('"0000-01-01T00:00:00Z"'),
     _canonical('"2024-05-01T10:00:00+18:00"'), _canonical(price="1e3"), _canonical(item_id='" i"'),
-    _canonical(item_id='"{x"'), _canonical(category_id='"\\u00fc"'), _canonical(quantity="1.0"),
+    _canonical(item_id='"{x"'), _canonical(category_id='"\\u00fc"'), _canonical(quantity="1.0"), _canonical(price="-0"),
     _canonical(event_type='"wishlist"'), _canonical(extra="1"), _canonical(user_id='"  "'),
     _canonical(event_type='"view"', item_id='"i1"', query='"' + "x" * 300 + '"'),
 ]
