@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: The file source's log format version this module understands.
 _VERSION = "v1"
+#: Checkpoints whose file list could not be read (their later failures are logged at debug level).
+_FAILED: set[str] = set()
 
 
 def batch_lines(checkpoint: str, batch_id: int, max_lines: int) -> pa.Table | None:
@@ -62,8 +64,11 @@ def batch_lines(checkpoint: str, batch_id: int, max_lines: int) -> pa.Table | No
                 break
         return pa.table({"value": pa.array(values, pa.string()), "source_file": pa.array(sources, pa.string())})
     except Exception:  # noqa: BLE001 - the caller reads the batch with Spark instead
-        log.warning("could not read micro-batch %d from the checkpoint's file list; reading it with Spark",
-                    batch_id, exc_info=True)
+        # (with the traceback once per checkpoint: e.g. a scheme pyarrow cannot open fails every batch)
+        first = checkpoint not in _FAILED
+        _FAILED.add(checkpoint)
+        log.log(logging.WARNING if first else logging.DEBUG, "could not read micro-batch %d from the "
+                "checkpoint's file list; reading it with Spark", batch_id, exc_info=first)
         return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import time
 
@@ -76,9 +77,18 @@ def test_batch_lines_equal_the_file_source(spark, tmp_path):
     assert {b: batch_files(checkpoint, b) for b in seen} == before
 
 
-def test_unknown_batches_and_formats_fall_back(tmp_path):
+def test_unknown_batches_and_formats_fall_back(tmp_path, caplog):
     checkpoint = tmp_path / "checkpoint"
     assert batch_lines(str(checkpoint), 0, max_lines=10) is None  # no offset log yet
     (checkpoint / "offsets").mkdir(parents=True)
     (checkpoint / "offsets" / "0").write_text('v9\n{}\n{"logOffset":0}\n')
     assert batch_files(str(checkpoint), 0) is None  # a format this module does not know
+    # a file on a scheme pyarrow cannot open: Spark reads it; the warning comes once per checkpoint
+    (checkpoint / "offsets" / "0").write_text('v1\n{}\n{"logOffset":0}\n')
+    (checkpoint / "sources" / "0").mkdir(parents=True)
+    (checkpoint / "sources" / "0" / "0").write_text('v1\n{"path":"nosuch://b/x.jsonl","timestamp":1,"batchId":0}\n')
+    assert batch_files(str(checkpoint), 0) == ["nosuch://b/x.jsonl"]
+    with caplog.at_level(logging.DEBUG, logger="recsys_lib.streaming.batch_files"):
+        assert batch_lines(str(checkpoint), 0, max_lines=10) is None
+        assert batch_lines(str(checkpoint), 0, max_lines=10) is None
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.DEBUG]
