@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: The file source's log format version this module understands.
 _VERSION = "v1"
+#: A file larger on disk than this many bytes per allowed line is left to Spark.
+_BYTES_PER_LINE = 1024
 #: Checkpoints whose file list could not be read (their later failures are logged at debug level).
 _FAILED: set[str] = set()
 
@@ -55,7 +57,7 @@ def batch_lines(checkpoint: str, batch_id: int, max_lines: int) -> pa.Table | No
         values: list[str] = []
         sources: list[str] = []
         for uri in files:
-            lines = _lines(uri)
+            lines = _lines(uri, max_bytes=max_lines * _BYTES_PER_LINE)
             if lines is None:
                 return None
             values += lines
@@ -134,13 +136,16 @@ def _first_compaction_from(folder: str, offset: int) -> str | None:
     return None
 
 
-def _lines(uri: str) -> list[str] | None:
+def _lines(uri: str, max_bytes: int) -> list[str] | None:
     r"""The lines of one raw file as Spark's text source splits them; None where it might differ.
 
     Spark splits on ``\n``, ``\r\n`` and ``\r``; a file holding ``\r`` is left to it,
-    and so is one that is not UTF-8 or starts with a byte-order mark.
+    and so is one that is not UTF-8 or starts with a byte-order mark, and one larger than
+    ``max_bytes`` on disk (a batch that big is Spark's anyway; it is not read into memory here).
     """
     fs, inner = filesystem_for(local_path(uri))
+    if fs.get_file_info(inner).size > max_bytes:
+        return None
     with fs.open_input_stream(inner, compression=None) as stream:
         data = stream.read()
     if uri.endswith(".gz"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import time
@@ -92,3 +93,18 @@ def test_unknown_batches_and_formats_fall_back(tmp_path, caplog):
         assert batch_lines(str(checkpoint), 0, max_lines=10) is None
         assert batch_lines(str(checkpoint), 0, max_lines=10) is None
     assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.DEBUG]
+
+
+def test_a_file_too_large_for_the_driver_is_left_to_spark(tmp_path):
+    checkpoint, landing = tmp_path / "checkpoint", tmp_path / "landing"
+    (checkpoint / "offsets").mkdir(parents=True)
+    (checkpoint / "sources" / "0").mkdir(parents=True)
+    landing.mkdir()
+    (landing / "big.jsonl").write_bytes(b'{"a":1}\n' * 2000)  # 16,000 bytes: more than 10 lines x 1 KB
+    (landing / "small.jsonl").write_bytes(b'{"a":1}\n' * 3)
+    for batch, name in enumerate(("big.jsonl", "small.jsonl")):
+        (checkpoint / "offsets" / str(batch)).write_text(f'v1\n{{}}\n{{"logOffset":{batch}}}\n')
+        entry = {"path": (landing / name).as_uri(), "timestamp": 1, "batchId": batch}
+        (checkpoint / "sources" / "0" / str(batch)).write_text("v1\n" + json.dumps(entry) + "\n")
+    assert batch_lines(str(checkpoint), 0, max_lines=10) is None
+    assert batch_lines(str(checkpoint), 1, max_lines=10).num_rows == 3
