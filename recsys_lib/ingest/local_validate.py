@@ -1,8 +1,9 @@
 """The rules of :mod:`recsys_lib.ingest.validate`, applied on the driver to a small batch of lines.
 
-A micro-batch of a few thousand lines is validated here in plain Python instead
-of in a Spark job. The result must equal Spark's :func:`~recsys_lib.ingest.validate.classify`
-line for line, and Spark's JSON reader has corners Python's does not share
+A micro-batch is validated on the driver instead of in a Spark job, in two lanes:
+the canonical lines in bulk (:mod:`recsys_lib.ingest.canonical`, Arrow), then
+every other line here, one by one, in plain Python. The result must equal Spark's
+:func:`~recsys_lib.ingest.validate.classify` line for line, and Spark's JSON reader has corners Python's does not share
 (single quotes, ``NaN`` tokens, partial parses of corrupt records, how a float
 given for an id is printed, lenient timestamp casts). So this module decides
 only the lines whose outcome it is sure of:
@@ -13,10 +14,10 @@ only the lines whose outcome it is sure of:
   (``2024-01-01T10:00:00[.ffffff](Z|+hh:mm)``): every rule is then exact;
 * oversized lines, and JSON that is valid but not an object.
 
-Every other line (about 1% in the generator's data, the malformed ones) is
-handed to the ``fallback``, which runs Spark's ``classify`` on just those lines.
-``tests/spark/test_local_ingest.py`` checks both against Spark on generated and
-hand-written bad lines.
+Every other line is handed to the ``fallback``, which runs Spark's ``classify`` on
+just those lines (in the generator's data, bad records included, there are none).
+``tests/spark/test_local_ingest.py`` checks all three against Spark on generated and
+hand-written lines.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def classify_local(raw: pa.Table, *, max_line_bytes: int, max_future_skew_s: flo
                    allowed_lateness_s: float | None,
                    fallback: Callable[[pa.Table], pa.Table]) -> tuple[pa.Table, int]:
     """Classify lines (columns ``value``, ``source_file``) as Spark's ``classify`` does.
+
+    Canonical lines go through :func:`~recsys_lib.ingest.canonical.classify_canonical`,
+    the rest through the per-line rules, and the lines those are unsure of through ``fallback``.
 
     Returns:
         The classified lines (:data:`CLASSIFIED_SCHEMA`) and how many of them ``fallback``
