@@ -3,10 +3,11 @@
 A micro-batch is validated on the driver instead of in a Spark job, in two lanes:
 the canonical lines in bulk (:mod:`recsys_lib.ingest.canonical`, Arrow), then
 every other line here, one by one, in plain Python. The result must equal Spark's
-:func:`~recsys_lib.ingest.validate.classify` line for line, and Spark's JSON reader has corners Python's does not share
-(single quotes, ``NaN`` tokens, partial parses of corrupt records, how a float
-given for an id is printed, lenient timestamp casts). So this module decides
-only the lines whose outcome it is sure of:
+:func:`~recsys_lib.ingest.validate.classify` line for line, and Spark's JSON
+reader has corners Python's does not share (single quotes, ``NaN`` tokens,
+partial parses of corrupt records, how a float given for an id is printed,
+lenient timestamp casts). So this module decides only the lines whose outcome
+it is sure of:
 
 * well-formed JSON objects whose fields have the expected JSON types (ids as
   strings, integers or booleans; ``price`` a number; ``quantity`` an integer),
