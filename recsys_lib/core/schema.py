@@ -27,6 +27,9 @@ NUMERIC_FIELDS: tuple[str, ...] = ("price", "quantity")
 #: Id-like fields: a JSON object or array here is ``ill_typed``.
 ID_FIELDS: tuple[str, ...] = ("event_id", "user_id", "item_id", "category_id", "session_id")
 
+#: Optional text fields: blank values are stored as null.
+OPTIONAL_TEXT_FIELDS: tuple[str, ...] = ("item_id", "category_id", "session_id", "query")
+
 #: What the JSON parser is asked for. ``event_ts`` stays text: it may be ISO-8601
 #: or epoch milliseconds.
 RAW_RECORD_SCHEMA = T.StructType(

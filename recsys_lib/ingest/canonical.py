@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from recsys_lib.core.schema import EVENT_TYPES, Reason
+from recsys_lib.core.schema import CORRUPT_COLUMN, EVENT_TYPES, OPTIONAL_TEXT_FIELDS, RAW_RECORD_SCHEMA, Reason
+from recsys_lib.lake.files import spark_to_arrow
 
 _CHAR = r'[^"\\\x00-\x1f]'
 #: A string whose first character is not a space, "{" or "[": neither blank nor ill_typed.
@@ -63,9 +64,8 @@ CANONICAL_LINE = (
 #: The epoch-millisecond timestamp given as a JSON number, quoted so that Arrow reads ``event_ts`` as text.
 _BARE_EPOCH = (r'^(\{"event_id": ?"[^"]*", ?"event_ts": ?)(' + _EPOCH + ")", r'\1"\2"')
 _ISO_PARTS = r"^(?:\.(?P<fraction>[0-9]{1,6}))?(?P<zone>.*)$"
-_TEXT = ("event_id", "event_ts", "user_id", "event_type", "item_id", "category_id", "session_id", "query")
-_JSON_SCHEMA = pa.schema([*((name, pa.string()) for name in _TEXT[:6]), ("price", pa.float64()),
-                          ("quantity", pa.int64()), *((name, pa.string()) for name in _TEXT[6:])])
+#: The raw record's fields as Arrow reads them (the schema Spark's ``from_json`` uses, less its corrupt column).
+_JSON_SCHEMA = spark_to_arrow(RAW_RECORD_SCHEMA).remove(RAW_RECORD_SCHEMA.fieldNames().index(CORRUPT_COLUMN))
 _US = pa.timestamp("us", tz="UTC")
 
 
@@ -176,8 +176,7 @@ def _mark_decided(canonical: pa.ChunkedArray | pa.Array, kept: pa.Array) -> pa.A
 def _classified(lines: pa.Table, parsed: pa.Table, ts: pa.Array, latest: datetime,
                 earliest: datetime | None) -> pa.Table:
     """The rules a canonical line can still fail, in the order of ``validate._rules``; typed columns."""
-    blank = {name: pc.fill_null(pc.equal(parsed.column(name), ""), True) for name in
-             ("item_id", "category_id", "session_id", "query")}
+    blank = {name: pc.fill_null(pc.equal(parsed.column(name), ""), True) for name in OPTIONAL_TEXT_FIELDS}
     price, quantity = parsed.column("price"), parsed.column("quantity")
     rules: list[tuple[pa.ChunkedArray | pa.Array, Reason, str]] = [
         (pc.and_(pc.not_equal(parsed.column("event_type"), "search"), blank["item_id"]),

@@ -32,7 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from recsys_lib.core.schema import EVENT_TYPES, ID_FIELDS, REQUIRED_FIELDS, Reason
+from recsys_lib.core.schema import EVENT_TYPES, ID_FIELDS, OPTIONAL_TEXT_FIELDS, REQUIRED_FIELDS, Reason
 from recsys_lib.ingest.canonical import classify_canonical, window
 
 #: Columns of a classified line, as :func:`recsys_lib.ingest.validate.classify` returns them.
@@ -44,7 +44,6 @@ CLASSIFIED_SCHEMA = pa.schema([
 ])
 _TEXT_FIELDS = (*ID_FIELDS, "event_type", "query")
 _STRING_FIELDS = ("event_id", "event_ts", "user_id", "event_type", "item_id", "category_id", "session_id", "query")
-_OPTIONAL_TEXT = ("item_id", "category_id", "session_id", "query")
 _KNOWN = frozenset((*_STRING_FIELDS, "price", "quantity"))
 _QUOTED = tuple(f'"{name}"' for name in _KNOWN)
 #: First characters after which a text field may start with "{" or "[" once spaces are trimmed.
@@ -132,7 +131,7 @@ def _classify_line(value: str, max_line_bytes: int, limits: tuple[datetime, date
     reason = _first_failing_rule(row, limits)
     if reason is not None:  # a quarantined line keeps only its text: its typed fields are never stored
         return _bad(raw_bytes, *reason)
-    for name in _OPTIONAL_TEXT:
+    for name in OPTIONAL_TEXT_FIELDS:
         text = row[name]
         if text is not None and (not text or (text[0] == " " and _blank(text))):
             row[name] = None

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 
 from recsys_lib.core.config import RecsysConfig
@@ -114,7 +115,7 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
                               "app_id": app, "batch_id": batch_id}
     summary, engine = None, "spark"
     if lines is not None and lines.num_rows <= limit:
-        arrivals = _arrival_times(sorted(set(lines.column("source_file").to_pylist())))
+        arrivals = _arrival_times(pc.unique(lines.column("source_file")).to_pylist())
         try:
             summary, engine = ingest_arrow(spark, lake, cfg, lines, stored or StoredKeys(lake), **common), "local"
         except (IngestError, LakeError):
