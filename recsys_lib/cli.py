@@ -204,7 +204,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
     from recsys_lib.pipelines.context import start
 
-    ctx = start(cfg)
+    ctx = start(cfg, streaming=args.command == "stream")
     try:
         if args.command in MODEL_COMMANDS:
             return run_model_command(args, ctx)

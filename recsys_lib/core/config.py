@@ -61,6 +61,8 @@ class SparkConfig(_Strict):
     shuffle_partitions: int | Literal["auto"] = "auto"
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
     ui_enabled: bool = False
+    #: JVM garbage collector; auto: parallel for batch jobs, G1 for the stream.
+    gc: Literal["auto", "parallel", "g1"] = "auto"
     conf: dict[str, SparkValue] = Field(default_factory=dict)
 
 

@@ -24,7 +24,7 @@ class JobContext:
         self.spark.stop()
 
 
-def start(cfg: RecsysConfig) -> JobContext:
-    """Build the SparkSession and open the lake for ``cfg``."""
-    spark = build_spark(cfg.spark)
+def start(cfg: RecsysConfig, *, streaming: bool = False) -> JobContext:
+    """Build the SparkSession and open the lake for ``cfg`` (``streaming``: for the stream job)."""
+    spark = build_spark(cfg.spark, streaming=streaming)
     return JobContext(cfg=cfg, spark=spark, lake=open_lake(spark, cfg))

@@ -1,0 +1,15 @@
+"""The session the builder starts runs with the options it was given."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.spark
+
+
+def test_batch_session_runs_the_parallel_collector(spark):
+    # the suite's session is a batch session (spark.gc=auto): its JVM must really run the parallel collector
+    jvm = spark.sparkContext._jvm
+    names = {bean.getName() for bean in jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()}
+    assert names == {"PS Scavenge", "PS MarkSweep"}, names
+    assert spark.sparkContext.getConf().get("spark.driver.extraJavaOptions").endswith("-XX:+UseParallelGC")
