@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED ?= 0
 
 .PHONY: install demo test test-unit test-spark test-tf test-airflow test-notebook test-slow \
-        lint typecheck check bench bench-features bench-streaming bench-microbatch bench-train bench-index dist clean
+        lint typecheck check bench bench-features bench-floors bench-streaming bench-microbatch bench-train bench-index dist clean
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench: $(STAMP)  ## ingestion benchmark at 1M and 10M events (writes bench/resul
 
 bench-features: $(STAMP)  ## full-refresh benchmark (needs bench/work from `make bench`)
 	$(PY) bench/features.py --sizes 1000000 10000000
+
+bench-floors: $(STAMP)  ## Spark's floors for ingest and refresh at 10M, to noop (needs bench-features first)
+	$(PY) bench/floors.py --sizes 10000000
 
 bench-streaming: $(STAMP)  ## incremental cost and freshness (needs bench-features first)
 	$(PY) bench/streaming.py --sizes 10000000 --rate 2000 --seconds 120

@@ -1,0 +1,113 @@
+"""Floors: how long the unavoidable parts of ingest and the full refresh take in Spark alone.
+
+Each step runs to Spark's ``noop`` sink (computed, nothing written or committed),
+twice in one process: ``first`` pays the JVM's warm-up, ``warm`` does not. Set
+against the 300k events/s targets (33.3 s at 10M), they show how much of the
+budget Spark's reading, JSON parsing and folding use before any deduplication,
+Parquet writing or Delta commit. Needs bench/work from `make bench` and
+`make bench-features`. Writes bench/results/floors.json.
+
+    python bench/floors.py --sizes 10000000 [--master local[2]]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from recsys_lib.core.config import load_config
+from recsys_lib.core.schema import CORRUPT_COLUMN, EVENTS_TABLE, RAW_RECORD_SCHEMA
+from recsys_lib.features import USER, USER_CATEGORY, Entity, entities, fold
+from recsys_lib.ingest.validate import classify, read_raw
+from recsys_lib.pipelines.context import start
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import base_parser  # noqa: E402 - sibling helper module
+
+TARGET = 300_000
+
+
+def _timed(build: Callable[[], DataFrame]) -> dict[str, float]:
+    """Seconds to run ``build()`` to the noop sink, first and second time."""
+    out = {}
+    for run in ("first", "warm"):
+        t0 = time.monotonic()
+        build().write.format("noop").mode("overwrite").save()
+        out[run] = round(time.monotonic() - t0, 2)
+    return out
+
+
+def _floors(raw_dir: Path, home: Path, master: str) -> dict[str, dict[str, float]]:
+    """Every step's seconds, in one fresh Spark application."""
+    cfg = load_config(overrides=[f"home={home}", f"spark.master={master}"])
+    ctx = start(cfg)
+    try:
+        ic = cfg.ingest
+        raw = read_raw(ctx.spark, str(raw_dir))
+        parsed = F.from_json("value", RAW_RECORD_SCHEMA, {"mode": "PERMISSIVE",
+                                                          "columnNameOfCorruptRecord": CORRUPT_COLUMN})
+        now = datetime.now(UTC)
+        events = ctx.lake.read(EVENTS_TABLE)
+        steps: dict[str, Callable[[], DataFrame]] = {
+            "ingest_read_lines": lambda: raw,
+            "ingest_read_and_parse_json": lambda: raw.select(parsed.alias("_j")).select("_j.*"),
+            "ingest_read_parse_validate": lambda: classify(
+                raw, max_line_bytes=ic.max_line_bytes, max_future_skew_s=ic.max_future_skew, now=now,
+                allowed_lateness_s=ic.allowed_lateness),
+            "refresh_scan_events": lambda: events,
+        }
+
+        # as in the refresh, the user table's category weights come from the stored user x category states
+        states = ctx.lake.read(entities(cfg.features)[USER_CATEGORY].table)
+
+        def folded(entity: Entity) -> Callable[[], DataFrame]:
+            return lambda: fold(events, entity, cfg.features, large_input=True,
+                                category_states=states if entity.name == USER else None)
+
+        for name, entity in entities(cfg.features).items():
+            steps[f"refresh_fold_{name}"] = folded(entity)
+        return {name: _timed(build) for name, build in steps.items()}
+    finally:
+        ctx.stop()
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0], "floors.json")
+    parser.set_defaults(sizes=[10_000_000])
+    args = parser.parse_args()
+    work = Path(args.work)
+    results = []
+    for size in args.sizes:
+        raw_dir, home = work / f"raw-{size}", work / f"features-home-{size}"
+        if not (raw_dir / "_manifest.json").exists() or not (home / "lake" / EVENTS_TABLE / "_delta_log").exists():
+            raise SystemExit(f"{raw_dir} or {home} is missing: run `make bench` and `make bench-features` first")
+        seconds = _floors(raw_dir, home, args.master)
+        budget = round(size / TARGET, 1)
+        parse = seconds["ingest_read_parse_validate"]["warm"]
+        folds = sum(v["warm"] for k, v in seconds.items() if k.startswith("refresh_fold_"))
+        results.append({
+            "events": size, "input_lines": json.loads((raw_dir / "_manifest.json").read_text())["lines"],
+            "budget_seconds_at_target": budget, "seconds": seconds,
+            "ingest_parse_validate_warm_share_of_budget": round(parse / budget, 2),
+            "refresh_three_folds_warm_seconds": round(folds, 2),
+            "refresh_three_folds_warm_share_of_budget": round(folds / budget, 2),
+        })
+        print(json.dumps(results[-1]), flush=True)
+    out = {"benchmark": "floors", "master": args.master, "cpus": os.cpu_count(), "python": platform.python_version(),
+           "target_events_per_second": TARGET, "results": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
