@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import threading
 import time
@@ -24,6 +25,15 @@ def base_parser(description: str, result_name: str, *, sizes: bool = True) -> ar
     parser.add_argument("--work", default=str(ROOT / "bench" / "work"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / result_name))
     return parser
+
+
+def write_result(path: str, benchmark: str, master: str, **fields: object) -> None:
+    """Write a benchmark's JSON result (name, master, this machine's cores and Python, then ``fields``)."""
+    out = {"benchmark": benchmark, "master": master, "cpus": os.cpu_count(), "python": platform.python_version(),
+           **fields}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 def bench_env() -> dict[str, str]:

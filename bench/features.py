@@ -10,14 +10,12 @@ sampling the RSS of the process tree. Writes bench/results/features.json.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import base_parser, bench_env, run_measured  # noqa: E402 - sibling helper module
+from _common import base_parser, bench_env, run_measured, write_result  # noqa: E402 - sibling helper module
 
 
 def main() -> None:
@@ -50,12 +48,8 @@ def main() -> None:
     if len(results) >= 2:
         a, b = results[0], results[-1]
         growth = round((b["refresh_seconds_in_job"] / a["refresh_seconds_in_job"]) / (b["events"] / a["events"]), 3)
-    out = {"benchmark": "features_full_refresh", "master": args.master, "cpus": os.cpu_count(),
-           "python": platform.python_version(), "target_events_per_second_at_largest": 300_000,
-           "results": results, "time_growth_vs_linear": growth}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, "features_full_refresh", args.master, target_events_per_second_at_largest=300_000,
+                 results=results, time_growth_vs_linear=growth)
 
 
 if __name__ == "__main__":

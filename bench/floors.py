@@ -14,8 +14,6 @@ partitioned Parquet files (scan included, no commit). Needs bench/work from `mak
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ from recsys_lib.ingest.validate import classify, read_raw
 from recsys_lib.pipelines.context import start
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import base_parser  # noqa: E402 - sibling helper module
+from _common import base_parser, write_result  # noqa: E402 - sibling helper module
 
 TARGET = 300_000
 
@@ -114,11 +112,7 @@ def main() -> None:
             "refresh_three_folds_warm_share_of_budget": round(folds / budget, 2),
         })
         print(json.dumps(results[-1]), flush=True)
-    out = {"benchmark": "floors", "master": args.master, "cpus": os.cpu_count(), "python": platform.python_version(),
-           "target_events_per_second": TARGET, "results": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, "floors", args.master, target_events_per_second=TARGET, results=results)
 
 
 if __name__ == "__main__":

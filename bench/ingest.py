@@ -10,14 +10,12 @@ JVM + Python). Writes bench/results/ingest.json.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import base_parser, bench_env, run_measured  # noqa: E402 - sibling helper module
+from _common import base_parser, bench_env, run_measured, write_result  # noqa: E402 - sibling helper module
 
 
 def main() -> None:
@@ -58,14 +56,8 @@ def main() -> None:
         growth = (b["ingest_seconds_in_job"] / a["ingest_seconds_in_job"]) / (b["input_lines"] / a["input_lines"])
     else:
         growth = None
-    out = {
-        "benchmark": "ingest", "master": args.master, "cpus": os.cpu_count(), "python": platform.python_version(),
-        "target_events_per_second_at_largest": 300_000, "results": results,
-        "time_growth_vs_linear": round(growth, 3) if growth else None,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, "ingest", args.master, target_events_per_second_at_largest=300_000, results=results,
+                 time_growth_vs_linear=round(growth, 3) if growth else None)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import base_parser, bench_env, run_measured, view_lines  # noqa: E402 - sibling helper module
+from _common import base_parser, bench_env, run_measured, view_lines, write_result  # noqa: E402 - sibling helper module
 
 #: How often the checker looks for the sentinels (its delay adds to each measured value).
 POLL_SECONDS = 0.1
@@ -197,7 +197,7 @@ def main() -> None:
     recsys = str(Path(sys.executable).with_name("recsys"))
     env = bench_env()
     work = Path(args.work)
-    out: dict = {"benchmark": "streaming", "master": args.master}
+    out: dict = {}
     if "incremental" in args.parts:
         out["incremental"] = [incremental(recsys, work, s, args.master, env) for s in args.sizes]
         print(json.dumps(out["incremental"]), flush=True)
@@ -207,9 +207,7 @@ def main() -> None:
         out["freshness_other_triggers"] = [freshness(recsys, work, args.rate, args.seconds, args.master, env, t)
                                            for t in args.other_triggers]
         print(json.dumps(out["freshness_other_triggers"]), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, "streaming", args.master, **out)
 
 
 if __name__ == "__main__":
