@@ -48,7 +48,8 @@ def _memo(key: tuple[Any, ...], build: Callable[[], T_]) -> T_:
 
 
 def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: datetime | None = None, *,
-         category_states: DataFrame | None = None, large_input: bool = False) -> DataFrame:
+         category_states: DataFrame | None = None, large_input: bool = False,
+         span: tuple[float, float] | None = None) -> DataFrame:
     """The state of every key of ``entity`` after folding ``events`` (an ``events``-shaped DataFrame).
 
     Args:
@@ -65,6 +66,10 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
             user's recent items, drop the events that cannot make the list
             (:func:`_since_nth_newest_item`). Same result; cheaper over many events per
             user, dearer over a small batch.
+        span: The earliest and latest ``event_ts`` of ``events`` in epoch seconds
+            (:func:`event_bounds`), when the caller has them (the full refresh does). Within
+            :data:`SINGLE_PASS_HALF_LIVES` smallest half-lives, the decayed sums then take one
+            aggregation instead of two (:func:`decayed_sums`).
 
     """
     keys = list(entity.keys)
@@ -76,7 +81,8 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
     ev = ev.withColumn("_ts", seconds(F.col("event_ts")))
     memo_key = ("fold", entity.name, fc.model_dump_json())
     terms, carried, apart = _memo(memo_key, lambda: _fold_columns(entity, fc))
-    state = decayed_sums(ev, keys, terms, min(fc.half_lives), carried=carried, memo_key=memo_key).drop("_as_of_s")
+    state = decayed_sums(ev, keys, terms, min(fc.half_lives), carried=carried, memo_key=memo_key,
+                         span=span).drop("_as_of_s")
     if apart:
         state = state.join(ev.groupBy(*keys).agg(*apart), keys)
     if entity.name == USER:
@@ -96,11 +102,15 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
 
 @dataclass(frozen=True)
 class TwoPhase:
-    """An aggregate computed in two steps: ``first`` over events, then ``then`` over the partial results."""
+    """An aggregate computed in two steps: ``first`` over events, then ``then`` over the partial results.
+
+    ``empty`` (if not None) replaces a null result: the value when no event matched.
+    """
 
     name: str
     first: Column
     then: Callable[[Column], Column]
+    empty: Any = None
 
     def partial(self) -> Column:
         """The first step, aliased to ``name``."""
@@ -108,7 +118,14 @@ class TwoPhase:
 
     def final(self) -> Column:
         """The second step over the partial column, aliased to ``name``."""
-        return self.then(F.col(self.name)).alias(self.name)
+        return self._filled(self.then(F.col(self.name))).alias(self.name)
+
+    def once(self) -> Column:
+        """The whole aggregate in one step (``first`` over all the events), aliased to ``name``."""
+        return self._filled(self.first).alias(self.name)
+
+    def _filled(self, column: Column) -> Column:
+        return column if self.empty is None else F.coalesce(column, F.lit(self.empty))
 
 
 def _fold_columns(entity: Entity, fc: FeaturesConfig) -> tuple[dict[str, tuple[Column, float]], list[TwoPhase],
@@ -132,21 +149,44 @@ def _fold_columns(entity: Entity, fc: FeaturesConfig) -> tuple[dict[str, tuple[C
     return terms, carried, apart
 
 
+def event_bounds(events: DataFrame) -> tuple[datetime | None, tuple[float, float] | None]:
+    """The latest ``event_ts`` of ``events``, and its ``span`` for :func:`fold` (None, None when empty).
+
+    ``span`` is the earliest and latest ``event_ts`` in epoch seconds, computed exactly as
+    the fold computes each event's time.
+    """
+    ts = seconds(F.col("event_ts"))
+    row = events.agg(F.max("event_ts"), F.min(ts), F.max(ts)).first()
+    if row is None or row[0] is None:
+        return None, None
+    return row[0], (float(row[1]), float(row[2]))
+
+
+#: The single-pass decayed sums need every event within this many smallest half-lives of the latest.
+SINGLE_PASS_HALF_LIVES = 1000.0
+
+
 def decayed_sums(ev: DataFrame, keys: list[str], terms: dict[str, tuple[Column, float]],
                  min_half_life: float, carried: Sequence[TwoPhase] = (),
-                 memo_key: tuple[Any, ...] | None = None) -> DataFrame:
+                 memo_key: tuple[Any, ...] | None = None, span: tuple[float, float] | None = None) -> DataFrame:
     """Per key, ``sum weight * 2^-((as_of - ts) / H)`` for each term, ``as_of`` being the key's max ``_ts``.
 
     The result also carries that ``as_of`` (epoch seconds) as ``_as_of_s``, and
     one column per ``carried`` aggregate. With ``memo_key`` (a key that fixes
     ``terms`` and ``carried``) the expressions are built once and reused.
 
-    Two hash aggregations instead of a sort: first per (key, time block of
-    256 x the smallest half-life), summing ``weight * 2^((ts - block_start) / H)``
-    (at most 2^256: no overflow); then per key, moving each block's sum to
-    ``as_of``. The result equals the direct sum up to rounding. The carried
-    aggregates ride along both steps, so the events are scanned and shuffled once.
+    When ``span`` (earliest, latest ``_ts`` of ``ev``) is at most
+    :data:`SINGLE_PASS_HALF_LIVES` x ``min_half_life`` wide, one hash aggregation per key
+    sums ``weight * 2^((ts - latest) / H)``: every term lies in [2^-1000, 1], a normal
+    double, so nothing underflows, and multiplying by ``2^((latest - as_of) / H)`` (at
+    most 2^1000) moves the sum to ``as_of``. Otherwise two hash aggregations: first per
+    (key, time block of 256 x the smallest half-life), summing
+    ``weight * 2^((ts - block_start) / H)`` (at most 2^256: no overflow); then per key,
+    moving each block's sum to ``as_of``. Both equal the direct sum up to rounding. The
+    carried aggregates ride along, so the events are scanned and shuffled once.
     """
+    if span is not None and span[1] - span[0] <= SINGLE_PASS_HALF_LIVES * min_half_life:
+        return _decayed_sums_single_pass(ev, keys, terms, span[1], carried)
     block = 256.0 * min_half_life
 
     def columns() -> tuple[list[Column], list[Column]]:
@@ -164,6 +204,17 @@ def decayed_sums(ev: DataFrame, keys: list[str], terms: dict[str, tuple[Column, 
     partial = blocked.groupBy(*keys, "_b").agg(*first)
     moved = partial.withColumn("_a", F.max("_m").over(Window.partitionBy(*keys)))
     return moved.groupBy(*keys).agg(*second)
+
+
+def _decayed_sums_single_pass(ev: DataFrame, keys: list[str], terms: dict[str, tuple[Column, float]],
+                              latest: float, carried: Sequence[TwoPhase]) -> DataFrame:
+    """:func:`decayed_sums` in one aggregation, every term taken relative to ``latest`` (>= every ``_ts``)."""
+    sums = [F.sum(weight * F.pow(F.lit(2.0), (F.col("_ts") - F.lit(latest)) / h)).alias(name)
+            for name, (weight, h) in terms.items()]
+    state = ev.groupBy(*keys).agg(F.max("_ts").alias("_as_of_s"), *[c.once() for c in carried], *sums)
+    return state.withColumns({
+        name: F.coalesce(F.col(name) * F.pow(F.lit(2.0), (F.lit(latest) - F.col("_as_of_s")) / h), F.lit(0.0))
+        for name, (_, h) in terms.items()})
 
 
 def merge(a: DataFrame, b: DataFrame, entity: Entity, fc: FeaturesConfig,
@@ -204,15 +255,10 @@ def _purchase_aggs() -> list[TwoPhase]:
     priced = is_purchase & F.col("price").isNotNull()
     spend = F.col("price") * F.coalesce(F.col("quantity"), F.lit(1))
     return [
-        TwoPhase("purchase_spend", F.sum(F.when(priced, spend)), _sum_or_zero),
-        TwoPhase("purchase_price_sum", F.sum(F.when(priced, F.col("price"))), _sum_or_zero),
+        TwoPhase("purchase_spend", F.sum(F.when(priced, spend)), F.sum, empty=0.0),
+        TwoPhase("purchase_price_sum", F.sum(F.when(priced, F.col("price"))), F.sum, empty=0.0),
         TwoPhase("purchase_priced_count", F.count_if(priced), F.sum),
     ]
-
-
-def _sum_or_zero(partial: Column) -> Column:
-    """Sum of the partial sums; 0 when every partial is null (no matching event)."""
-    return F.coalesce(F.sum(partial), F.lit(0.0))
 
 
 def _latest(value: str) -> Column:
@@ -238,8 +284,13 @@ def _since_nth_newest_item(ev: DataFrame, n: int) -> DataFrame:
     its newest time at or after that cut, and its newest events survive. It replaces
     a sort-based aggregation of every event by a hash aggregation of (user, item)
     times and a window over those pairs.
+
+    Items are grouped by a 64-bit hash of ``item_id``, cheaper than the string. A
+    collision merges two items' times into their maximum, which can only move the cut
+    earlier: more events are kept, never fewer, so the result stays exact. (Users keep
+    their ids: merging two users could move a cut later.)
     """
-    newest = ev.groupBy("user_id", "item_id").agg(F.max("event_ts").alias("_newest"))
+    newest = ev.groupBy("user_id", F.xxhash64("item_id").alias("_item")).agg(F.max("event_ts").alias("_newest"))
     nth = F.row_number().over(Window.partitionBy("user_id").orderBy(F.col("_newest").desc()))
     cuts = newest.withColumn("_n", nth).where(F.col("_n") == n).select("user_id", F.col("_newest").alias("_cut"))
     kept = ev.join(F.broadcast(cuts), "user_id", "left")  # one row per user

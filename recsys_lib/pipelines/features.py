@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.core.schema import EVENTS_TABLE
 from recsys_lib.features import USER, USER_CATEGORY, Entity, entities, fold
+from recsys_lib.features.fold import event_bounds
 from recsys_lib.features.layers import table_spec
 from recsys_lib.lake import Lake
 
@@ -62,23 +63,22 @@ def run_refresh(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, until: da
     events = lake.read(EVENTS_TABLE, version=events_version)
     if until is not None:
         events = events.where(F.col("event_ts") <= F.lit(until).cast("timestamp"))
-    watermark_row = events.agg(F.max("event_ts")).first()
-    watermark = watermark_row[0] if watermark_row else None
+    watermark, span = event_bounds(events)
     stamp = datetime.now(UTC)
     summary = RefreshSummary(events_version=events_version, watermark=_iso(watermark), until=_iso(until))
     todo = {n: e for n, e in entities(cfg.features).items() if not only or n in only}
-    _refresh_tables(lake, cfg, events, todo, summary, stamp)
+    _refresh_tables(lake, cfg, events, todo, summary, stamp, span)
     summary.seconds = round(time.monotonic() - started, 2)
     return summary
 
 
 def _refresh_tables(lake: Lake, cfg: RecsysConfig, events: DataFrame, todo: dict[str, Entity],
-                    summary: RefreshSummary, stamp: datetime) -> None:
+                    summary: RefreshSummary, stamp: datetime, span: tuple[float, float] | None) -> None:
     """Fold and overwrite each table in ``todo``.
 
     User x category goes first: the user table derives its category weights from those
-    states. Both this and ``large_input`` give the same states as a micro-batch's fold
-    (tests/spark/test_features_exactness.py).
+    states. This, ``large_input`` and ``span`` all give the same states as a micro-batch's
+    fold (tests/spark/test_features_exactness.py).
     """
     order = sorted(todo, key=lambda n: n == USER)
     category_states = None
@@ -86,7 +86,7 @@ def _refresh_tables(lake: Lake, cfg: RecsysConfig, events: DataFrame, todo: dict
         entity = todo[name]
         t0 = time.monotonic()
         states = fold(events, entity, cfg.features, updated_at=stamp,
-                      category_states=category_states if name == USER else None, large_input=True)
+                      category_states=category_states if name == USER else None, large_input=True, span=span)
         meta = {"job": "features_refresh", "events_version": summary.events_version, "watermark": summary.watermark,
                 "until": summary.until}
         result = lake.overwrite(table_spec(entity), states, metadata=meta)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 
 from recsys_lib.core.config import FeaturesConfig
 from recsys_lib.features import ITEM, USER, USER_CATEGORY, entities, finalise, fold
+from recsys_lib.features.fold import SINGLE_PASS_HALF_LIVES, event_bounds
 from tests.spark.helpers import T0, event, events_df
 
 pytestmark = pytest.mark.spark
@@ -24,12 +25,36 @@ ROWS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def states(spark):
+@pytest.fixture(scope="module", params=["two_step", "single_pass"])
+def states(spark, request):
+    """Every table's states, with the decayed sums in two aggregations, or in one (the span given)."""
     ev = events_df(spark, ROWS)
     ents = entities(FC)
-    return {name: {tuple(r[k] for k in ents[name].keys): r for r in fold(ev, ents[name], FC).collect()}
+    span = event_bounds(ev)[1] if request.param == "single_pass" else None
+    return {name: {tuple(r[k] for k in ents[name].keys): r for r in fold(ev, ents[name], FC, span=span).collect()}
             for name in (USER, ITEM, USER_CATEGORY)}
+
+
+def test_event_bounds_are_the_latest_time_and_the_span_in_epoch_seconds(spark):
+    latest, span = event_bounds(events_df(spark, ROWS))
+    assert latest == T0 + 2 * H
+    start = T0.replace(tzinfo=UTC).timestamp()  # the session's time zone is UTC
+    assert span == (start, start + 2 * 3600)
+    assert event_bounds(events_df(spark, [])) == (None, None)
+
+
+def test_a_span_too_wide_for_one_pass_keeps_old_keys_exact(spark):
+    # one pass would take u_old's view as 2^-2000 relative to the latest event: 0, then times 2^2000 (inf)
+    rows = [event("e1", "u_old", "view", 0 * H, "i1", "c1"), event("e2", "u_new", "view", 2000 * H, "i1", "c1")]
+    ev = events_df(spark, rows)
+    latest, span = event_bounds(ev)
+    assert span is not None and span[1] - span[0] > SINGLE_PASS_HALF_LIVES * FC.half_lives[0]
+    users = {r["user_id"]: r for r in fold(ev, entities(FC)[USER], FC, span=span).collect()}
+    assert users["u_old"]["view_decayed_1h"] == pytest.approx(1.0)
+    assert users["u_new"]["view_decayed_1h"] == pytest.approx(1.0)
+    item = fold(ev, entities(FC)[ITEM], FC, span=span).collect()[0]
+    assert item["view_decayed_1h"] == pytest.approx(1.0)  # u_old's view: 2^-2000 at the item's as_of
+    assert item["view_decayed_7d"] == pytest.approx(1 + 2 ** (-2000 / 168))
 
 
 def test_counts_and_decayed_sums(states):
@@ -70,6 +95,8 @@ def test_recent_items_keep_only_the_limit(spark, cutoff):
 def test_purchase_spend_and_category_weights(states):
     u1 = states[USER][("u1",)]
     assert (u1["purchase_spend"], u1["purchase_price_sum"], u1["purchase_priced_count"]) == (20.0, 10.0, 1)
+    u2 = states[USER][("u2",)]  # no purchase: zeros, not nulls
+    assert (u2["purchase_spend"], u2["purchase_price_sum"], u2["purchase_priced_count"]) == (0.0, 0.0, 0)
     w = u1["category_weights"]
     assert w["c1"] == pytest.approx(1 * 2 ** (-2 / 168) + 2 * 2 ** (-1 / 168) + 8)
     assert w["c2"] == pytest.approx(1.0)

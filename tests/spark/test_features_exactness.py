@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from recsys_lib.core.config import FeaturesConfig
 from recsys_lib.core.schema import EVENT_TYPES
 from recsys_lib.features import ITEM, USER, USER_CATEGORY, entities, fold, merge
+from recsys_lib.features.fold import event_bounds
 from tests.spark.helpers import assert_same_state, by_key, event, events_df
 
 pytestmark = pytest.mark.spark
@@ -56,8 +57,9 @@ def test_any_batch_split_merges_to_the_full_refresh(spark, raw, cuts, order):
         everything = events_df(spark, rows)
         # the full refresh derives the user's category weights from the user x category states and
         # cuts old events before ranking recent items; the batches do neither: both ways must agree
-        derived = fold(everything, ENTITIES[USER_CATEGORY], FC) if name == USER else None
-        full = fold(everything, entity, FC, category_states=derived, large_input=True)
+        span = event_bounds(everything)[1]  # and it sums the decayed terms in one pass
+        derived = fold(everything, ENTITIES[USER_CATEGORY], FC, span=span) if name == USER else None
+        full = fold(everything, entity, FC, category_states=derived, large_input=True, span=span)
         parts = [fold(events_df(spark, batch), entity, FC) for batch in batches]
         merged = reduce(lambda a, b: merge(a, b, entity, FC), parts)
         assert_same_state(by_key(full, entity), by_key(merged, entity), entity)
