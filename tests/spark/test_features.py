@@ -47,7 +47,7 @@ def test_a_span_too_wide_for_one_pass_keeps_old_keys_exact(spark):
     # one pass would take u_old's view as 2^-2000 relative to the latest event: 0, then times 2^2000 (inf)
     rows = [event("e1", "u_old", "view", 0 * H, "i1", "c1"), event("e2", "u_new", "view", 2000 * H, "i1", "c1")]
     ev = events_df(spark, rows)
-    latest, span = event_bounds(ev)
+    _, span = event_bounds(ev)
     assert span is not None and span[1] - span[0] > SINGLE_PASS_HALF_LIVES * FC.half_lives[0]
     users = {r["user_id"]: r for r in fold(ev, entities(FC)[USER], FC, span=span).collect()}
     assert users["u_old"]["view_decayed_1h"] == pytest.approx(1.0)
