@@ -7,8 +7,9 @@ budget Spark's reading, JSON parsing and folding use before any deduplication,
 Parquet writing or Delta commit; one more step writes the events as Spark's
 partitioned Parquet files (scan included, no commit). For the refresh, a lower
 bound no design escapes: one aggregation per table's key with only counts and the
-latest time, plus the (user, item) latest times an exact recent-items list needs. Needs bench/work from `make bench` and
-`make bench-features`. Writes bench/results/floors.json.
+latest time, plus the (user, item) latest times an exact recent-items list needs.
+Needs bench/work from `make bench` and `make bench-features`. Writes
+bench/results/floors.json.
 
     python bench/floors.py --sizes 10000000 [--master local[2]]
 """
