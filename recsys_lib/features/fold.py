@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from pyspark import SparkContext
@@ -64,8 +64,9 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
             ``fc.half_lives``.
         large_input: Plan for many events per key (the full refresh): before ranking a
             user's recent items, drop the events that cannot make the list
-            (:func:`_since_nth_newest_item`). Same result; cheaper over many events per
-            user, dearer over a small batch.
+            (:func:`_since_nth_newest_item`), finding where to cut in the latest sixth of
+            ``span`` when given. Same result; cheaper over many events per user, dearer
+            over a small batch.
         span: The earliest and latest ``event_ts`` of ``events`` in epoch seconds
             (:func:`event_bounds`), when the caller has them (the full refresh does). Within
             :data:`SINGLE_PASS_HALF_LIVES` smallest half-lives, the decayed sums then take one
@@ -91,7 +92,8 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
             per_category = _category_weights_from_states(category_states, fc)
         else:
             per_category = _category_weights(ev, fc)
-        state = state.join(_recent_items(ev, fc, cutoff=large_input), "user_id", "left").join(
+        recent = _recent_items(ev, fc, cutoff=large_input, scan_since=_recent_scan_start(span) if large_input else None)
+        state = state.join(recent, "user_id", "left").join(
             _weights_map(per_category, user_as_of, fc), "user_id", "left")
         state = state.withColumn("recent_items", F.coalesce("recent_items", F.array())).withColumn(
             "category_weights", F.coalesce("category_weights", F.create_map()))
@@ -267,17 +269,29 @@ def _latest(value: str) -> Column:
     return F.max(F.when(F.col(value).isNotNull(), entry))
 
 
-def _recent_items(ev: DataFrame, fc: FeaturesConfig, *, cutoff: bool = False) -> DataFrame:
+#: The recent-items cut looks for each user's n-th newest item among this latest share of the events' span.
+RECENT_SCAN_SHARE = 1.0 / 6.0
+
+
+def _recent_scan_start(span: tuple[float, float] | None) -> datetime | None:
+    """Where :func:`_since_nth_newest_item` starts looking for the cuts: the latest sixth of ``span``."""
+    if span is None:
+        return None
+    return datetime.fromtimestamp(span[1] - (span[1] - span[0]) * RECENT_SCAN_SHARE, UTC)
+
+
+def _recent_items(ev: DataFrame, fc: FeaturesConfig, *, cutoff: bool = False,
+                  scan_since: datetime | None = None) -> DataFrame:
     with_item = ev.where(F.col("item_id").isNotNull())
     if cutoff:
-        with_item = _since_nth_newest_item(with_item, fc.recent_items)
+        with_item = _since_nth_newest_item(with_item, fc.recent_items, scan_since)
     entry = F.struct(F.col("event_ts").alias("ts"), F.col("event_id"), F.col("item_id"))
     newest_per_item = with_item.groupBy("user_id", "item_id").agg(F.max(entry).alias("entry"))
     return newest_per_item.groupBy("user_id").agg(
         F.slice(F.sort_array(F.collect_list("entry"), asc=False), 1, fc.recent_items).alias("recent_items"))
 
 
-def _since_nth_newest_item(ev: DataFrame, n: int) -> DataFrame:
+def _since_nth_newest_item(ev: DataFrame, n: int, scan_since: datetime | None = None) -> DataFrame:
     """Each user's events no older than the n-th newest of the user's per-item newest times.
 
     Exact for :func:`_recent_items`: every item among a user's ``n`` most recent has
@@ -285,12 +299,19 @@ def _since_nth_newest_item(ev: DataFrame, n: int) -> DataFrame:
     a sort-based aggregation of every event by a hash aggregation of (user, item)
     times and a window over those pairs.
 
+    With ``scan_since``, the cuts come from the events at or after it only (Parquet
+    skips the older row groups). A user with ``n`` distinct items there gets the same
+    cut as from all events: those items all have their newest time there, and any
+    other item's newest time is earlier. A user with fewer gets no cut and keeps every
+    event: still exact, only less is dropped.
+
     Items are grouped by a 64-bit hash of ``item_id``, cheaper than the string. A
     collision merges two items' times into their maximum, which can only move the cut
     earlier: more events are kept, never fewer, so the result stays exact. (Users keep
     their ids: merging two users could move a cut later.)
     """
-    newest = ev.groupBy("user_id", F.xxhash64("item_id").alias("_item")).agg(F.max("event_ts").alias("_newest"))
+    scanned = ev if scan_since is None else ev.where(F.col("event_ts") >= F.lit(scan_since))
+    newest = scanned.groupBy("user_id", F.xxhash64("item_id").alias("_item")).agg(F.max("event_ts").alias("_newest"))
     nth = F.row_number().over(Window.partitionBy("user_id").orderBy(F.col("_newest").desc()))
     cuts = newest.withColumn("_n", nth).where(F.col("_n") == n).select("user_id", F.col("_newest").alias("_cut"))
     kept = ev.join(F.broadcast(cuts), "user_id", "left")  # one row per user

@@ -78,18 +78,24 @@ def test_recent_items_newest_first_ties_by_event_id(states):
     assert [x["item_id"] for x in states[USER][("u2",)]["recent_items"]] == ["i1"]
 
 
-@pytest.mark.parametrize("cutoff", [False, True], ids=["fold-all", "cut-old-events-first"])
-def test_recent_items_keep_only_the_limit(spark, cutoff):
+@pytest.mark.parametrize("cutoff, scan_window", [(False, False), (True, False), (True, True)],
+                         ids=["fold-all", "cut-old-events-first", "cuts-from-the-latest-sixth"])
+def test_recent_items_keep_only_the_limit(spark, cutoff, scan_window):
     fc = FeaturesConfig(recent_items=2)
     rows = [event(f"e{i}", "u", "view", i * H, f"i{i % 3}") for i in range(7)]
     # i3 ties i2's newest time (5h) with a smaller event id, so i2 wins the second place
     rows += [event("d5", "u", "click", 5 * H, "i3"), event("e9", "v", "view", 0 * H, "i9")]
-    users = {r["user_id"]: r for r in fold(events_df(spark, rows), entities(fc)[USER], fc, large_input=cutoff)
-             .collect()}
+    # with the span 0h..6h the cuts come from 5h on: u has three items there, w only one,
+    # so w keeps its older i7 (a cut from w's items there alone would drop it)
+    rows += [event("w1", "w", "view", 1 * H, "i7"), event("w2", "w", "view", 6 * H, "i8")]
+    ev = events_df(spark, rows)
+    span = event_bounds(ev)[1] if scan_window else None
+    users = {r["user_id"]: r for r in fold(ev, entities(fc)[USER], fc, large_input=cutoff, span=span).collect()}
     # items i0..i2 last seen at e6 (i0), e5 (i2), e4 (i1): newest two
     assert [x["item_id"] for x in users["u"]["recent_items"]] == ["i0", "i2"]
     assert [x["event_id"] for x in users["u"]["recent_items"]] == ["e6", "e5"]
     assert [x["item_id"] for x in users["v"]["recent_items"]] == ["i9"]  # fewer items than the limit
+    assert [x["item_id"] for x in users["w"]["recent_items"]] == ["i8", "i7"]
 
 
 def test_purchase_spend_and_category_weights(states):
