@@ -18,7 +18,7 @@ pytestmark = pytest.mark.unit
 ])
 def test_collector_follows_config_and_workload(gc, streaming, flag):
     options = java_options(SparkConfig(gc=gc), streaming).split()
-    assert options == ["-Duser.timezone=UTC", flag]
+    assert options == ["-Duser.timezone=UTC", "-XX:-DontCompileHugeMethods", flag]
 
 
 def test_unknown_collector_names_the_key():
