@@ -7,7 +7,7 @@ budget Spark's reading, JSON parsing and folding use before any deduplication,
 Parquet writing or Delta commit; one more step writes the events as Spark's
 partitioned Parquet files (scan included, no commit). For the refresh, a lower
 bound no design escapes: one aggregation per table's key with only counts and the
-latest time, plus the (user, item) latest times an exact recent-items list needs.
+latest time.
 Needs bench/work from `make bench` and `make bench-features`. Writes
 bench/results/floors.json.
 
@@ -86,13 +86,13 @@ def _floors(raw_dir: Path, home: Path, master: str) -> dict[str, dict[str, float
             return lambda: events.groupBy(*keys).agg(*aggs)
 
         # a lower bound for any design: one hash aggregation per table's key with only its
-        # counts and latest time (no decay, no sketch, no sequence), and the (user, item)
-        # latest times that any exact recent-items list needs
+        # counts and latest time (no decay, no sketch, no sequence). (The (user, item) latest
+        # times over all events are no part of it: the refresh finds most users' recent
+        # items without them, see fold._since_nth_newest_item.)
         least_aggs = [F.max("event_ts"), *[F.count_if(F.col("event_type") == t) for t in EVENT_TYPES]]
         for name, entity in entities(cfg.features).items():
             steps[f"refresh_fold_{name}"] = folded(entity)
             steps[f"refresh_least_{name}"] = least(list(entity.keys), *least_aggs)
-        steps["refresh_least_user_item_latest"] = least(["user_id", "item_id"], F.max("event_ts"))
         seconds = {name: _timed(build) for name, build in steps.items()}
         # what ingest must at least write: the events, as Spark's partitioned Parquet files (no commit)
         with tempfile.TemporaryDirectory(dir=home) as scratch:
