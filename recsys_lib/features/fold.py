@@ -64,8 +64,8 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
             ``fc.half_lives``.
         large_input: Plan for many events per key (the full refresh): before ranking a
             user's recent items, drop the events that cannot make the list
-            (:func:`_since_nth_newest_item`), finding where to cut in the latest sixth of
-            ``span`` when given. Same result; cheaper over many events per user, dearer
+            (:func:`_since_nth_newest_item`), finding where to cut in the latest
+            :data:`RECENT_SCAN_SHARE` of ``span`` when given. Same result; cheaper over many events per user, dearer
             over a small batch.
         span: The earliest and latest ``event_ts`` of ``events`` in epoch seconds
             (:func:`event_bounds`), when the caller has them (the full refresh does). Within
@@ -274,7 +274,7 @@ RECENT_SCAN_SHARE = 1.0 / 6.0
 
 
 def _recent_scan_start(span: tuple[float, float] | None) -> datetime | None:
-    """Where :func:`_since_nth_newest_item` starts looking for the cuts: the latest sixth of ``span``."""
+    """Where :func:`_since_nth_newest_item` looks for the cuts: the latest :data:`RECENT_SCAN_SHARE` of ``span``."""
     if span is None:
         return None
     return datetime.fromtimestamp(span[1] - (span[1] - span[0]) * RECENT_SCAN_SHARE, UTC)
