@@ -65,8 +65,8 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
         large_input: Plan for many events per key (the full refresh): before ranking a
             user's recent items, drop the events that cannot make the list
             (:func:`_since_nth_newest_item`), finding where to cut in the latest
-            :data:`RECENT_SCAN_SHARE` of ``span`` when given. Same result; cheaper over many events per user, dearer
-            over a small batch.
+            :data:`RECENT_SCAN_SHARE` of ``span`` when given. Same result; cheaper over
+            many events per user, dearer over a small batch.
         span: The earliest and latest ``event_ts`` of ``events`` in epoch seconds
             (:func:`event_bounds`), when the caller has them (the full refresh does). Within
             :data:`SINGLE_PASS_HALF_LIVES` smallest half-lives, the decayed sums then take one
@@ -92,8 +92,7 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
             per_category = _category_weights_from_states(category_states, fc)
         else:
             per_category = _category_weights(ev, fc)
-        recent = _recent_items(ev, fc, cutoff=large_input, scan_since=_recent_scan_start(span) if large_input else None)
-        state = state.join(recent, "user_id", "left").join(
+        state = state.join(_recent_items(ev, fc, cutoff=large_input, span=span), "user_id", "left").join(
             _weights_map(per_category, user_as_of, fc), "user_id", "left")
         state = state.withColumn("recent_items", F.coalesce("recent_items", F.array())).withColumn(
             "category_weights", F.coalesce("category_weights", F.create_map()))
@@ -281,10 +280,10 @@ def _recent_scan_start(span: tuple[float, float] | None) -> datetime | None:
 
 
 def _recent_items(ev: DataFrame, fc: FeaturesConfig, *, cutoff: bool = False,
-                  scan_since: datetime | None = None) -> DataFrame:
+                  span: tuple[float, float] | None = None) -> DataFrame:
     with_item = ev.where(F.col("item_id").isNotNull())
     if cutoff:
-        with_item = _since_nth_newest_item(with_item, fc.recent_items, scan_since)
+        with_item = _since_nth_newest_item(with_item, fc.recent_items, _recent_scan_start(span))
     entry = F.struct(F.col("event_ts").alias("ts"), F.col("event_id"), F.col("item_id"))
     newest_per_item = with_item.groupBy("user_id", "item_id").agg(F.max(entry).alias("entry"))
     return newest_per_item.groupBy("user_id").agg(
