@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from recsys_lib.core.config import load_config
 from recsys_lib.core.schema import CORRUPT_COLUMN, EVENT_TYPES, EVENTS_TABLE, RAW_RECORD_SCHEMA
 from recsys_lib.features import USER, USER_CATEGORY, Entity, entities, fold
-from recsys_lib.features.fold import event_bounds
+from recsys_lib.features.decay import event_bounds
 from recsys_lib.ingest.validate import classify, read_raw
 from recsys_lib.pipelines.context import start
 
@@ -88,7 +88,7 @@ def _floors(raw_dir: Path, home: Path, master: str) -> dict[str, dict[str, float
         # a lower bound for any design: one hash aggregation per table's key with only its
         # counts and latest time (no decay, no sketch, no sequence). (The (user, item) latest
         # times over all events are no part of it: the refresh finds most users' recent
-        # items without them, see fold._since_nth_newest_item.)
+        # items without them, see features.user_parts._since_nth_newest_item.)
         least_aggs = [F.max("event_ts"), *[F.count_if(F.col("event_type") == t) for t in EVENT_TYPES]]
         for name, entity in entities(cfg.features).items():
             steps[f"refresh_fold_{name}"] = folded(entity)

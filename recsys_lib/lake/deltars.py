@@ -30,6 +30,7 @@ from recsys_lib.lake.files import (
     filesystem_for,
     partition_value_from_path,
     plain_arrow_type,
+    plain_encoded,
     read_files_arrow,
     spark_to_arrow,
     write_arrow_files,
@@ -186,6 +187,8 @@ class DeltaRsLake(Lake):
         """Executors write ``df`` as Parquet into a fresh folder of the table; the driver builds add actions."""
         folder = write_folder()
         writer = df.select(*spec.schema.fieldNames()).write.mode("errorifexists")
+        for name in plain_encoded(spec.schema):
+            writer = writer.option(f"parquet.enable.dictionary#{name}", "false")
         if spec.partition_by:
             writer = writer.partitionBy(*spec.partition_by)
         writer.parquet(f"{self.uri(spec.name)}/{folder}")

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.core.schema import EVENTS_TABLE
 from recsys_lib.features import USER, USER_CATEGORY, Entity, entities, fold
-from recsys_lib.features.fold import event_bounds
+from recsys_lib.features.decay import event_bounds
 from recsys_lib.features.layers import table_spec
 from recsys_lib.lake import Lake
 

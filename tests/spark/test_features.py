@@ -8,8 +8,8 @@ import pytest
 
 from recsys_lib.core.config import FeaturesConfig
 from recsys_lib.features import ITEM, USER, USER_CATEGORY, entities, finalise, fold
-from recsys_lib.features.fold import SINGLE_PASS_HALF_LIVES, event_bounds
-from tests.spark.helpers import T0, event, events_df
+from recsys_lib.features.decay import SINGLE_PASS_HALF_LIVES, event_bounds
+from tests.spark.helpers import T0, assert_same_state, by_key, event, events_df
 
 pytestmark = pytest.mark.spark
 
@@ -106,6 +106,28 @@ def test_purchase_spend_and_category_weights(states):
     w = u1["category_weights"]
     assert w["c1"] == pytest.approx(1 * 2 ** (-2 / 168) + 2 * 2 ** (-1 / 168) + 8)
     assert w["c2"] == pytest.approx(1.0)
+
+
+def test_user_states_rolled_up_from_user_category_states(spark):
+    # u1's search at 3h and u3's events carry no category: they are folded directly, the rest rolled up
+    rows = [*ROWS, event("e7", "u1", "search", 3 * H),
+            event("e8", "u3", "view", 3 * H, "i9"), event("e9", "u3", "purchase", 1 * H, "i9", None, 4.0, 3)]
+    ev = events_df(spark, rows)
+    ents = entities(FC)
+    span = event_bounds(ev)[1]
+    derived = by_key(fold(ev, ents[USER], FC, category_states=fold(ev, ents[USER_CATEGORY], FC, span=span),
+                          span=span), ents[USER])
+    u1, u3 = derived[("u1",)], derived[("u3",)]
+    assert u1["as_of"] == T0 + 3 * H and u1["search_count"] == 1 and u1["view_count"] == 2
+    assert u1["view_decayed_1h"] == pytest.approx(2 ** -3 + 2 ** -1, rel=1e-12)  # views at 0h and 2h
+    assert u1["click_decayed_1d"] == pytest.approx(2 ** (-2 / 24), rel=1e-12)
+    assert (u1["purchase_spend"], u1["purchase_priced_count"]) == (20.0, 1)
+    assert u1["category_weights"]["c1"] == pytest.approx(
+        (1 * 2 ** (-3 / 168) + 2 * 2 ** (-2 / 168) + 8 * 2 ** (-1 / 168)), rel=1e-12)
+    assert u3["as_of"] == T0 + 3 * H and (u3["view_count"], u3["purchase_count"]) == (1, 1)
+    assert u3["purchase_decayed_1h"] == pytest.approx(0.25, rel=1e-12) and u3["purchase_spend"] == 12.0
+    assert u3["category_weights"] == {}
+    assert_same_state(by_key(fold(ev, ents[USER], FC), ents[USER]), derived, ents[USER])  # as the direct fold
 
 
 def test_category_weights_derived_from_user_category_states(spark, states):

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from recsys_lib.core.config import FeaturesConfig
 from recsys_lib.core.schema import EVENT_TYPES
 from recsys_lib.features import ITEM, USER, USER_CATEGORY, entities, fold, merge
-from recsys_lib.features.fold import event_bounds
+from recsys_lib.features.decay import event_bounds
 from tests.spark.helpers import assert_same_state, by_key, event, events_df
 
 pytestmark = pytest.mark.spark

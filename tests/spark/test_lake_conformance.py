@@ -265,3 +265,24 @@ def test_replace_partitions_rejects_a_non_partition_column(spark, engine_lake):
     engine_lake.append(SPEC, _df(spark, [("a", 1, None, D1)]))
     with pytest.raises(ValueError, match="'k' is not a partition column"):
         engine_lake.replace_partitions(SPEC, _df(spark, []), "k", ["a"], read_version=engine_lake.version("t"))
+
+
+def test_delta_rs_writes_doubles_without_dictionary_encoding(spark, cfg, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lake = open_lake(spark, cfg, engine="delta-rs")
+    schema = T.StructType([T.StructField("k", T.StringType(), False), T.StructField("x", T.DoubleType()),
+                           T.StructField("d", T.DateType(), False)])
+    spec = TableSpec("doubles", schema, ("d",))
+    # few distinct values, so the writers would pick dictionary encoding for both columns if allowed
+    rows = [("a" if n % 2 else "b", 0.5 if n % 3 else 0.25, D1) for n in range(60)]
+    lake.overwrite(spec, spark.createDataFrame(rows, schema).coalesce(1))  # Spark writes
+    lake.append_arrow(spec, pa.table({"k": ["b", "c"] * 30, "x": [0.125, 0.5] * 30, "d": [D2] * 60}))  # the driver
+    files = sorted(Path(lake.uri("doubles").removeprefix("file://")).rglob("*.parquet"))
+    assert {f.name.endswith(".c000.snappy.parquet") for f in files} == {True, False}  # Spark's and Arrow's
+    for f in files:
+        meta = pq.ParquetFile(f).metadata.row_group(0)
+        encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+        assert not any("DICTIONARY" in e for e in encodings["x"]), (f, encodings)
+        assert any("DICTIONARY" in e for e in encodings["k"]), (f, encodings)  # strings keep it
