@@ -27,6 +27,9 @@ _BASE_CONF: dict[str, str] = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
 }
 
+#: Under a ``local`` master, reads list up to this many paths on the driver instead of in a Spark job.
+LOCAL_LISTING_THRESHOLD = 100_000
+
 #: JVM flag per ``spark.gc`` choice: throughput (parallel) or short pauses (G1).
 _GC_FLAGS = {"parallel": "-XX:+UseParallelGC", "g1": "-XX:+UseG1GC"}
 
@@ -54,6 +57,10 @@ def build_spark(cfg: SparkConfig, *, streaming: bool = False) -> SparkSession:
     conf["spark.ui.enabled"] = str(cfg.ui_enabled).lower()
     conf["spark.sql.shuffle.partitions"] = str(shuffle_partitions(cfg))
     effective = master or _submitted_master()
+    if re.fullmatch(r"local(\[.*\])?", effective):
+        # one JVM: a distributed listing job would only add a Spark job's overhead to every
+        # read of more than 32 files (measured 1.3 s against 2.7-3.1 s to open 124 files here)
+        conf["spark.sql.sources.parallelPartitionDiscovery.threshold"] = str(LOCAL_LISTING_THRESHOLD)
     if effective.startswith("local-cluster"):
         shim = java_flag_shim()
         if shim:

@@ -21,3 +21,23 @@ def test_session_jit_compiles_huge_methods(spark):
     bean_class = jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean")
     bean = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(bean_class)
     assert bean.getVMOption("DontCompileHugeMethods").getValue() == "false"
+
+
+def test_local_session_lists_files_on_the_driver(spark, tmp_path):
+    # under a local master a distributed listing job is pure overhead: reading 40 files (over Spark's
+    # default threshold of 32) must not start any job
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = []
+    for n in range(40):
+        paths.append(str(tmp_path / f"part-{n}.parquet"))
+        pq.write_table(pa.table({"x": [n]}), paths[-1])
+    sc = spark.sparkContext
+    sc.setJobGroup("listing-test", "read of 40 files")
+    try:
+        df = spark.read.schema("x long").parquet(*paths)
+        assert list(sc.statusTracker().getJobIdsForGroup("listing-test")) == []
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    assert sorted(r.x for r in df.collect()) == list(range(40))
