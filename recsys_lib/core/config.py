@@ -116,7 +116,7 @@ class StreamingConfig(_Strict):
     query_name: str = Field("features", pattern=r"^[A-Za-z0-9_-]+$")
     #: null: <home>/checkpoints/<query_name>
     checkpoint_dir: str | None = None
-    trigger: Duration = 1.0
+    trigger: Duration = 0.5
     max_files_per_trigger: int = Field(1000, ge=1)
     #: A micro-batch rewrites only the pending layer of each feature table (see
     #: recsys_lib/features/layers.py); past this many rows it is compacted into the base

@@ -79,10 +79,12 @@ def fold_local(events: pa.Table | LocalEvents, entity: Entity, fc: FeaturesConfi
     keys = [f"_{k}" for k in entity.keys]
     df = df.assign(_as_of=df.groupby(keys, sort=False)["_us"].transform("max"))
     states = _counts_and_decays(df, keys, fc)
+    built: dict[str, pa.Array] = {}
     if entity.name == USER:
-        states = states.join(_purchases(df))
-        states["recent_items"] = _recent_items(df, fc.recent_items, prepared.names).reindex(states.index)
-        states["category_weights"] = _category_weights(df, fc, prepared.names).reindex(states.index)
+        states = states.join(_purchases(df)).sort_index()  # by user code: the lists below line up
+        users = states.index.to_numpy()
+        built["recent_items"] = _recent_items(df, fc.recent_items, prepared.names, users)
+        built["category_weights"] = _category_weights(df, fc, prepared.names, users)
     if entity.name == ITEM:
         states["latest_category"] = _latest(df, "category_id").reindex(states.index)
         states["latest_price"] = _latest(df, "price").reindex(states.index)
@@ -90,7 +92,7 @@ def fold_local(events: pa.Table | LocalEvents, entity: Entity, fc: FeaturesConfi
     states = states.reset_index()
     for key in entity.keys:
         states[key] = prepared.names[key][states[f"_{key}"].to_numpy()]
-    return _to_arrow(states, entity, updated_at)
+    return _to_arrow(states, entity, updated_at, built)
 
 
 def overlay_local(pending: pa.Table, changes: pa.Table, entity: Entity, fc: FeaturesConfig,
@@ -160,39 +162,44 @@ def _purchases(df: pd.DataFrame) -> pd.DataFrame:
     return work.groupby("_user_id", sort=False).sum()
 
 
-def _recent_items(df: pd.DataFrame, limit: int, names: dict[str, np.ndarray]) -> pd.Series:
-    """Per user, the newest entry of each of the ``limit`` most recent items, newest first."""
+def _per_user(owners: np.ndarray, users: np.ndarray, n_codes: int) -> pa.Array:
+    """List offsets for entries sorted by owner code, one list per code of ``users`` (ascending)."""
+    counts = np.bincount(owners, minlength=n_codes)[users]
+    return pa.array(np.r_[0, np.cumsum(counts)], pa.int32())
+
+
+def _recent_items(df: pd.DataFrame, limit: int, names: dict[str, np.ndarray], users: np.ndarray) -> pa.Array:
+    """For each of ``users`` (codes, ascending), the newest entry of each of its ``limit`` most recent items."""
     with_item = df[df["_item_id"].to_numpy() >= 0]
-    users, items = with_item["_user_id"].to_numpy(), with_item["_item_id"].to_numpy()
+    owners, items = with_item["_user_id"].to_numpy(), with_item["_item_id"].to_numpy()
     # by user, then newest first (ties: the larger event_id, then the larger item_id)
-    order = np.lexsort((-items, -with_item["_event_id"].to_numpy(), -with_item["_us"].to_numpy(), users))
-    users, items = users[order], items[order]
-    first_of_pair = ~pd.Series(users * (len(names["item_id"]) + 1) + items).duplicated().to_numpy()
+    order = np.lexsort((-items, -with_item["_event_id"].to_numpy(), -with_item["_us"].to_numpy(), owners))
+    owners, items = owners[order], items[order]
+    first_of_pair = ~pd.Series(owners * (len(names["item_id"]) + 1) + items).duplicated().to_numpy()
     rows = order[first_of_pair]
-    rows = rows[pd.Series(users[first_of_pair]).groupby(users[first_of_pair], sort=False).cumcount().to_numpy()
+    rows = rows[pd.Series(owners[first_of_pair]).groupby(owners[first_of_pair], sort=False).cumcount().to_numpy()
                 < limit]
-    lists: dict[int, list[dict[str, Any]]] = {}
-    picked = {c: with_item[c].to_numpy()[rows] for c in ("_user_id", "_us", "event_id", "_item_id")}
-    item_names = names["item_id"][picked["_item_id"]]
-    for user, micros, event_id, item in zip(picked["_user_id"], picked["_us"], picked["event_id"], item_names,
-                                            strict=True):
-        lists.setdefault(user, []).append({"ts": _timestamp(micros), "event_id": event_id, "item_id": item})
-    return pd.Series(lists, dtype=object)
+    entries = pa.StructArray.from_arrays(
+        [pa.array(with_item["_us"].to_numpy()[rows], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+         pa.array(with_item["event_id"].to_numpy()[rows], pa.string()),
+         pa.array(names["item_id"][with_item["_item_id"].to_numpy()[rows]], pa.string())],
+        names=["ts", "event_id", "item_id"])
+    offsets = _per_user(with_item["_user_id"].to_numpy()[rows], users, len(names["user_id"]))
+    return pa.ListArray.from_arrays(offsets, entries)
 
 
-def _category_weights(df: pd.DataFrame, fc: FeaturesConfig, names: dict[str, np.ndarray]) -> pd.Series:
-    """Per user: category -> sum of type weight x 2^-((user as_of - ts) / H)."""
+def _category_weights(df: pd.DataFrame, fc: FeaturesConfig, names: dict[str, np.ndarray],
+                      users: np.ndarray) -> pa.Array:
+    """For each of ``users`` (codes, ascending): category -> sum of type weight x 2^-((user as_of - ts) / H)."""
     with_category = df[df["_category_id"].to_numpy() >= 0]
     by_type = np.array([fc.affinity_weights.get(t, 0.0) for t in EVENT_TYPES] + [0.0])  # index -1: unknown
     weight = by_type[with_category["_type"].to_numpy()]
     terms = pd.DataFrame({"_user_id": with_category["_user_id"], "_category_id": with_category["_category_id"],
                           "w": weight * _factor(with_category, fc.affinity_half_life)})
-    sums = terms.groupby(["_user_id", "_category_id"], sort=False)["w"].sum()
-    maps: dict[int, list[tuple[str, float]]] = {}
-    categories = names["category_id"][sums.index.get_level_values(1).to_numpy()]
-    for user, category, w in zip(sums.index.get_level_values(0).to_numpy(), categories, sums.to_numpy(), strict=True):
-        maps.setdefault(user, []).append((category, float(w)))
-    return pd.Series(maps, dtype=object)
+    sums = terms.groupby(["_user_id", "_category_id"], sort=True)["w"].sum()
+    offsets = _per_user(sums.index.get_level_values(0).to_numpy(), users, len(names["user_id"]))
+    categories = pa.array(names["category_id"][sums.index.get_level_values(1).to_numpy()], pa.string())
+    return pa.MapArray.from_arrays(offsets, categories, pa.array(sums.to_numpy(), pa.float64()))
 
 
 def _latest(df: pd.DataFrame, column: str) -> pd.Series:
@@ -229,20 +236,21 @@ def _timestamp(micros: int) -> datetime:
     return _EPOCH + int(micros) * _US
 
 
-def _to_arrow(states: pd.DataFrame, entity: Entity, updated_at: datetime) -> pa.Table:
+def _to_arrow(states: pd.DataFrame, entity: Entity, updated_at: datetime, built: dict[str, pa.Array]) -> pa.Table:
+    """``states`` as the entity's Arrow table; columns in ``built`` are already Arrow arrays in row order."""
     schema = spark_to_arrow(entity.schema)
     n = len(states)
     as_of = pa.array(states["_as_of_us"].to_numpy(dtype=np.int64), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
     columns: dict[str, Any] = {"as_of": as_of, "last_event_ts": as_of, "updated_at": [updated_at] * n,
                                BUCKET: [PENDING] * n}
-    defaults: dict[str, Callable[[], Any]] = {"recent_items": list, "category_weights": list}
     for field in schema:
         if field.name in columns:
             continue
+        if field.name in built:
+            columns[field.name] = built[field.name].cast(field.type)
+            continue
         values = states[field.name]
-        if field.name in defaults:
-            values = [v if isinstance(v, list) else defaults[field.name]() for v in values]
-        elif values.dtype == object:
+        if values.dtype == object:
             values = [None if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in values]
         columns[field.name] = pa.array(values, field.type) if not isinstance(values, pa.Array) else values
     return pa.table({f.name: columns[f.name] for f in schema}, schema=schema)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from pyspark.sql import functions as F
 
 from recsys_lib.features import entities
 from recsys_lib.ingest.validate import read_raw
@@ -62,13 +63,18 @@ def test_batches_then_refresh_agree_and_replays_are_skipped(spark, lake, cfg, tm
 
 def test_an_event_python_cannot_represent_falls_back_to_spark(spark, lake, cfg, tmp_path):
     # year 0 is a valid timestamp for Spark but not for Python's datetime: the local validator hands the
-    # line to Spark, and the user table's local fold cannot hold it (recent items are Python values), so
-    # that table folds this batch with Spark; nothing is lost
-    lines = [raw_line("y0", "u0", "view", "0000-06-01T00:00:00Z"), raw_line("y1", "u1", "view", "2024-01-01T10:00:00Z")]
+    # line to Spark, and the item table's local fold cannot hold it (i0's latest values are Python values),
+    # so that table folds this batch with Spark; the user table's lists are built in Arrow, which holds
+    # year 0, so it stays local; nothing is lost
+    lines = [raw_line("y0", "u0", "view", "0000-06-01T00:00:00Z", item="i0"),
+             raw_line("y1", "u1", "view", "2024-01-01T10:00:00Z")]
     write_lines(tmp_path / "y", "a.jsonl", lines)
     report = process_batch(spark, lake, cfg, read_raw(spark, str(tmp_path / "y")), query="q", batch_id=0, now=NOW)
     assert (report.new_events, report.quarantined) == (2, 0)
     assert report.ingest_engine == "local"
-    assert report.tables["user_features"]["engine"] == "spark"
-    users = lake.read("user_features").select("user_id", "view_count").collect()
-    assert sorted((r["user_id"], r["view_count"]) for r in users) == [("u0", 1), ("u1", 1)]
+    assert report.tables["item_features"]["engine"] == "spark"
+    assert report.tables["user_features"]["engine"] == "local"
+    users = lake.read("user_features").select("user_id", "view_count", F.year(F.col("as_of")).alias("y")).collect()
+    assert sorted((r["user_id"], r["view_count"], r["y"]) for r in users) == [("u0", 1, 0), ("u1", 1, 2024)]
+    items = lake.read("item_features").select("item_id", "view_count").collect()
+    assert sorted((r["item_id"], r["view_count"]) for r in items) == [("i0", 1), ("i1", 1)]
