@@ -74,14 +74,14 @@ def fold(events: DataFrame, entity: Entity, fc: FeaturesConfig, updated_at: date
         ev = ev.where(F.col("category_id").isNotNull())
     ev = ev.withColumn("_ts", seconds(F.col("event_ts")))
     memo_key = ("fold", entity.name, fc.model_dump_json())
-    terms, carried, apart = memo(memo_key, lambda: _fold_columns(entity, fc))
+    terms, carried, apart = memo(memo_key, lambda: fold_columns(entity, fc))
     if entity.name == USER and category_states is not None and single_pass(span, min(fc.half_lives)):
         state = user_sums_from_categories(ev, category_states, terms, cast(tuple[float, float], span)[1])
     else:
         state = decayed_sums(ev, keys, terms, min(fc.half_lives), carried=carried, memo_key=memo_key, span=span)
     state = state.drop("_as_of_s")
     if apart:
-        state = state.join(ev.groupBy(*keys).agg(*apart), keys)
+        state = state.join(ev.groupBy(*keys).agg(*apart.values()), keys)
     if entity.name == USER:
         state = _with_user_parts(state, ev, fc, category_states, large_input, span)
     stamp = F.lit(updated_at).cast("timestamp") if updated_at else F.current_timestamp()
@@ -106,13 +106,14 @@ def _with_user_parts(state: DataFrame, ev: DataFrame, fc: FeaturesConfig, catego
         "category_weights", F.coalesce("category_weights", F.create_map()))
 
 
-def _fold_columns(entity: Entity, fc: FeaturesConfig) -> tuple[dict[str, tuple[Column, float]], list[TwoPhase],
-                                                                list[Column]]:
+def fold_columns(entity: Entity, fc: FeaturesConfig) -> tuple[dict[str, tuple[Column, float]], list[TwoPhase],
+                                                               dict[str, Column]]:
     """One entity's fold: decayed terms, plain aggregates riding along them (in two phases), and the rest.
 
     The rest (struct maxima, which a hash aggregation cannot buffer, and the HLL
-    sketch) is one narrow aggregation apart: inside the wide one it would force a
-    sort-based aggregation of every decayed sum (measured slower at 10M events).
+    sketch), by column name, is one narrow aggregation apart: inside the wide one it
+    would force a sort-based aggregation of every decayed sum (measured slower at 10M
+    events). ``bench/floors.py`` times each of these families alone.
     """
     terms = {decayed_name(t, h): (F.when(F.col("event_type") == t, F.lit(1.0)), h)
              for t in EVENT_TYPES for h in fc.half_lives}
@@ -120,11 +121,11 @@ def _fold_columns(entity: Entity, fc: FeaturesConfig) -> tuple[dict[str, tuple[C
     carried += [TwoPhase(f"{t}_count", F.count_if(F.col("event_type") == t), F.sum) for t in EVENT_TYPES]
     if entity.name == USER:
         carried += purchase_aggs()
-    apart: list[Column] = []
+    apart: dict[str, Column] = {}
     if entity.name == ITEM:
-        apart = [_latest("category_id").alias("latest_category"), _latest("price").alias("latest_price"),
-                  F.hll_sketch_agg("user_id", fc.hll_lg_k).alias("users_hll")]
-    return terms, carried, apart
+        apart = {"latest_category": _latest("category_id"), "latest_price": _latest("price"),
+                 "users_hll": F.hll_sketch_agg("user_id", fc.hll_lg_k)}
+    return terms, carried, {name: column.alias(name) for name, column in apart.items()}
 
 
 def merge(a: DataFrame, b: DataFrame, entity: Entity, fc: FeaturesConfig,

@@ -9,6 +9,7 @@ import pytest
 from recsys_lib.core.config import FeaturesConfig
 from recsys_lib.features import ITEM, USER, USER_CATEGORY, entities, finalise, fold
 from recsys_lib.features.decay import SINGLE_PASS_HALF_LIVES, event_bounds
+from recsys_lib.features.fold import fold_columns
 from tests.spark.helpers import T0, assert_same_state, by_key, event, events_df
 
 pytestmark = pytest.mark.spark
@@ -149,6 +150,18 @@ def test_item_latest_values_and_distinct_users(states):
     assert (i1["latest_price"]["value"], i1["latest_price"]["event_id"]) == (10.0, "e3")
     assert (i1["view_count"], i1["click_count"], i1["purchase_count"]) == (2, 1, 1)
     assert ("u2",) not in states[ITEM] and (None,) not in states[ITEM]  # search has no item
+
+
+def test_only_the_item_table_aggregates_families_apart_and_each_is_a_stored_column(spark):
+    # bench/floors.py times each family by name, and fold joins them back as those columns
+    ents = entities(FC)
+    apart = {name: set(fold_columns(ents[name], FC)[2]) for name in (USER, ITEM, USER_CATEGORY)}
+    assert apart == {USER: set(), USER_CATEGORY: set(), ITEM: {"latest_category", "latest_price", "users_hll"}}
+    ev = events_df(spark, ROWS).where("item_id is not null")
+    sketch = ev.groupBy("item_id").agg(fold_columns(ents[ITEM], FC)[2]["users_hll"])
+    assert sketch.columns == ["item_id", "users_hll"]
+    assert {r.item_id: r.n for r in sketch.selectExpr("item_id", "hll_sketch_estimate(users_hll) as n").collect()} \
+        == {"i1": 2, "i2": 1}
 
 
 def test_user_category_rows(states):
