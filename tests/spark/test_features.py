@@ -157,6 +157,7 @@ def test_only_the_item_table_aggregates_families_apart_and_each_is_a_stored_colu
     ents = entities(FC)
     apart = {name: set(fold_columns(ents[name], FC)[2]) for name in (USER, ITEM, USER_CATEGORY)}
     assert apart == {USER: set(), USER_CATEGORY: set(), ITEM: {"latest_category", "latest_price", "users_hll"}}
+    assert apart[ITEM] <= {c.name for c in ents[ITEM].columns}
     ev = events_df(spark, ROWS).where("item_id is not null")
     sketch = ev.groupBy("item_id").agg(fold_columns(ents[ITEM], FC)[2]["users_hll"])
     assert sketch.columns == ["item_id", "users_hll"]
