@@ -8,7 +8,7 @@ PYTEST := $(BIN)/pytest
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install demo test test-unit test-spark test-tf test-airflow test-notebook test-slow \
+.PHONY: install demo test test-unit test-spark test-tf test-airflow test-serving test-notebook test-slow \
         lint typecheck check bench bench-features bench-floors bench-streaming bench-microbatch bench-train bench-index dist clean
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
@@ -34,6 +34,8 @@ test-tf: $(STAMP)
 	$(PYTEST) -q -m tf
 test-airflow: $(STAMP)
 	$(PYTEST) -q -m airflow
+test-serving: $(STAMP)  ## online store conformance (SQLite and a real Redis), projection, HTTP API
+	$(PYTEST) -q -m serving
 test-notebook: $(STAMP)
 	$(PYTEST) -q -m notebook
 test-slow: $(STAMP)

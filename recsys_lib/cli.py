@@ -16,6 +16,8 @@ from datetime import UTC, date, datetime
 from recsys_lib import __version__
 from recsys_lib.cli_models import COMMANDS as MODEL_COMMANDS
 from recsys_lib.cli_models import add_model_commands, run_model_command
+from recsys_lib.cli_online import COMMANDS as ONLINE_COMMANDS
+from recsys_lib.cli_online import add_online_commands, run_online_command
 from recsys_lib.core.config import ConfigError, RecsysConfig, load_config
 from recsys_lib.core.durations import parse_duration
 from recsys_lib.lake import Lake
@@ -111,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     maintain.add_argument("--no-vacuum", action="store_true")
 
     add_model_commands(sub, common)
+    add_online_commands(sub, common)
 
     sub.add_parser("config", parents=[common], help="print the resolved config")
     demo = sub.add_parser("demo", parents=[common], help="generate a sample and run the suite end to end")
@@ -179,6 +182,8 @@ def _dispatch(args: argparse.Namespace, cfg: RecsysConfig) -> int:
                   f"merge {b['merge_seconds']:.2f}s total {b['seconds']:.2f}s "
                   f"lag {b.get('freshness_lag_min_s')}..{b.get('freshness_lag_max_s')}s")
         return 0
+    if args.command in ONLINE_COMMANDS:
+        return run_online_command(args, cfg)
     if args.command == "demo":
         from recsys_lib.pipelines.demo import run_demo
 

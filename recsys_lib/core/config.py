@@ -213,6 +213,40 @@ class ServeConfig(_Strict):
     batch_k: int = Field(50, ge=1)
     #: Users with an event in this window before the watermark get batch recommendations.
     active_window: Duration = 30 * 86400.0
+    #: ``recsys serve``: where the HTTP API listens and how many uvicorn worker processes it runs.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    #: Largest ``k`` a request may ask for, and most users in one ``POST /recommendations``.
+    max_k: int = Field(1000, ge=1)
+    max_batch_users: int = Field(1000, ge=1)
+    #: How often the server checks the registry's champion alias (null: only ``POST /admin/reload``).
+    reload_poll: Duration | None = None
+    #: Requests waiting at most this long are encoded together in one call of the query tower.
+    batch_wait: Duration = 0.002
+    batch_max: int = Field(256, ge=1)
+
+
+class OnlineConfig(_Strict):
+    """The online feature store: a projection of the feature tables for serving."""
+
+    #: The stream and the full refresh write the store; false turns that off.
+    enabled: bool = True
+    #: sqlite: one file under <home>/online (embedded, no server); redis: a Redis server.
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    #: null: <home>/online/features.sqlite
+    sqlite_path: str | None = None
+    #: null: $RECSYS_REDIS_URL, else redis://127.0.0.1:6379/0
+    redis_url: str | None = None
+    #: Prefix of every Redis key, so several deployments can share a server.
+    namespace: str = Field("recsys", pattern=r"^[A-Za-z0-9_.-]+$")
+    #: Per feature table: a row whose newest event (``as_of``) is older than this reads as absent.
+    ttl: dict[Literal["user_features", "item_features", "user_category_features"], Duration] = Field(
+        default_factory=dict)
+    #: Rows per write round trip (a Redis pipeline, an SQLite transaction).
+    write_batch: int = Field(5000, ge=1)
+    #: Seconds a replaced generation stays readable (in-flight readers finish on it).
+    generation_grace: Duration = 60.0
 
 
 class RecsysConfig(_Strict):
@@ -228,6 +262,7 @@ class RecsysConfig(_Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     mlflow: MlflowConfig = MlflowConfig()
     serve: ServeConfig = ServeConfig()
+    online: OnlineConfig = OnlineConfig()
 
     @property
     def home_dir(self) -> str:
@@ -259,6 +294,16 @@ class RecsysConfig(_Strict):
     def mlflow_artifact_location(self) -> str:
         """Where new experiments store artifacts."""
         return self.mlflow.artifact_location or _join(_join(self.home_dir, "mlflow"), "artifacts")
+
+    @property
+    def online_sqlite_path(self) -> str:
+        """The embedded online store's SQLite file."""
+        return self.online.sqlite_path or _join(_join(self.home_dir, "online"), "features.sqlite")
+
+    @property
+    def online_redis_url(self) -> str:
+        """The Redis URL of the online store: config, else ``$RECSYS_REDIS_URL``, else localhost."""
+        return self.online.redis_url or os.environ.get("RECSYS_REDIS_URL") or "redis://127.0.0.1:6379/0"
 
     def table_uri(self, table: str) -> str:
         """Location of the named Delta table."""

@@ -341,3 +341,15 @@ _ROW_MERGES: dict[Merge, Callable[..., Any]] = {
     Merge.MAX: _merge_max, Merge.SUM: _merge_sum, Merge.DECAY: _merge_decay, Merge.HLL_UNION: _merge_hll,
     Merge.RECENT: _merge_recent, Merge.MAP_DECAY: _merge_map_decay,
 }
+
+
+def merge_states(left: dict[str, Any], right: dict[str, Any], entity: Entity) -> dict[str, Any]:
+    """Two states of one key (rows as ``to_pylist`` gives them) merged by each column's :class:`Merge` rule.
+
+    Serving merges a key's base and pending rows with it, as :func:`~recsys_lib.features.layers.read_states`
+    does in Spark; ``updated_at`` is the later of the two.
+    """
+    merged = _merge_row(left, right, entity, {c.name: _ROW_MERGES[c.kind] for c in entity.columns})
+    stamps = [s for s in (left.get("updated_at"), right.get("updated_at")) if s is not None]
+    merged["updated_at"] = max(stamps) if stamps else None
+    return merged

@@ -24,7 +24,7 @@ from recsys_lib.lake.deltars import DeltaRsLake
 
 __all__ = [
     "CommitResult", "DeltaRsLake", "Lake", "LakeConflictError", "LakeError", "RetryPolicy",
-    "TableNotFound", "TableSpec", "delta_jar_available", "open_lake",
+    "TableNotFound", "TableSpec", "delta_jar_available", "driver_lake", "open_lake",
 ]
 
 
@@ -62,3 +62,13 @@ def open_lake(spark: SparkSession, cfg: RecsysConfig, engine: str | None = None)
 
         return NativeDeltaLake(spark, cfg.lake_root, retry=retry, storage_options=cfg.lake.storage_options)
     return DeltaRsLake(spark, cfg.lake_root, retry=retry, storage_options=cfg.lake.storage_options)
+
+
+def driver_lake(cfg: RecsysConfig) -> Lake:
+    """A delta-rs lake without Spark, for driver-side Arrow reads and commits (the online sync, serving).
+
+    Its Spark-returning methods (``read``, ``changes``, ``append`` of a DataFrame) must not be called.
+    """
+    retry = RetryPolicy(cfg.lake.commit_retries, cfg.lake.retry_backoff, cfg.lake.retry_backoff_max)
+    no_spark: Any = None
+    return DeltaRsLake(no_spark, cfg.lake_root, retry=retry, storage_options=cfg.lake.storage_options)

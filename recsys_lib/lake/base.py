@@ -234,6 +234,16 @@ class Lake(ABC):
     def changes(self, name: str, since_version: int, until_version: int | None = None) -> DataFrame:
         """Change data feed rows (with ``_change_type`` and ``_commit_version``)."""
 
+    def changes_arrow(self, name: str, since_version: int, until_version: int,
+                      columns: Sequence[str] | None = None) -> pa.Table:
+        """The change data feed for versions ``since_version``..``until_version`` on the driver.
+
+        Columns: ``columns`` (default: all) plus ``_change_type`` and ``_commit_version``.
+        """
+        df = self.changes(name, since_version, until_version)
+        keep = [*(columns or [c for c in df.columns if not c.startswith("_")]), "_change_type", "_commit_version"]
+        return df.select(*keep).toArrow()
+
     def inserted(self, name: str, since_version: int, until_version: int) -> DataFrame:
         """Rows inserted by versions ``since_version``..``until_version``, in the table's columns."""
         changes = self.changes(name, since_version, until_version)

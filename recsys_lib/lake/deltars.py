@@ -347,6 +347,13 @@ class DeltaRsLake(Lake):
                   for f in changes.schema]
         return self.spark.createDataFrame(changes.cast(pa.schema(fields)))
 
+    def changes_arrow(self, name: str, since_version: int, until_version: int,
+                      columns: Sequence[str] | None = None) -> pa.Table:
+        wanted = None if columns is None else [*columns, "_change_type", "_commit_version"]
+        reader = self._table(name).load_cdf(starting_version=since_version, ending_version=until_version,
+                                            columns=wanted)
+        return pa.table(reader)
+
     # -- maintenance ---------------------------------------------------------
     def compact(self, name: str) -> dict[str, Any]:
         self._require(name)

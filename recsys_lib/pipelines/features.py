@@ -7,6 +7,7 @@ can fence itself against it (issue: streaming).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ from recsys_lib.features.decay import event_bounds
 from recsys_lib.features.layers import table_spec
 from recsys_lib.lake import Lake
 
+log = logging.getLogger(__name__)
+
 
 class FeatureRefreshError(RuntimeError):
     """The refresh could not run (e.g. no events table)."""
@@ -35,6 +38,7 @@ class RefreshSummary:
     watermark: str | None
     until: str | None
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    online: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -68,8 +72,31 @@ def run_refresh(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, until: da
     summary = RefreshSummary(events_version=events_version, watermark=_iso(watermark), until=_iso(until))
     todo = {n: e for n, e in entities(cfg.features).items() if not only or n in only}
     _refresh_tables(lake, cfg, events, todo, summary, stamp, span)
+    if cfg.online.enabled:
+        summary.online = _publish_online(lake, cfg)
     summary.seconds = round(time.monotonic() - started, 2)
     return summary
+
+
+def _publish_online(lake: Lake, cfg: RecsysConfig) -> dict[str, Any]:
+    """Load the refreshed tables into a new online generation and switch readers to it.
+
+    A failure leaves readers on the previous generation (consistent, older) and is reported,
+    not raised: the Delta tables are the truth, and ``recsys online sync`` loads them later.
+    """
+    from recsys_lib.features import online
+    from recsys_lib.lake import driver_lake
+    from recsys_lib.online import OnlineStoreError, open_store
+
+    store = open_store(cfg)
+    try:
+        return online.load_generation(store, driver_lake(cfg), cfg)
+    except (OnlineStoreError, OSError) as exc:
+        log.warning("online store not updated after the refresh (readers stay on the previous generation; "
+                    "run `recsys online sync`): %s", exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        store.close()
 
 
 def _refresh_tables(lake: Lake, cfg: RecsysConfig, events: DataFrame, todo: dict[str, Entity],
@@ -110,5 +137,9 @@ def format_refresh(summary: RefreshSummary) -> str:
              f"(watermark {summary.watermark}{', until ' + summary.until if summary.until else ''})"]
     for table, info in summary.tables.items():
         lines.append(f"  {table:<24} version {info['version']:>4}  rows {info['rows']:>10,}  {info['seconds']:.1f}s")
+    if summary.online:
+        info = summary.online
+        lines.append(f"  online store: generation {info.get('generation')} loaded in {info.get('seconds')}s"
+                     if "error" not in info else f"  online store NOT updated: {info['error']}")
     lines.append(f"  total {summary.seconds:.1f}s")
     return "\n".join(lines)

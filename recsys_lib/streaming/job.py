@@ -18,9 +18,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_lib.core.config import RecsysConfig
+from recsys_lib.features import entities
+from recsys_lib.features.online import Projector
 from recsys_lib.ingest.local_dedup import StoredKeys
 from recsys_lib.ingest.validate import RAW_FILE_GLOB
 from recsys_lib.lake import Lake
+from recsys_lib.online import open_store
 from recsys_lib.streaming.faults import fault_point
 from recsys_lib.streaming.health import STATUS_FILE, write_pid
 from recsys_lib.streaming.microbatch import process_batch
@@ -59,11 +62,15 @@ def run_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     reports: list[dict[str, Any]] = []
     stored = StoredKeys(lake)  # the stored event ids, kept between micro-batches
     stored.warm_up()  # loaded while the query starts
+    projector = _projector(lake, cfg)
 
     def on_batch(batch: DataFrame, batch_id: int) -> None:
         report = process_batch(spark, lake, cfg, batch, query=cfg.streaming.query_name, batch_id=batch_id,
-                               stored=stored, checkpoint=checkpoint)
+                               stored=stored, checkpoint=checkpoint, projector=projector)
         record = report.to_json()
+        if projector is not None:
+            record["online"] = {"failures": projector.failures, "catch_ups": projector.catch_ups,
+                                "last_error": projector.last_error}
         reports.append(record)
         log.info("batch %d: %d in, %d new, %d quarantined, %d duplicates, merge %.2fs", batch_id,
                     report.rows_in, report.new_events, report.quarantined, report.duplicates, report.merge_seconds)
@@ -83,6 +90,20 @@ def run_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     query = writer.start()
     query.awaitTermination()
     return reports
+
+
+def _projector(lake: Lake, cfg: RecsysConfig) -> Projector | None:
+    """The online store's projector, caught up with Delta first (None when ``online.enabled`` is off).
+
+    The catch-up replays what a kill between a Delta commit and the store's write left out.
+    """
+    if not cfg.online.enabled:
+        return None
+    projector = Projector(open_store(cfg), lake, cfg)
+    for table in (e.table for e in entities(cfg.features).values()):
+        projector.table_committed(table)
+    projector.events_committed()
+    return projector
 
 
 def last_batches(cfg: RecsysConfig, limit: int = 10) -> list[dict[str, Any]]:

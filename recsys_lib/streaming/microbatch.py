@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 
@@ -48,6 +49,7 @@ from recsys_lib.features import entities, fold
 from recsys_lib.features.definitions import BUCKET, Entity
 from recsys_lib.features.layers import PENDING, as_pending, compact_pending, overlay, table_spec
 from recsys_lib.features.local import LocalEvents, fold_local, overlay_local
+from recsys_lib.features.online import Projector, touched_rows
 from recsys_lib.ingest.commit import IngestError, ingest_arrow, ingest_frame
 from recsys_lib.ingest.local_dedup import StoredKeys
 from recsys_lib.lake import CommitResult, Lake, LakeConflictError, LakeError
@@ -90,7 +92,7 @@ class BatchReport:
 
 def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFrame, *, query: str,
                   batch_id: int, now: datetime | None = None, stored: StoredKeys | None = None,
-                  checkpoint: str | None = None) -> BatchReport:
+                  checkpoint: str | None = None, projector: Projector | None = None) -> BatchReport:
     """Apply one micro-batch of raw lines (columns ``value``, ``source_file``).
 
     A batch of up to ``streaming.local_max_events`` lines is ingested on the driver
@@ -99,7 +101,8 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     one by Spark (:func:`~recsys_lib.ingest.commit.ingest_frame`). With the query's
     ``checkpoint`` (only the stream itself passes it), the driver reads the batch's
     files itself (:mod:`~recsys_lib.streaming.batch_files`); otherwise, or if that is
-    not certain, one Spark job brings ``raw`` to the driver.
+    not certain, one Spark job brings ``raw`` to the driver. With a ``projector``, the
+    online store follows every commit (:mod:`recsys_lib.features.online`).
     """
     started = time.monotonic()
     now = now or datetime.now(UTC)
@@ -129,12 +132,14 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     if summary is None:
         summary = ingest_frame(spark, lake, cfg, raw, **common)
     fault_point("after_ingest_commit")
+    if projector is not None and summary.valid:
+        projector.events_committed()
     report = BatchReport(query=query, batch_id=batch_id, rows_in=summary.input_records, new_events=summary.valid,
                          quarantined=summary.quarantined, duplicates=summary.duplicates,
                          ingest_stage_seconds=summary.stage_seconds, ingest_engine=engine,
                          read_seconds=read_seconds, read_by=read_by)
     t0 = time.monotonic()
-    report.tables = update_features(spark, lake, cfg, now=now, batch_id=batch_id)
+    report.tables = update_features(spark, lake, cfg, now=now, batch_id=batch_id, projector=projector)
     report.merge_seconds = round(time.monotonic() - t0, 3)
     report.seconds = round(time.monotonic() - started, 3)
     if arrivals:
@@ -156,8 +161,8 @@ def _arrival_times(files: list[str]) -> list[float]:
 
 
 def update_features(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, now: datetime,
-                    batch_id: int | None = None) -> dict[str, dict[str, Any]]:
-    """Fold every ``events`` version not yet covered into each feature table."""
+                    batch_id: int | None = None, projector: Projector | None = None) -> dict[str, dict[str, Any]]:
+    """Fold every ``events`` version not yet covered into each feature table (and the online store)."""
     events_version = lake.version(EVENTS_TABLE)
     tables = list(entities(cfg.features).values())
     reads = _NewEvents(lake, cfg.streaming.local_max_events)  # the tables usually fold the same range: read it once
@@ -165,7 +170,7 @@ def update_features(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, now: 
     # The tables are independent (each fenced by its own covered version), so they are updated
     # concurrently: Spark runs one table's jobs while the driver plans or commits another's.
     with ThreadPoolExecutor(max_workers=len(tables), thread_name_prefix="feature-merge") as pool:
-        futures = {pool.submit(_update_entity, lake, cfg, e, events_version, now, batch_id, reads): e.table
+        futures = {pool.submit(_update_entity, lake, cfg, e, events_version, now, batch_id, reads, projector): e.table
                    for e in tables}
         for future in as_completed(futures):
             done[futures[future]] = future.result()
@@ -189,23 +194,28 @@ def events_between(lake: Lake, first_version: int, last_version: int) -> DataFra
 
 
 def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version: int, now: datetime,
-                   batch_id: int | None, reads: _NewEvents) -> dict[str, Any]:
+                   batch_id: int | None, reads: _NewEvents, projector: Projector | None = None) -> dict[str, Any]:
     spec = table_spec(entity)
     lake.create(spec)
     for attempt in range(cfg.lake.commit_retries + 1):
         table_version = lake.version(entity.table)
         covered = covered_events_version(lake, entity.table)
         if covered >= events_version:
+            if projector is not None:  # e.g. a restart after a kill between the commit and the store write
+                projector.table_committed(entity.table, table_version)
             return {"skipped": True, "version": table_version, "covered_events_version": covered}
         meta = {"job": "stream", "events_version": events_version, "from_events_version": covered + 1,
                 "batch_id": batch_id}
         try:
-            result, engine = _merge_pending(lake, cfg, entity, reads, covered + 1, events_version, table_version,
-                                            now, meta)
+            result, engine, touched = _merge_pending(lake, cfg, entity, reads, covered + 1, events_version,
+                                                     table_version, now, meta)
         except LakeConflictError as exc:
             log.warning("feature merge into %s conflicted (attempt %d), recomputing: %s", entity.table,
                         attempt + 1, exc)
             continue
+        fault_point("before_online_write")
+        if projector is not None:
+            projector.pending_committed(entity.table, touched, table_version, result.version)
         report: dict[str, Any] = {"skipped": False, "version": result.version, "pending_rows": result.rows,
                                   "covered_events_version": events_version, "folded_from": covered + 1,
                                   "engine": engine}
@@ -213,6 +223,8 @@ def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version
             fault_point("before_pending_compaction")
             try:
                 report["compaction"] = compact_pending(lake, entity, cfg.features, metadata={"batch_id": batch_id})
+                if projector is not None:
+                    projector.table_committed(entity.table)
             except LakeConflictError as exc:
                 log.warning("compacting the pending layer of %s conflicted; the next batch retries: %s",
                             entity.table, exc)
@@ -243,12 +255,13 @@ class _NewEvents:
 
 
 def _merge_pending(lake: Lake, cfg: RecsysConfig, entity: Entity, reads: _NewEvents, first: int, last: int,
-                   table_version: int, now: datetime, meta: dict[str, Any]) -> tuple[CommitResult, str]:
+                   table_version: int, now: datetime,
+                   meta: dict[str, Any]) -> tuple[CommitResult, str, pa.Table | None]:
     """Fold ``events`` versions ``first``..``last`` into the pending layer read at ``table_version``; commit.
 
     Up to ``streaming.local_max_events`` new events, on the driver (:mod:`recsys_lib.features.local`);
-    more, or if the local fold fails, with Spark. Returns the commit and the engine used (``local`` or
-    ``spark``).
+    more, or if the local fold fails, with Spark. Returns the commit, the engine used (``local`` or
+    ``spark``) and, from the driver, the new pending rows of the keys the batch touched (None from Spark).
     """
     spec = table_spec(entity)
     contents_local = None
@@ -262,14 +275,15 @@ def _merge_pending(lake: Lake, cfg: RecsysConfig, entity: Entity, reads: _NewEve
         log.exception("driver-local fold into %s failed; folding this batch with Spark", entity.table)
     else:
         if contents_local is not None:
-            return lake.replace_partitions_arrow(spec, contents_local, BUCKET, [PENDING],
-                                                 read_version=table_version, metadata=meta), "local"
+            result = lake.replace_partitions_arrow(spec, contents_local, BUCKET, [PENDING],
+                                                   read_version=table_version, metadata=meta)
+            return result, "local", touched_rows(contents_local, state, entity)
     new = events_between(lake, first, last)
     batch_state = fold(new, entity, cfg.features, updated_at=now).persist()  # read twice by overlay
     try:
         pending = lake.read(entity.table, version=table_version, partitions=(BUCKET, [PENDING]))
         contents = as_pending(overlay(pending, batch_state, entity, cfg.features, updated_at=now)).coalesce(1)
         return lake.replace_partitions(spec, contents, BUCKET, [PENDING], read_version=table_version,
-                                       metadata=meta), "spark"
+                                       metadata=meta), "spark", None
     finally:
         batch_state.unpersist()

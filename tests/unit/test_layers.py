@@ -13,8 +13,8 @@ pytestmark = pytest.mark.unit
 
 PACKAGE = Path(recsys_lib.__file__).parent
 #: Rank of each top-level part of the package; a module may import only parts of its own rank or lower.
-RANKS = {"core": 0, "lake": 1, "ingest": 2, "features": 2, "streaming": 2, "models": 2, "datagen": 2,
-         "pipelines": 3, "cli": 4, "cli_models": 4}
+RANKS = {"core": 0, "lake": 1, "online": 1, "ingest": 2, "features": 2, "streaming": 2, "models": 2, "datagen": 2,
+         "serving": 2.5, "pipelines": 3, "cli": 4, "cli_models": 4, "cli_online": 4, "api": 4}
 
 
 def part_of(module: str) -> str:

@@ -1,0 +1,297 @@
+"""The online store on a Redis server (redis-py with hiredis), for production.
+
+Keys (``ns`` is ``online.namespace``):
+
+* ``ns:gen``: the active generation; ``ns:generations``: hash generation -> time it was
+  replaced ("" while active or loading); ``ns:applied:<gen>``: hash table -> version;
+* ``ns:<gen>:<table>:<key>``: one hash per entity row with fields ``b``/``bv`` (base layer
+  and its version) and ``p``/``pv`` (pending layer and its version);
+* ``ns:buy:<user>``: set of purchased item ids; ``ns:purchases_version``.
+
+Writes go through one Lua script per chunk of rows, which applies the version guard
+and the expiry on the server, so a check and its write cannot interleave with
+another writer's. Reads are one pipelined round trip on the cached active
+generation plus ``GET ns:gen``; if the generation moved, the read is repeated on
+the new one. A replaced generation stays for ``online.generation_grace``, so a read
+on the old one still sees a complete generation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import redis
+
+from recsys_lib.online.base import (
+    Layer,
+    OnlineStore,
+    OnlineStoreError,
+    StoredRow,
+    StoreUnavailable,
+    Write,
+    expiry_ms,
+)
+
+_WRITE = """
+local layer = ARGV[1]
+local vf = layer .. 'v'
+local v = tonumber(ARGV[2])
+local fresh = ARGV[3] == '1'
+local n = 0
+for i = 1, #KEYS do
+  local val = ARGV[2 + 2 * i]
+  local ex = tonumber(ARGV[3 + 2 * i])
+  local cur = -1
+  if not fresh then cur = tonumber(redis.call('HGET', KEYS[i], vf) or '-1') end
+  if v > cur then
+    if val == '' then
+      redis.call('HDEL', KEYS[i], layer)
+      redis.call('HSET', KEYS[i], vf, ARGV[2])
+    else
+      redis.call('HSET', KEYS[i], layer, val, vf, ARGV[2])
+    end
+    if ex > 0 then
+      local t = redis.call('PEXPIRETIME', KEYS[i])
+      if t < ex then redis.call('PEXPIREAT', KEYS[i], ex) end
+    end
+    n = n + 1
+  end
+end
+return n
+"""
+_SET_MAX = """
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"""
+_CHUNK = 1000
+_FIELDS = ("b", "bv", "p", "pv")
+
+
+class RedisStore(OnlineStore):
+    """The online store on one Redis server."""
+
+    backend = "redis"
+
+    def __init__(self, url: str, *, namespace: str = "recsys", grace: float = 60.0,
+                 client: redis.Redis | None = None) -> None:
+        self.url, self.ns, self.grace = url, namespace, grace
+        self.client = client or redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0,
+                                                     health_check_interval=30)
+        self._write = self.client.register_script(_WRITE)
+        self._set_max = self.client.register_script(_SET_MAX)
+        self._gen_cache: int | None = None
+
+    def _run(self, what: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(f"online store (redis {self.url}): {what} failed: {exc}") from exc
+        except redis.RedisError as exc:
+            raise OnlineStoreError(f"online store (redis {self.url}): {what} failed: {exc}") from exc
+
+    def _row_key(self, gen: int, table: str, key: str) -> str:
+        return f"{self.ns}:{gen}:{table}:{key}"
+
+    # -- features -------------------------------------------------------------------------------
+    def write(self, table: str, layer: Layer, rows: Sequence[Write], version: int, *,
+              generation: int | None = None, fresh: bool = False) -> int:
+        def run() -> int:
+            gen = self.generation() if generation is None else generation
+            pipe = self.client.pipeline(transaction=False)
+            for start in range(0, len(rows), _CHUNK):
+                chunk = rows[start:start + _CHUNK]
+                args: list[Any] = [layer.value, version, "1" if fresh else "0"]
+                for _key, value, expire_at in chunk:
+                    args += [b"" if value is None else value, expiry_ms(expire_at)]
+                self._write(keys=[self._row_key(gen, table, k) for k, _v, _e in chunk], args=args, client=pipe)
+            return sum(int(n) for n in pipe.execute())
+        return int(self._run(f"write {table}", run))
+
+    def read(self, table: str, keys: Sequence[str]) -> list[StoredRow | None]:
+        def run() -> list[StoredRow | None]:
+            for _ in range(3):
+                gen = self._gen_cache if self._gen_cache is not None else self.generation()
+                pipe = self.client.pipeline(transaction=False)
+                pipe.get(f"{self.ns}:gen")
+                for k in keys:
+                    pipe.hmget(self._row_key(gen, table, k), *_FIELDS)
+                now_gen, *found = pipe.execute()
+                active = int(now_gen or 0)
+                if active == gen:
+                    return [_row(f) for f in found]
+                self._gen_cache = active  # the generation moved: read again on the new one
+            raise OnlineStoreError(f"online store (redis {self.url}): the generation kept moving during a read")
+        return list(self._run(f"read {table}", run))
+
+    def scan(self, table: str, generation: int | None = None) -> Iterator[tuple[str, StoredRow]]:
+        gen = self.generation() if generation is None else generation
+        prefix = f"{self.ns}:{gen}:{table}:"
+        keys = self._run(f"scan {table}", lambda: [k.decode() for k in self.client.scan_iter(
+            match=f"{_escape(prefix)}*", count=5000)])
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start:start + _CHUNK]
+            pipe = self.client.pipeline(transaction=False)
+            for k in chunk:
+                pipe.hmget(k, *_FIELDS)
+            for k, fields in zip(chunk, self._run(f"scan {table}", pipe.execute), strict=True):
+                row = _row(fields)
+                if row is not None:
+                    yield k[len(prefix):], row
+
+    def delete_keys(self, table: str, keys: Sequence[str]) -> int:
+        def run() -> int:
+            gens = [int(g) for g in self.client.hkeys(f"{self.ns}:generations")] or [self.generation()]
+            names = [self._row_key(g, table, k) for g in gens for k in keys]
+            return int(self.client.unlink(*names)) if names else 0
+        return int(self._run(f"delete from {table}", run))
+
+    # -- generations and versions -------------------------------------------------------------
+    def generation(self) -> int:
+        gen = int(self._run("read the generation", lambda: self.client.get(f"{self.ns}:gen")) or 0)
+        self._gen_cache = gen
+        return gen
+
+    def new_generation(self) -> int:
+        def run() -> int:
+            active = self.generation()
+            known = self.client.hgetall(f"{self.ns}:generations")
+            for g, replaced in known.items():
+                if not replaced and int(g) > active:  # a load that died before activating
+                    self._drop(int(g))
+            gen = int(self.client.incr(f"{self.ns}:next_gen"))
+            if gen <= active:
+                gen = active + 1
+                self.client.set(f"{self.ns}:next_gen", gen)
+            self.client.hset(f"{self.ns}:generations", str(gen), "")
+            return gen
+        return int(self._run("allocate a generation", run))
+
+    def activate(self, generation: int) -> None:
+        def run() -> None:
+            now = time.time()
+            old = self.generation()
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(f"{self.ns}:gen", generation)
+            pipe.hset(f"{self.ns}:generations", mapping={str(old): str(now), str(generation): ""})
+            pipe.execute()
+            self._gen_cache = generation
+            for g, replaced in self.client.hgetall(f"{self.ns}:generations").items():
+                if replaced and float(replaced) < now - self.grace and int(g) != generation:
+                    self._drop(int(g))
+        self._run(f"activate generation {generation}", run)
+
+    def _drop(self, gen: int) -> None:
+        batch = []
+        for k in self.client.scan_iter(match=f"{_escape(f'{self.ns}:{gen}:')}*", count=5000):
+            batch.append(k)
+            if len(batch) >= 5000:
+                self.client.unlink(*batch)
+                batch = []
+        if batch:
+            self.client.unlink(*batch)
+        self.client.delete(f"{self.ns}:applied:{gen}")
+        self.client.hdel(f"{self.ns}:generations", str(gen))
+
+    def applied_version(self, table: str, generation: int | None = None) -> int:
+        gen = self.generation() if generation is None else generation
+        value = self._run(f"read the applied version of {table}",
+                          lambda: self.client.hget(f"{self.ns}:applied:{gen}", table))
+        return -1 if value is None else int(value)
+
+    def set_applied(self, table: str, version: int, generation: int | None = None) -> None:
+        gen = self.generation() if generation is None else generation
+        self._run(f"record the applied version of {table}",
+                  lambda: self._set_max(keys=[f"{self.ns}:applied:{gen}"], args=[table, version]))
+
+    # -- purchases ----------------------------------------------------------------------------
+    def add_purchases(self, pairs: Sequence[tuple[str, str]], events_version: int) -> None:
+        def run() -> None:
+            by_user: dict[str, list[str]] = {}
+            for user, item in pairs:
+                by_user.setdefault(user, []).append(item)
+            pipe = self.client.pipeline(transaction=False)
+            for user, items in by_user.items():
+                pipe.sadd(f"{self.ns}:buy:{user}", *items)
+            pipe.execute()
+            self._set_max(keys=[f"{self.ns}:meta"], args=["purchases_version", events_version])
+        self._run("add purchases", run)
+
+    def purchases(self, users: Sequence[str]) -> dict[str, set[str]]:
+        def run() -> dict[str, set[str]]:
+            pipe = self.client.pipeline(transaction=False)
+            for user in users:
+                pipe.smembers(f"{self.ns}:buy:{user}")
+            return {u: {i.decode() for i in items} for u, items in zip(users, pipe.execute(), strict=True) if items}
+        return dict(self._run("read purchases", run))
+
+    def purchases_version(self) -> int:
+        value = self._run("read the purchases version", lambda: self.client.hget(f"{self.ns}:meta",
+                                                                                 "purchases_version"))
+        return -1 if value is None else int(value)
+
+    # -- watermark ------------------------------------------------------------------------------
+    def raise_watermark(self, micros: int) -> None:
+        self._run("raise the watermark", lambda: self._set_max(keys=[f"{self.ns}:meta"],
+                                                                args=["watermark", int(micros)]))
+
+    def watermark(self) -> int | None:
+        value = self._run("read the watermark", lambda: self.client.hget(f"{self.ns}:meta", "watermark"))
+        return None if value is None else int(value)
+
+    # -- operations -----------------------------------------------------------------------------
+    def ping(self) -> None:
+        self._run("ping", self.client.ping)
+
+    def stats(self) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            gen = self.generation()
+            rows: dict[str, int] = {}
+            for k in self.client.scan_iter(match=f"{_escape(f'{self.ns}:{gen}:')}*", count=5000):
+                table = (k.decode() if isinstance(k, bytes) else k).split(":")[2]
+                rows[table] = rows.get(table, 0) + 1
+            applied = {_text(k): int(v) for k, v in self.client.hgetall(f"{self.ns}:applied:{gen}").items()}
+            memory = self.client.info("memory")
+            users = sum(1 for _ in self.client.scan_iter(match=f"{_escape(f'{self.ns}:buy:')}*", count=5000))
+            return {"backend": self.backend, "url": _redact(self.url), "generation": gen,
+                    "generations": sorted(int(g) for g in self.client.hkeys(f"{self.ns}:generations")),
+                    "rows": rows, "applied_versions": applied, "bytes": int(memory["used_memory"]),
+                    "purchases_users": users, "purchases_version": self.purchases_version()}
+        return dict(self._run("stats", run))
+
+    def clear(self) -> None:
+        def run() -> None:
+            batch = list(self.client.scan_iter(match=f"{_escape(self.ns + ':')}*", count=5000))
+            for start in range(0, len(batch), 5000):
+                self.client.unlink(*batch[start:start + 5000])
+            self._gen_cache = None
+        self._run("clear", run)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _row(fields: Sequence[Any]) -> StoredRow | None:
+    b, bv, p, pv = fields
+    if b is None and p is None:
+        return None
+    return StoredRow(b, int(bv) if bv is not None else -1, p, int(pv) if pv is not None else -1)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _escape(pattern: str) -> str:
+    """``pattern`` with Redis glob characters escaped."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in pattern)
+
+
+def _redact(url: str) -> str:
+    """The URL without a password."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1) if "://" in url else ("", url)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -1,0 +1,167 @@
+"""A served model: the query tower, the ANN index and the catalogue, loaded once and searched per request.
+
+:func:`resolve` decides what to serve: the exported bundle (``<home>/serving/current``,
+written by ``recsys export``) when it holds the registry's champion, else the
+champion's own bundle. :class:`ServedModel` is immutable once loaded, so a hot
+swap replaces the whole object and in-flight requests finish on the old one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from recsys_lib.core.config import RecsysConfig
+from recsys_lib.models.bundle import Bundle
+from recsys_lib.models.index import Index
+
+log = logging.getLogger(__name__)
+_TOP = pa.list_(pa.struct([pa.field("category_id", pa.string()), pa.field("weight", pa.float64())]))
+
+
+class ModelLoadError(RuntimeError):
+    """A bundle could not be loaded; the message names the folder and the cause."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """What to serve: a bundle folder, its model version and a stamp that changes with every export."""
+
+    path: Path
+    version: str
+    stamp: str
+
+
+def serving_dir(cfg: RecsysConfig) -> Path:
+    """Folder of the exported serving bundle (``recsys export``)."""
+    return Path(cfg.home_dir) / "serving" / "current"
+
+
+def resolve(cfg: RecsysConfig, *, use_registry: bool = True) -> Source:
+    """The bundle to serve: the export if it holds the champion (or the registry is not asked), else the champion's.
+
+    Raises:
+        ModelLoadError: If there is neither an export nor a champion.
+
+    """
+    exported = serving_dir(cfg)
+    meta_path = exported / "meta.json"
+    export = None
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        export = Source(exported, str(meta.get("model_version")), str(meta.get("exported_at")))
+    if not use_registry:
+        if export is None:
+            raise ModelLoadError(f"no exported model at {exported}: run `recsys export` first")
+        return export
+    from recsys_lib.models import tracking
+
+    client = tracking.configure(cfg)
+    champion = tracking.model_version(client, cfg.mlflow.registered_model, alias=tracking.CHAMPION)
+    if champion is None:
+        if export is None:
+            raise ModelLoadError(f"'{cfg.mlflow.registered_model}' has no champion and {exported} holds no export: "
+                                 "run `recsys train`, `recsys promote` and `recsys export` first")
+        return export
+    if export is not None and export.version == str(champion.version):
+        return export
+    return Source(Path(champion.bundle), str(champion.version), f"registry:{champion.version}")
+
+
+@dataclass
+class ServedModel:
+    """A loaded bundle ready to answer queries."""
+
+    source: Source
+    bundle: Bundle
+    item_ids: np.ndarray
+    item_category: np.ndarray
+    item_price: np.ndarray
+    embeddings: np.ndarray
+    index: Index
+    popular: list[str]
+    by_category: dict[str, np.ndarray] = field(default_factory=dict)
+    position: dict[str, int] = field(default_factory=dict)
+    loaded_at: float = 0.0
+    load_seconds: float = 0.0
+
+    @property
+    def version(self) -> str:
+        """The registered model version."""
+        return self.source.version
+
+    @classmethod
+    def load(cls, source: Source) -> ServedModel:
+        """Load every part of ``source`` and run one query through the tower, so the first request is fast.
+
+        Raises:
+            ModelLoadError: If any part is missing or unreadable.
+
+        """
+        started = time.monotonic()
+        try:
+            bundle = Bundle(source.path)
+            items = bundle.items
+            index = bundle.index
+            embeddings = np.stack(items["embedding"].to_numpy()).astype(np.float32) if len(items) else \
+                np.zeros((0, 1), np.float32)
+            ids = items["item_id"].astype(str).to_numpy()
+            cats = items["category_id"].to_numpy()
+            by_category: dict[str, list[int]] = {}
+            for i, c in enumerate(cats):
+                if isinstance(c, str):
+                    by_category.setdefault(c, []).append(i)
+            model = cls(source=source, bundle=bundle, item_ids=ids, item_category=cats,
+                        item_price=items["price"].to_numpy(dtype=float, na_value=np.nan), embeddings=embeddings,
+                        index=index, popular=[str(i) for i in bundle.meta.get("popular", [])],
+                        by_category={c: np.asarray(v) for c, v in by_category.items()},
+                        position={str(i): n for n, i in enumerate(ids)})
+            model.encode([{"user_id": "", "recent_item_ids": [], "top_categories": []}])  # warm the tower
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise ModelLoadError(f"cannot load the model bundle at {source.path}: {type(exc).__name__}: {exc}") \
+                from exc
+        except Exception as exc:  # noqa: BLE001 - TensorFlow raises its own hierarchy (e.g. NotFoundError)
+            raise ModelLoadError(f"cannot load the model bundle at {source.path}: {type(exc).__name__}: {exc}") \
+                from exc
+        model.loaded_at = time.time()
+        model.load_seconds = round(time.monotonic() - started, 3)
+        return model
+
+    def encode(self, users: list[dict[str, Any]]) -> np.ndarray:
+        """Query embeddings for finalised user states (``user_id``, numeric features, recent items, top categories)."""
+        spec = self.bundle.spec
+        columns: dict[str, Any] = {"user_id": pa.array([u["user_id"] for u in users], pa.string())}
+        for name in spec.query_numeric:
+            columns[name] = pa.array([_number(u.get(name[2:])) for u in users], pa.float64())
+        columns["u_recent_items"] = pa.array([u.get("recent_item_ids") or [] for u in users], pa.list_(pa.string()))
+        columns["u_top_categories"] = pa.array([u.get("top_categories") or [] for u in users], _TOP)
+        return self.bundle.encode_queries(pa.table(columns))
+
+    def search(self, queries: np.ndarray, k: int, exclude: list[set[str]],
+               category: str | None = None) -> list[list[tuple[int, float]]]:
+        """Top-``k`` (item position, score) per query, best first, without each query's ``exclude`` items."""
+        if category is not None:
+            subset = self.by_category.get(category, np.zeros(0, np.int64))
+            scores = queries @ self.embeddings[subset].T
+            order = np.argsort(-scores, axis=1, kind="stable")
+            idx, top = subset[order], np.take_along_axis(scores, order, axis=1)
+        else:
+            extra = max((len(e) for e in exclude), default=0)
+            idx, top = self.index.search(queries, min(k + extra, len(self.item_ids)))
+        out = []
+        for row, banned in enumerate(exclude):
+            picks = [(int(i), float(s)) for i, s in zip(idx[row], top[row], strict=True)
+                     if i >= 0 and self.item_ids[i] not in banned]
+            out.append(picks[:k])
+        return out
+
+
+def _number(value: Any) -> float:
+    return 0.0 if value is None else float(value)

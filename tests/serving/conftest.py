@@ -1,0 +1,159 @@
+"""Fixtures of the serving tier: real redis-server processes on free loopback ports, and both store backends."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server child process with persistence off, on a free loopback port."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port = folder, free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def _need_redis() -> None:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed, and CI must run the Redis tests (.ci/run installs it)")
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    """One Redis server for the session; tests isolate themselves with a namespace each."""
+    _need_redis()
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path) -> Iterator[RedisServer]:
+    """A Redis server of the test's own (which the test may stop and restart)."""
+    _need_redis()
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    """An empty online store of each backend."""
+    if request.param == "sqlite":
+        from recsys_lib.online.sqlite import SqliteStore
+
+        made = SqliteStore(str(tmp_path / "online.sqlite"), grace=0.0)
+    else:
+        from recsys_lib.online.redis import RedisStore
+
+        server = request.getfixturevalue("redis_server")
+        made = RedisStore(server.url, namespace=f"t{uuid.uuid4().hex[:8]}", grace=0.0)
+    yield made
+    made.clear()
+    made.close()
+
+
+class Served:
+    """A small lake with refreshed features, the online store loaded (SQLite) and an untrained exported model."""
+
+    def __init__(self, spark, home: Path) -> None:
+        from recsys_lib.core.config import load_config
+        from recsys_lib.datagen.synthetic import GeneratorSpec
+        from recsys_lib.lake import open_lake
+        from recsys_lib.pipelines.data import run_generate
+        from recsys_lib.pipelines.features import run_refresh
+        from recsys_lib.pipelines.ingest import run_ingest
+        from tests.serving.helpers import export_untrained
+
+        self.home = home
+        self.cfg = load_config(overrides=[f"home={home}", "spark.master=local[2]", "lake.retry_backoff=1ms",
+                                          "online.generation_grace=0s"])
+        self.lake = open_lake(spark, self.cfg, engine="delta-rs")
+        run_generate(GeneratorSpec(users=80, items=60, days=2, events=4000, bad_fraction=0.0, seed=3),
+                     home / "landing" / "a")
+        run_ingest(spark, self.lake, self.cfg, str(home / "landing" / "a"))
+        self.refresh = run_refresh(spark, self.lake, self.cfg)
+        export_untrained(self.lake, self.cfg, version="1")
+
+
+@pytest.fixture(scope="session")
+def served(spark, tmp_path_factory) -> Served:
+    """The session's served lake (tests that change it restore it or work on a copy)."""
+    return Served(spark, tmp_path_factory.mktemp("served") / "home")
+
+
+class ApiServer:
+    """``create_app`` under a real uvicorn server on a free loopback port, in a thread."""
+
+    def __init__(self, app) -> None:
+        import threading
+
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ApiServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the API server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
