@@ -59,6 +59,9 @@ def live_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, user: str, *
     say(f"      user {user} before (their new interest will be category {target_cat}):")
     say(_user_view(spark, cfg, user))
     say(_top(spark, lake, cfg, user))
+    server = ApiProcess(cfg) if cfg.online.enabled else None
+    if server is not None:
+        say(server.curl(user))
     live = Path(cfg.landing_dir) / "live"
     live.mkdir(parents=True, exist_ok=True)
     clock = [feature_time(spark, cfg)]
@@ -97,6 +100,58 @@ def live_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, user: str, *
     say(f"      user {user} after:")
     say(_user_view(spark, cfg, user))
     say(_top(spark, lake, cfg, user))
+    if server is not None:
+        say(server.curl(user))
+        server.stop()
+        say("      (the API server stopped; start it yourself with `recsys serve`)")
+
+
+class ApiProcess:
+    """``recsys serve`` on the embedded store, in a child process on a free loopback port."""
+
+    def __init__(self, cfg: RecsysConfig, timeout: float = 120.0) -> None:
+        import socket
+        import subprocess
+        import sys
+
+        import httpx
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.proc = subprocess.Popen([sys.executable, "-m", "recsys_lib.cli", "serve", "--set", f"home={cfg.home_dir}",
+                                      "--set", f"serve.port={self.port}", "--set", "serve.host=127.0.0.1"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"`recsys serve` did not become ready on port {self.port}")
+            time.sleep(0.3)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def curl(self, user: str) -> str:
+        """The curl command for ``user``'s top 5 and what the server answered."""
+        import httpx
+
+        body = httpx.get(f"{self.url}/recommendations/{user}", params={"k": 5}, timeout=30).json()
+        items = ", ".join(f"{i['item_id']} ({i['category_id']})" for i in body["items"])
+        return (f"      $ curl '{self.url}/recommendations/{user}?k=5'\n"
+                f"      source {body['source']}, model version {body['model_version']}, features as of "
+                f"{body['features_as_of']}: {items}")
+
+    def stop(self) -> None:
+        """Stop the server."""
+        self.proc.terminate()
+        self.proc.wait(30)
 
 
 def _drain(cfg: RecsysConfig, sent: int, timeout: float) -> None:

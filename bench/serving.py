@@ -1,0 +1,213 @@
+"""Online serving benchmark: store reads, bulk load, and the HTTP API under open-loop constant-rate load.
+
+Builds a lake of ``--users`` users and ``--items`` items (synthetic events, ingest, full refresh),
+exports an untrained model over it (serving latency does not depend on the weights), then for each
+backend (SQLite, and a redis-server it starts on a free loopback port):
+
+* bulk load: a full generation of every feature table, rows/s;
+* store read of one user's row and of 100 users' rows, in-process, p50/p99 over --reads calls;
+* ``recsys serve`` started as a subprocess; ``GET /features/user/<id>`` at --features-rate req/s and
+  ``GET /recommendations/<id>?k=10`` at --recs-rate req/s, each for --seconds, from a small
+  asyncio HTTP/1.1 client on keep-alive connections. Requests are sent on a fixed schedule and
+  each latency is measured from its scheduled send time, so a slow server cannot hide its queue
+  (no coordinated omission). Loopback only; bounded in count and time.
+
+It also times the old way, one ``recsys recommend`` process, and reports the ratio. Writes
+bench/results/serving.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import ROOT, base_parser, bench_env, write_result
+
+sys.path.insert(0, str(ROOT))  # the test helper that exports an untrained model  # noqa: E402
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "max_ms": round(float(ms.max()), 3), "n": len(ms)}
+
+
+async def open_loop(port: int, paths: list[str], rate: float, seconds: float, connections: int = 32) -> dict:
+    """GET ``paths`` round-robin at ``rate`` req/s for ``seconds``; latency from each scheduled send time."""
+    total = int(rate * seconds)
+    start = time.perf_counter() + 0.2
+    latencies: list[float] = []
+    errors = 0
+    next_slot = 0
+
+    async def worker() -> None:
+        nonlocal next_slot, errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while True:
+            i = next_slot
+            if i >= total:
+                break
+            next_slot += 1
+            scheduled = start + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            path = paths[i % len(paths)]
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            await writer.drain()
+            status = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - scheduled)
+            if not status.startswith(b"HTTP/1.1 200"):
+                errors += 1
+        writer.close()
+
+    began = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*[worker() for _ in range(connections)]), timeout=seconds * 4 + 30)
+    elapsed = time.perf_counter() - began
+    return {"rate": rate, "sent": len(latencies), "errors": errors, "achieved_rate": round(len(latencies) / elapsed, 1),
+            **percentiles(latencies)}
+
+
+def build_lake(home: Path, users: int, items: int, events: int, master: str) -> None:
+    from recsys_lib.core.config import load_config
+    from recsys_lib.datagen.synthetic import GeneratorSpec
+    from recsys_lib.pipelines.context import start
+    from recsys_lib.pipelines.data import run_generate
+    from recsys_lib.pipelines.features import run_refresh
+    from recsys_lib.pipelines.ingest import run_ingest
+    from tests.serving.helpers import export_untrained
+
+    cfg = load_config(overrides=[f"home={home}", f"spark.master={master}", "online.enabled=false"])
+    run_generate(GeneratorSpec(users=users, items=items, days=3, events=events, bad_fraction=0.0, seed=11),
+                 home / "landing" / "bench")
+    ctx = start(cfg)
+    try:
+        run_ingest(ctx.spark, ctx.lake, cfg, str(home / "landing" / "bench"))
+        run_refresh(ctx.spark, ctx.lake, cfg)
+        export_untrained(ctx.lake, cfg, version="1", index="auto")
+    finally:
+        ctx.stop()
+
+
+def measure_backend(home: Path, overrides: list[str], reads: int, rates: dict[str, float], seconds: float) -> dict:
+    from recsys_lib.core.config import load_config
+    from recsys_lib.features import online
+    from recsys_lib.lake import driver_lake
+    from recsys_lib.online import open_store
+
+    cfg = load_config(overrides=[f"home={home}", *overrides])
+    store = open_store(cfg)
+    store.clear()
+    lake = driver_lake(cfg)
+    t0 = time.perf_counter()
+    loaded = online.load_generation(store, lake, cfg)
+    load_seconds = time.perf_counter() - t0
+    rows = sum(t["rows"] for t in loaded["tables"].values())
+    users = sorted(k for k, _ in store.scan("user_features"))
+    rng = np.random.default_rng(0)
+    one, hundred = [], []
+    for _ in range(reads):
+        key = users[rng.integers(len(users))]
+        t = time.perf_counter()
+        store.read("user_features", [key])
+        one.append(time.perf_counter() - t)
+    for _ in range(max(reads // 10, 50)):
+        keys = list(rng.choice(users, 100, replace=False))
+        t = time.perf_counter()
+        store.read("user_features", keys)
+        hundred.append(time.perf_counter() - t)
+    result = {"bulk_load": {"rows": rows, "seconds": round(load_seconds, 3),
+                            "rows_per_second": round(rows / load_seconds), "tables": loaded["tables"]},
+              "store_read_1": percentiles(one), "store_read_100": percentiles(hundred), "users": len(users)}
+    port = _free_port()
+    args = [str(Path(sys.executable).with_name("recsys")), "serve", "--set", f"home={home}",
+            "--set", f"serve.port={port}", *[a for o in overrides for a in ("--set", o)]]
+    started = time.monotonic()
+    server = subprocess.Popen(args, env=bench_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_ready(port, 120)
+        result["server_start_seconds"] = round(time.monotonic() - started, 2)
+        pick = [users[i] for i in rng.integers(len(users), size=2000)]
+        result["features"] = asyncio.run(open_loop(port, [f"/features/user/{u}" for u in pick],
+                                                   rates["features"], seconds))
+        result["recommendations"] = asyncio.run(open_loop(port, [f"/recommendations/{u}?k=10" for u in pick],
+                                                          rates["recs"], seconds))
+    finally:
+        server.terminate()
+        server.wait(30)
+    store.close()
+    return result
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(port: int, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the server on port {port} did not become ready in {timeout}s")
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0], "serving.json", sizes=False)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--reads", type=int, default=5000)
+    parser.add_argument("--features-rate", type=float, default=1000)
+    parser.add_argument("--recs-rate", type=float, default=500)
+    parser.add_argument("--seconds", type=float, default=20)
+    args = parser.parse_args()
+    home = Path(args.work) / f"serving-{args.users}-{args.items}"
+    if not (home / "serving" / "current" / "meta.json").exists():
+        build_lake(home, args.users, args.items, args.events, args.master)
+    rates = {"features": args.features_rate, "recs": args.recs_rate}
+    backends = {"sqlite": measure_backend(home, ["online.backend=sqlite"], args.reads, rates, args.seconds)}
+    from tests.serving.conftest import RedisServer
+
+    redis_server = RedisServer(home / "redis")
+    redis_server.start()
+    try:
+        backends["redis"] = measure_backend(home, ["online.backend=redis", f"online.redis_url={redis_server.url}"],
+                                            args.reads, rates, args.seconds)
+    finally:
+        redis_server.stop()
+    user = "u1"
+    t = time.monotonic()
+    old = subprocess.run([str(Path(sys.executable).with_name("recsys")), "recommend", "--user", user,
+                          "--set", f"home={home}", "--set", f"spark.master={args.master}"],
+                         env=bench_env(), capture_output=True, text=True, check=False)
+    old_seconds = time.monotonic() - t
+    api_p50 = backends["sqlite"]["recommendations"]["p50_ms"] / 1000
+    write_result(args.out, "serving", args.master, users=args.users, items=args.items, events=args.events,
+                 backends=backends, old_way={"command": "recsys recommend", "seconds": round(old_seconds, 2),
+                                             "exit": old.returncode},
+                 speedup_vs_old_way=round(old_seconds / api_p50) if api_p50 else None)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    main()
