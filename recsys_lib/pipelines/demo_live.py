@@ -142,10 +142,13 @@ class ApiProcess:
         """The curl command for ``user``'s top 5 and what the server answered."""
         import httpx
 
-        body = httpx.get(f"{self.url}/recommendations/{user}", params={"k": 5}, timeout=30).json()
+        response = httpx.get(f"{self.url}/recommendations/{user}", params={"k": 5}, timeout=30)
+        command = f"      $ curl '{self.url}/recommendations/{user}?k=5'\n"
+        body = response.json()
+        if response.status_code != 200 or "items" not in body:
+            return command + f"      HTTP {response.status_code}: {body.get('detail')}"
         items = ", ".join(f"{i['item_id']} ({i['category_id']})" for i in body["items"])
-        return (f"      $ curl '{self.url}/recommendations/{user}?k=5'\n"
-                f"      source {body['source']}, model version {body['model_version']}, features as of "
+        return (command + f"      source {body['source']}, model version {body['model_version']}, features as of "
                 f"{body['features_as_of']}: {items}")
 
     def stop(self) -> None:
