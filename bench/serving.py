@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from _common import ROOT, base_parser, bench_env, write_result
 
-sys.path.insert(0, str(ROOT))  # the test helper that exports an untrained model  # noqa: E402
+sys.path.insert(0, str(ROOT))  # bench/ runs as a script: make tests.serving (untrained export, redis-server) importable
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -104,6 +104,7 @@ def measure_backend(home: Path, overrides: list[str], reads: int, rates: dict[st
     from recsys_lib.features import online
     from recsys_lib.lake import driver_lake
     from recsys_lib.online import open_store
+    from recsys_lib.pipelines.demo_live import ApiProcess
 
     cfg = load_config(overrides=[f"home={home}", *overrides])
     store = open_store(cfg)
@@ -129,46 +130,19 @@ def measure_backend(home: Path, overrides: list[str], reads: int, rates: dict[st
     result = {"bulk_load": {"rows": rows, "seconds": round(load_seconds, 3),
                             "rows_per_second": round(rows / load_seconds), "tables": loaded["tables"]},
               "store_read_1": percentiles(one), "store_read_100": percentiles(hundred), "users": len(users)}
-    port = _free_port()
-    args = [str(Path(sys.executable).with_name("recsys")), "serve", "--set", f"home={home}",
-            "--set", f"serve.port={port}", *[a for o in overrides for a in ("--set", o)]]
-    started = time.monotonic()
-    server = subprocess.Popen(args, env=bench_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = ApiProcess(cfg, overrides)
     try:
-        _wait_ready(port, 120)
-        result["server_start_seconds"] = round(time.monotonic() - started, 2)
+        result["server_start_seconds"] = server.start_seconds
         pick = [users[i] for i in rng.integers(len(users), size=2000)]
-        result["features"] = asyncio.run(open_loop(port, [f"/features/user/{u}" for u in pick],
+        result["features"] = asyncio.run(open_loop(server.port, [f"/features/user/{u}" for u in pick],
                                                    rates["features"], seconds))
-        result["recommendations"] = asyncio.run(open_loop(port, [f"/recommendations/{u}?k=10" for u in pick],
+        result["recommendations"] = asyncio.run(open_loop(server.port,
+                                                          [f"/recommendations/{u}?k=10" for u in pick],
                                                           rates["recs"], seconds))
     finally:
-        server.terminate()
-        server.wait(30)
+        server.stop()
     store.close()
     return result
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_ready(port: int, timeout: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the server on port {port} did not become ready in {timeout}s")
 
 
 def main() -> None:

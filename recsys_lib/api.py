@@ -35,7 +35,7 @@ from recsys_lib.core.config import RecsysConfig, load_config
 from recsys_lib.online import OnlineStoreError, open_store
 from recsys_lib.serving.batcher import Batcher
 from recsys_lib.serving.model import ModelLoadError
-from recsys_lib.serving.recommender import BadRequest, Recommender, check_id
+from recsys_lib.serving.recommender import BadRequest, Recommender
 
 log = logging.getLogger(__name__)
 #: Environment variable carrying ``recsys serve``'s config arguments to uvicorn's worker processes.
@@ -160,12 +160,12 @@ def create_app(cfg: RecsysConfig, *, recommender: Recommender | None = None) -> 
     @app.get("/recommendations/{user_id}", summary="Top-k items for one user")
     async def recommend_one(user_id: str, k: int = Query(cfg.serve.k, description="items to return"),
                             category: str | None = Query(None, description="only items of this category")) -> Any:
-        _check_request([user_id], k, category)
+        rec.validate([user_id], k, category)  # here, so that a bad request cannot fail a whole batch
         return await batcher.submit(user_id, k, category)
 
     @app.post("/recommendations", summary="Top-k items for a batch of users")
     async def recommend_many(body: BatchRequest) -> Any:
-        _check_request(body.users, body.k, body.category)
+        rec.validate(body.users, body.k, body.category)
         answers = await asyncio.to_thread(rec.recommend, body.users, body.k, body.category)
         return {"results": answers}
 
@@ -197,19 +197,6 @@ def create_app(cfg: RecsysConfig, *, recommender: Recommender | None = None) -> 
     async def reload(authorization: str | None = Header(None)) -> Any:
         _authorise(authorization)
         return await asyncio.to_thread(rec.reload)
-
-    def _check_request(users: list[str], k: int, category: str | None) -> None:
-        if not 1 <= k <= cfg.serve.max_k:
-            raise BadRequest(f"k must be between 1 and {cfg.serve.max_k}, got {k}")
-        if not 1 <= len(users) <= cfg.serve.max_batch_users:
-            raise BadRequest(f"a request takes 1 to {cfg.serve.max_batch_users} users, got {len(users)}")
-        for user in users:
-            check_id(user)
-        model = rec.model
-        if model is None:
-            raise ModelLoadError("the model is still loading")
-        if category is not None and category not in model.by_category:
-            raise BadRequest(f"unknown category {category!r}")
 
     return app
 

@@ -57,12 +57,15 @@ def value_schema(entity: Entity) -> pa.Schema:
     return pa.schema([schema.field(c) for c in value_columns(entity)])
 
 
-def store_keys(table: pa.Table, entity: Entity) -> list[str]:
-    """Each row's store key: the key value, or the key values joined by U+001F."""
+def key_array(table: pa.Table, entity: Entity) -> pa.ChunkedArray:
+    """Each row's store key as Arrow strings: the key value, or the key values joined by U+001F."""
     columns = [table.column(k).cast(pa.string()) for k in entity.keys]  # the change feed gives string_view
-    if len(columns) == 1:
-        return [str(k) for k in columns[0].to_pylist()]
-    return [str(k) for k in pc.binary_join_element_wise(*columns, _DELIMITER).to_pylist()]
+    return columns[0] if len(columns) == 1 else pc.binary_join_element_wise(*columns, _DELIMITER)
+
+
+def store_keys(table: pa.Table, entity: Entity) -> list[str]:
+    """Each row's store key (see :func:`key_array`) as Python strings."""
+    return [str(k) for k in key_array(table, entity).to_pylist()]
 
 
 def writes(table: pa.Table, entity: Entity, cfg: RecsysConfig) -> list[Write]:
@@ -81,8 +84,7 @@ def writes(table: pa.Table, entity: Entity, cfg: RecsysConfig) -> list[Write]:
 
 def touched_rows(pending: pa.Table, changes: pa.Table, entity: Entity) -> pa.Table:
     """The rows of ``pending`` whose keys are in ``changes`` (what a micro-batch changed)."""
-    wanted = pa.array(store_keys(changes, entity), pa.string())
-    return pending.filter(pc.is_in(pa.array(store_keys(pending, entity), pa.string()), value_set=wanted))
+    return pending.filter(pc.is_in(key_array(pending, entity), value_set=key_array(changes, entity).combine_chunks()))
 
 
 def _raise_watermark(store: OnlineStore, rows: pa.Table) -> None:
@@ -205,15 +207,15 @@ def catch_up(store: OnlineStore, lake: Lake, cfg: RecsysConfig, entity: Entity, 
         if generation is not None:
             raise
         return load_generation(store, lake, cfg)
-    keys = pa.array(sorted(set(store_keys(changed, entity))), pa.string())
-    buckets = sorted(set(changed.column(BUCKET).to_pylist()))
+    keys = pc.unique(key_array(changed, entity).combine_chunks())
+    buckets = pc.unique(changed.column(BUCKET)).to_pylist()
     current = lake.read_arrow(table, version=latest, partitions=(BUCKET, buckets)) if buckets else None
     written = 0
     if current is not None:
-        current = current.filter(pc.is_in(pa.array(store_keys(current, entity), pa.string()), value_set=keys))
+        current = current.filter(pc.is_in(key_array(current, entity), value_set=keys))
         for layer, rows in zip((Layer.BASE, Layer.PENDING), _layers(current), strict=True):
-            present = set(store_keys(rows, entity))
-            gone: list[Write] = [(k, None, None) for k in keys.to_pylist() if k not in present]
+            absent = keys.filter(pc.invert(pc.is_in(keys, value_set=key_array(rows, entity).combine_chunks())))
+            gone: list[Write] = [(k, None, None) for k in absent.to_pylist()]
             written += store.write(table, layer, writes(rows, entity, cfg) + gone, latest, generation=gen)
         _raise_watermark(store, current)
     store.set_applied(table, latest, gen)
@@ -222,7 +224,8 @@ def catch_up(store: OnlineStore, lake: Lake, cfg: RecsysConfig, entity: Entity, 
 
 def _overwritten(lake: Lake, table: str, after: int, until: int) -> bool:
     """True if a commit in ``after`` < version <= ``until`` replaced the whole table."""
-    for entry in lake.history(table, limit=until - after + 1):
+    # history is newest first, and commits after ``until`` may have landed since: reach back to ``after``
+    for entry in lake.history(table, limit=lake.version(table) - after):
         version = int(entry.get("version", -1))
         params = entry.get("operationParameters") or {}
         if after < version <= until and str(params.get("mode", "")).lower() == "overwrite":

@@ -227,7 +227,8 @@ class SqliteStore(OnlineStore):
     def stats(self) -> dict[str, Any]:
         def run(conn: sqlite3.Connection) -> dict[str, Any]:
             gen = self._gen(conn, None)
-            rows = dict(conn.execute("SELECT tbl, count(*) FROM rows WHERE gen = ? GROUP BY tbl", (gen,)).fetchall())
+            rows = dict(conn.execute("SELECT tbl, count(*) FROM rows WHERE gen = ? "
+                                     "AND (b IS NOT NULL OR p IS NOT NULL) GROUP BY tbl", (gen,)).fetchall())
             applied = dict(conn.execute("SELECT tbl, version FROM applied WHERE gen = ?", (gen,)).fetchall())
             page = conn.execute("PRAGMA page_size").fetchone()[0] * conn.execute("PRAGMA page_count").fetchone()[0]
             gens = [g for (g,) in conn.execute("SELECT gen FROM generations ORDER BY gen").fetchall()]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -107,9 +107,9 @@ def live_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, user: str, *
 
 
 class ApiProcess:
-    """``recsys serve`` on the embedded store, in a child process on a free loopback port."""
+    """``recsys serve`` over ``cfg``'s data (plus ``overrides``), in a child process on a free loopback port."""
 
-    def __init__(self, cfg: RecsysConfig, timeout: float = 120.0) -> None:
+    def __init__(self, cfg: RecsysConfig, overrides: Sequence[str] = (), timeout: float = 120.0) -> None:
         import socket
         import subprocess
         import sys
@@ -119,13 +119,16 @@ class ApiProcess:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
-        self.proc = subprocess.Popen([sys.executable, "-m", "recsys_lib.cli", "serve", "--set", f"home={cfg.home_dir}",
-                                      "--set", f"serve.port={self.port}", "--set", "serve.host=127.0.0.1"],
+        sets = [f"home={cfg.home_dir}", *overrides, f"serve.port={self.port}", "serve.host=127.0.0.1"]
+        started = time.monotonic()
+        self.proc = subprocess.Popen([sys.executable, "-m", "recsys_lib.cli", "serve",
+                                      *[a for s in sets for a in ("--set", s)]],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while True:
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    self.start_seconds = round(time.monotonic() - started, 2)
                     return
             except httpx.HTTPError:
                 pass

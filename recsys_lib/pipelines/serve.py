@@ -13,7 +13,6 @@ import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,7 @@ from pyspark.sql import types as T
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.core.schema import EVENTS_TABLE
 from recsys_lib.lake import Lake, TableSpec
+from recsys_lib.serving.model import serving_dir
 
 Say = Callable[[str], None]
 RECOMMENDATIONS_TABLE = "recommendations"
@@ -39,11 +39,6 @@ RECOMMENDATIONS_SCHEMA = T.StructType([
     T.StructField("model_version", T.StringType(), False),
     T.StructField("generated_at", T.TimestampType(), False),
 ])
-
-
-def serving_dir(cfg: RecsysConfig) -> Path:
-    """Folder of the exported serving bundle."""
-    return Path(cfg.home_dir) / "serving" / "current"
 
 
 def feature_time(spark: SparkSession, cfg: RecsysConfig) -> datetime:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,10 +62,15 @@ def resolve(cfg: RecsysConfig, *, use_registry: bool = True) -> Source:
         if export is None:
             raise ModelLoadError(f"no exported model at {exported}: run `recsys export` first")
         return export
+    from mlflow.exceptions import MlflowException
+
     from recsys_lib.models import tracking
 
-    client = tracking.configure(cfg)
-    champion = tracking.model_version(client, cfg.mlflow.registered_model, alias=tracking.CHAMPION)
+    try:
+        client = tracking.configure(cfg)
+        champion = tracking.model_version(client, cfg.mlflow.registered_model, alias=tracking.CHAMPION)
+    except MlflowException as exc:
+        raise ModelLoadError(f"the model registry at {cfg.mlflow_tracking_uri} could not be read: {exc}") from exc
     if champion is None:
         if export is None:
             raise ModelLoadError(f"'{cfg.mlflow.registered_model}' has no champion and {exported} holds no export: "
@@ -124,10 +130,7 @@ class ServedModel:
                         by_category={c: np.asarray(v) for c, v in by_category.items()},
                         position={str(i): n for n, i in enumerate(ids)})
             model.encode([{"user_id": "", "recent_item_ids": [], "top_categories": []}])  # warm the tower
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise ModelLoadError(f"cannot load the model bundle at {source.path}: {type(exc).__name__}: {exc}") \
-                from exc
-        except Exception as exc:  # noqa: BLE001 - TensorFlow raises its own hierarchy (e.g. NotFoundError)
+        except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile, _tf_error()) as exc:
             raise ModelLoadError(f"cannot load the model bundle at {source.path}: {type(exc).__name__}: {exc}") \
                 from exc
         model.loaded_at = time.time()
@@ -161,6 +164,13 @@ class ServedModel:
                      if i >= 0 and self.item_ids[i] not in banned]
             out.append(picks[:k])
         return out
+
+
+def _tf_error() -> type[Exception]:
+    """TensorFlow's own error base (a missing or corrupt SavedModel raises one of its subclasses)."""
+    import tensorflow as tf
+
+    return tf.errors.OpError
 
 
 def _number(value: Any) -> float:

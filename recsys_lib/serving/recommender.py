@@ -138,6 +138,27 @@ class Recommender:
         out["versions"] = {"base": row.base_version, "pending": row.pending_version}
         return out
 
+    def validate(self, users: Sequence[str], k: int, category: str | None) -> ServedModel:
+        """The model that will answer, once the request is known to be well formed.
+
+        Raises:
+            BadRequest: For a bad ``k``, id or category, or too many users.
+            ModelLoadError: If no model is loaded yet.
+
+        """
+        if not 1 <= k <= self.cfg.serve.max_k:
+            raise BadRequest(f"k must be between 1 and {self.cfg.serve.max_k}, got {k}")
+        if not 1 <= len(users) <= self.cfg.serve.max_batch_users:
+            raise BadRequest(f"a request takes 1 to {self.cfg.serve.max_batch_users} users, got {len(users)}")
+        for user in users:
+            check_id(user)
+        model = self.model
+        if model is None:
+            raise ModelLoadError("no model is loaded yet")
+        if category is not None and category not in model.by_category:
+            raise BadRequest(f"unknown category {category!r}")
+        return model
+
     def recommend(self, users: Sequence[str], k: int, category: str | None = None) -> list[dict[str, Any]]:
         """Top-``k`` for each user (see the module docstring); one answer per user, in order.
 
@@ -145,17 +166,7 @@ class Recommender:
             BadRequest: For a bad ``k``, id or category, or too many users.
 
         """
-        model = self.model
-        if model is None:
-            raise ModelLoadError("no model is loaded yet")
-        if not 1 <= k <= self.cfg.serve.max_k:
-            raise BadRequest(f"k must be between 1 and {self.cfg.serve.max_k}, got {k}")
-        if not 1 <= len(users) <= self.cfg.serve.max_batch_users:
-            raise BadRequest(f"a request takes 1 to {self.cfg.serve.max_batch_users} users, got {len(users)}")
-        for user in users:
-            check_id(user)
-        if category is not None and category not in model.by_category:
-            raise BadRequest(f"unknown category {category!r}")
+        model = self.validate(users, k, category)
         try:
             rows = self.store.read(self.entities[USER].table, list(users))
             bought = self.store.purchases(list(users)) if self.cfg.evaluate.filter_purchased else {}
