@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -110,10 +111,16 @@ def _stream_run(recsys: str, work: Path, base: Path, size: int, master: str, env
 
 
 def freshness(recsys: str, work: Path, rate: int, seconds: int, master: str, env: dict[str, str],
-              trigger: str) -> dict:
+              trigger: str, *, name: str = "freshness",
+              probe: Callable[[Path, list[str]], list[str]] | None = None) -> dict:
+    """Stream at ``rate`` events/s for ``seconds``; each file's sentinel user's delay until ``probe`` sees it.
+
+    ``probe(home, candidates)`` returns the candidates that are visible (default: rows of the
+    ``user_features`` Delta table); bench/serving.py probes the API instead.
+    """
     from deltalake import DeltaTable, QueryBuilder
 
-    home, landing = work / "freshness-home", work / "freshness-landing"
+    home, landing = work / f"{name}-home", work / f"{name}-landing"
     shutil.rmtree(home, ignore_errors=True)
     shutil.rmtree(landing, ignore_errors=True)
     landing.mkdir(parents=True)
@@ -143,6 +150,8 @@ def freshness(recsys: str, work: Path, rate: int, seconds: int, master: str, env
     table_uri = str(home / "lake" / "user_features")
 
     def visible_sentinels() -> list[str]:
+        if probe is not None:
+            return probe(home, ["warm-up", *[u for u in list(dropped) if u not in seen]])
         try:
             rows = QueryBuilder().register("uf", DeltaTable(table_uri)).execute(
                 "select user_id from uf where user_id like 'fresh-%' or user_id = 'warm-up'").read_all()

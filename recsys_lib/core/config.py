@@ -243,6 +243,8 @@ class OnlineConfig(_Strict):
     #: Per feature table: a row whose newest event (``as_of``) is older than this reads as absent.
     ttl: dict[Literal["user_features", "item_features", "user_category_features"], Duration] = Field(
         default_factory=dict)
+    #: Redis socket and connect timeout: how long a call may wait before the reader falls back.
+    timeout: Duration = 1.0
     #: Rows per write round trip (a Redis pipeline, an SQLite transaction).
     write_batch: int = Field(5000, ge=1)
     #: Seconds a replaced generation stays readable (in-flight readers finish on it).

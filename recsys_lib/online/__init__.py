@@ -18,7 +18,8 @@ def open_store(cfg: RecsysConfig) -> OnlineStore:
     if cfg.online.backend == "redis":
         from recsys_lib.online.redis import RedisStore
 
-        return RedisStore(cfg.online_redis_url, namespace=cfg.online.namespace, grace=cfg.online.generation_grace)
+        return RedisStore(cfg.online_redis_url, namespace=cfg.online.namespace, grace=cfg.online.generation_grace,
+                          timeout=cfg.online.timeout)
     from recsys_lib.online.sqlite import SqliteStore
 
     return SqliteStore(cfg.online_sqlite_path, grace=cfg.online.generation_grace)

@@ -44,13 +44,13 @@ def _plain(array: pa.Array) -> list[Any]:
     if pa.types.is_timestamp(t):
         return pc.cast(array, pa.timestamp("us", tz=t.tz)).cast(pa.int64()).to_pylist()
     if pa.types.is_struct(t):
-        children = [_plain(array.field(i)) for i in range(t.num_fields)]
-        valid = array.is_valid().to_pylist()
-        return [list(vals) if ok else None for ok, vals in zip(valid, zip(*children, strict=True), strict=True)]
+        rows = list(zip(*[_plain(array.field(i)) for i in range(t.num_fields)], strict=True))  # tuples pack as arrays
+        if array.null_count == 0:
+            return rows
+        return [vals if ok else None for ok, vals in zip(array.is_valid().to_pylist(), rows, strict=True)]
     if pa.types.is_map(t):
         entries = _values(array)
-        pairs = zip(_plain(entries.field(0)), _plain(entries.field(1)), strict=True)
-        return _regroup(array, [[k, v] for k, v in pairs])
+        return _regroup(array, list(zip(_plain(entries.field(0)), _plain(entries.field(1)), strict=True)))
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         return _regroup(array, _plain(_values(array)))
     return array.to_pylist()

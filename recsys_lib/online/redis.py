@@ -75,10 +75,11 @@ class RedisStore(OnlineStore):
 
     backend = "redis"
 
-    def __init__(self, url: str, *, namespace: str = "recsys", grace: float = 60.0,
+    def __init__(self, url: str, *, namespace: str = "recsys", grace: float = 60.0, timeout: float = 5.0,
                  client: redis.Redis | None = None) -> None:
         self.url, self.ns, self.grace = url, namespace, grace
-        self.client = client or redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0,
+        # short timeouts: a reader that cannot reach Redis answers from its fallback instead of waiting
+        self.client = client or redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                                      health_check_interval=30)
         self._write = self.client.register_script(_WRITE)
         self._set_max = self.client.register_script(_SET_MAX)

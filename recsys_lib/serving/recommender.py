@@ -126,7 +126,11 @@ class Recommender:
             raise BadRequest(f"{entity} ids are {':'.join(ent.keys)}")
         for part in parts:
             check_id(part)
-        row = self.store.read(ent.table, [key_of(parts)])[0]
+        try:
+            row = self.store.read(ent.table, [key_of(parts)])[0]
+        except OnlineStoreError as exc:
+            self._store_failed("read", exc)
+            raise
         self.store_ok = True
         if row is None:
             return None
@@ -170,11 +174,11 @@ class Recommender:
         try:
             rows = self.store.read(self.entities[USER].table, list(users))
             bought = self.store.purchases(list(users)) if self.cfg.evaluate.filter_purchased else {}
+            at = self.serving_time()
             self.store_ok = True
         except OnlineStoreError as exc:
             self._store_failed("read", exc)
             return [self._popular(model, u, k, category, set(), "fallback", None) for u in users]
-        at = self.serving_time()
         states: list[dict[str, Any] | None] = []
         for user, row in zip(users, rows, strict=True):
             state = None if row is None else merged_state(self.entities[USER], row, self._decoders[USER])
