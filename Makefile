@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED ?= 0
 
 .PHONY: install demo test test-unit test-spark test-tf test-airflow test-serving test-notebook test-slow \
-        lint typecheck check bench bench-features bench-floors bench-streaming bench-microbatch bench-train bench-index dist clean
+        lint typecheck check bench bench-features bench-floors bench-streaming bench-microbatch bench-serving bench-train bench-index dist clean
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench-streaming: $(STAMP)  ## incremental cost and freshness (needs bench-featur
 
 bench-microbatch: $(STAMP)  ## where a steady 2,000-event micro-batch spends its time (no prerequisites)
 	$(PY) bench/microbatch.py --batches 8 --warmup 2 --rate 2000
+
+bench-serving: $(STAMP)  ## online store and API: reads, bulk load, open-loop HTTP load, event -> served (both backends)
+	$(PY) bench/serving.py
 
 bench-train: $(STAMP)  ## training throughput vs the TFRS tutorial, warm start vs full retrain
 	$(PY) bench/train.py --events 150000 --epochs 3
