@@ -182,3 +182,20 @@ def test_redis_down_answers_from_the_popular_list_and_readiness_follows(served, 
             assert time.monotonic() < deadline, "readiness did not come back after Redis did"
             time.sleep(0.2)
         assert client.get(f"/recommendations/{user}").json()["source"] == "model"
+
+
+def test_the_server_polls_for_a_new_export_when_configured(served):
+    from tests.serving.helpers import export_untrained
+
+    cfg = served.cfg.model_copy(update={"serve": served.cfg.serve.model_copy(update={"reload_poll": 0.2})})
+    with ApiServer(create_app(cfg)) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.get("/recommendations/u1").json()["model_version"] == "1"
+        try:
+            export_untrained(served.lake, served.cfg, version="7", seed=2)
+            deadline = time.monotonic() + 30
+            while client.get("/recommendations/u1").json()["model_version"] != "7":
+                assert time.monotonic() < deadline, "the poll did not pick up the new export"
+                time.sleep(0.1)
+            assert "recsys_model_version 7.0" in client.get("/metrics").text
+        finally:
+            export_untrained(served.lake, served.cfg, version="1")  # leave the session's export as it was
