@@ -277,7 +277,7 @@ def _merge_row(left: dict[str, Any], right: dict[str, Any], entity: Entity,
     lu, ru = _micros(left["as_of"]), _micros(right["as_of"])
     as_of_s = max(_seconds(u) for u in (lu, ru) if u is not None)
     sides = (_seconds(lu) if lu is not None else None, _seconds(ru) if ru is not None else None, as_of_s)
-    out = {k: left[k] for k in entity.keys}
+    out = {k: left[k] for k in entity.keys if k in left}  # stored online values carry no keys
     for column in entity.columns:
         out[column.name] = merges[column.name](left[column.name], right[column.name], column.param, sides)
     return out

@@ -27,7 +27,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "two_tower" in out and "popularity" in out and "als" in out  # the comparison table
     assert out.count("top 5") >= 3 and "user" in out and "after:" in out
     assert "micro-batches" in out
-    assert out.count("$ curl 'http://127.0.0.1:") == 2, out[-3000:]
+    assert out.count("$ curl 'http://127.0.0.1:") == 2 and out.count("source model, model version 1") == 2, \
+        out[-3000:]
     assert (tmp_path / "data" / "lake" / "user_features" / "_delta_log").is_dir()
     assert (tmp_path / "data" / "lake" / "training_examples" / "_delta_log").is_dir()
     assert (tmp_path / "data" / "lake" / "recommendations" / "_delta_log").is_dir()

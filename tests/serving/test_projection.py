@@ -12,6 +12,7 @@ from recsys_lib.features.online import Projector, merged_state, verify
 from recsys_lib.features.read_local import finalise_state
 from recsys_lib.lake import driver_lake
 from recsys_lib.online import key_of, open_store
+from tests.spark.helpers import assert_same_state, stored_states
 
 pytestmark = [pytest.mark.serving, pytest.mark.spark]
 
@@ -105,6 +106,13 @@ def test_stream_batches_and_compaction_keep_the_store_exact(spark, tmp_path):
     update_features(spark, lake, cfg, now=datetime.now(UTC), projector=projector)
     assert (projector.failures, projector.catch_ups) == (0, 0)  # the direct path: touched rows only
     assert verify(store, driver_lake(cfg), cfg)[1] == []
+    for name in ("user", "item", "user_category"):  # readers merge the two layers as Spark's reader does
+        entity = entities(cfg.features)[name]
+        want = stored_states(lake, entity, cfg.features)
+        rows = store.read(entity.table, [key_of(k) for k in want])
+        assert sum(r.base is not None and r.pending is not None for r in rows) > 0  # both layers exercised
+        got = {k: merged_state(entity, r) for k, r in zip(want, rows, strict=True)}
+        assert_same_state(want, {k: _spark_shaped(v) for k, v in got.items()}, entity)
     newest = max(r["as_of"] for r in lake.read("user_features").select("as_of").collect())
     assert store.watermark() == int((newest.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC))
                                     / timedelta(microseconds=1))
@@ -117,3 +125,19 @@ def test_stream_batches_and_compaction_keep_the_store_exact(spark, tmp_path):
               .select("user_id", "item_id").collect()}
     users = sorted({u for u, _ in bought})
     assert {(u, i) for u, items in store.purchases(users).items() for i in items} == bought
+
+
+def _spark_shaped(state):
+    """A merged online state shaped as Spark's ``Row.asDict(recursive=True)``: naive UTC times, maps as dicts."""
+    def plain(value):
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).replace(tzinfo=None)
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+    out = {k: plain(v) for k, v in state.items()}
+    out["category_weights"] = dict(state["category_weights"]) if state.get("category_weights") is not None \
+        else state.get("category_weights")
+    return out
