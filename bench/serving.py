@@ -186,8 +186,9 @@ def main() -> None:
     parser.add_argument("--features-rate", type=float, default=1000)
     parser.add_argument("--recs-rate", type=float, default=500)
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--freshness-seconds", type=int, default=60,
-                        help="event -> served: stream load at --stream-rate events/s for this long (0: skip)")
+    parser.add_argument("--freshness-seconds", type=int, default=120,
+                        help="event -> served: stream load at --stream-rate events/s for this long (0: skip); "
+                             "one file per second, so 120 s gives 120 delays and p99 is not simply the maximum")
     parser.add_argument("--stream-rate", type=int, default=2000)
     parser.add_argument("--serve-set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config for the server and the store, e.g. serve.batch_wait=0s")

@@ -139,8 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recsys: config error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - the face turns failures into exit codes
-        logging.getLogger("recsys").debug("failure", exc_info=True)
         print(f"recsys {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if getattr(args, "verbose", False):  # logged at ERROR, so -v (INFO) shows it
+            logging.getLogger("recsys").error("recsys %s failed", args.command, exc_info=exc)
+        else:
+            print(f"recsys {args.command}: run again with -v for the traceback", file=sys.stderr)
         return 1
 
 
@@ -181,6 +184,8 @@ def _dispatch(args: argparse.Namespace, cfg: RecsysConfig) -> int:
                   f"{b['quarantined']:>6,} quarantined {b['duplicates']:>6,} duplicates "
                   f"merge {b['merge_seconds']:.2f}s total {b['seconds']:.2f}s "
                   f"lag {b.get('freshness_lag_min_s')}..{b.get('freshness_lag_max_s')}s")
+            for fallback in b.get("fallbacks") or []:
+                print(f"    fell back to Spark: {fallback}")
         return 0
     if args.command in ONLINE_COMMANDS:
         return run_online_command(args, cfg)

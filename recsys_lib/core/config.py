@@ -69,7 +69,7 @@ class SparkConfig(_Strict):
 class LakeConfig(_Strict):
     """Where the Delta tables live and how commits behave."""
 
-    engine: Literal["auto", "delta-rs", "native"] = "auto"
+    engine: Literal["auto", "delta-rs"] = "auto"
     root: str | None = None
     commit_retries: int = Field(6, ge=0, le=100)
     retry_backoff: Duration = 0.05
@@ -223,7 +223,7 @@ class ServeConfig(_Strict):
     #: How often the server checks the registry's champion alias (null: only ``POST /admin/reload``).
     reload_poll: Duration | None = None
     #: Requests waiting at most this long are encoded together in one call of the query tower.
-    batch_wait: Duration = 0.002
+    batch_wait: Duration = 0.0
     batch_max: int = Field(256, ge=1)
 
 

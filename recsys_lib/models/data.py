@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,6 +62,13 @@ class ItemPrior:
         return np.where(pos >= 0, self.probs[np.maximum(pos, 0)], self.floor).astype(np.float32)
 
 
+def _slots(offsets: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """For list offsets, a (rows x length) mask of the slots that hold a value, and each slot's value position."""
+    starts = offsets[:-1].astype(np.int64)
+    slot = np.arange(length, dtype=np.int64)
+    return slot < np.diff(offsets)[:, None], starts[:, None] + slot
+
+
 def padded(lists: pa.Array | pa.ChunkedArray, length: int) -> np.ndarray:
     """A list<string> column as a (rows x length) array, truncated and padded with ``PAD``."""
     arr = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
@@ -68,13 +76,11 @@ def padded(lists: pa.Array | pa.ChunkedArray, length: int) -> np.ndarray:
     out = np.full((n, length), PAD, dtype=object)
     if n == 0:
         return out
-    arr = pc.fill_null(arr, pa.scalar([], arr.type))
-    offsets = np.asarray(arr.offsets)
-    values = np.asarray(arr.values.fill_null(PAD).to_numpy(zero_copy_only=False), dtype=object)
-    sizes = np.diff(offsets)
-    for j in range(length):
-        rows = np.flatnonzero(sizes > j)
-        out[rows, j] = values[offsets[rows] + j]
+    if arr.null_count:
+        arr = pc.fill_null(arr, pa.scalar([], arr.type))
+    values = np.asarray(_filled(arr.values, PAD).to_numpy(zero_copy_only=False), dtype=object)
+    filled, position = _slots(np.asarray(arr.offsets), length)
+    out[filled] = values[position[filled]]
     return out
 
 
@@ -85,16 +91,14 @@ def padded_weights(lists: pa.Array | pa.ChunkedArray, length: int) -> tuple[np.n
     ids, weights = np.full((n, length), PAD, dtype=object), np.zeros((n, length), np.float32)
     if n == 0:
         return ids, weights
-    arr = pc.fill_null(arr, pa.scalar([], arr.type))
-    offsets = np.asarray(arr.offsets)
+    if arr.null_count:
+        arr = pc.fill_null(arr, pa.scalar([], arr.type))
     flat = arr.values
-    cat = np.asarray(pc.fill_null(flat.field("category_id"), PAD).to_numpy(zero_copy_only=False), dtype=object)
-    wt = pc.fill_null(flat.field("weight"), 0.0).to_numpy().astype(np.float32)
-    sizes = np.diff(offsets)
-    for j in range(length):
-        rows = np.flatnonzero(sizes > j)
-        ids[rows, j] = cat[offsets[rows] + j]
-        weights[rows, j] = wt[offsets[rows] + j]
+    cat = np.asarray(_filled(flat.field("category_id"), PAD).to_numpy(zero_copy_only=False), dtype=object)
+    wt = _filled(flat.field("weight"), 0.0).to_numpy().astype(np.float32)
+    filled, position = _slots(np.asarray(arr.offsets), length)
+    ids[filled] = cat[position[filled]]
+    weights[filled] = wt[position[filled]]
     return ids, weights
 
 
@@ -102,13 +106,18 @@ def numeric(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
     """Columns as a float32 (rows x columns) array, nulls as 0."""
     if not columns:
         return np.zeros((table.num_rows, 0), np.float32)
-    return np.stack([pc.fill_null(table.column(c), 0).to_numpy().astype(np.float32) for c in columns], axis=1)
+    return np.stack([_filled(table.column(c), 0).to_numpy().astype(np.float32) for c in columns], axis=1)
 
 
 def text(table: pa.Table, column: str) -> np.ndarray:
     """A string column as an object array, nulls as ``PAD``."""
-    return np.asarray(pc.fill_null(table.column(column).cast(pa.string()), PAD).to_numpy(zero_copy_only=False),
+    return np.asarray(_filled(table.column(column).cast(pa.string()), PAD).to_numpy(zero_copy_only=False),
                       dtype=object)
+
+
+def _filled(values: Any, fill: Any) -> Any:
+    """``values`` with nulls replaced by ``fill`` (skips the compute call when there are none: serving's rows)."""
+    return values if values.null_count == 0 else pc.fill_null(values, fill)
 
 
 def query_chunk(table: pa.Table, spec: ModelSpec) -> Chunk:

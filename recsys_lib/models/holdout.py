@@ -123,7 +123,8 @@ def _indices_by_user(events: DataFrame, ids: pd.Index) -> pd.Series:
 
 def _pandas(df: object) -> pd.DataFrame:
     """Spark's ``toPandas`` result, typed."""
-    assert isinstance(df, pd.DataFrame)
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"toPandas returned {type(df).__name__}, not a DataFrame")
     return df
 
 

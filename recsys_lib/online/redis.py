@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import msgpack
 import redis
 
 from recsys_lib.online.base import (
@@ -39,10 +40,11 @@ local layer = ARGV[1]
 local vf = layer .. 'v'
 local v = tonumber(ARGV[2])
 local fresh = ARGV[3] == '1'
+local rows = cmsgpack.unpack(ARGV[4])
 local n = 0
 for i = 1, #KEYS do
-  local val = ARGV[2 + 2 * i]
-  local ex = tonumber(ARGV[3 + 2 * i])
+  local val = rows[2 * i - 1]
+  local ex = rows[2 * i]
   local cur = -1
   if not fresh then cur = tonumber(redis.call('HGET', KEYS[i], vf) or '-1') end
   if v > cur then
@@ -104,9 +106,13 @@ class RedisStore(OnlineStore):
             pipe = self.client.pipeline(transaction=False)
             for start in range(0, len(rows), _CHUNK):
                 chunk = rows[start:start + _CHUNK]
-                args: list[Any] = [layer.value, version, "1" if fresh else "0"]
+                # the values and expiries travel as one msgpack argument (unpacked by the script):
+                # redis-py encodes each argument in Python, which cost more than the server's work
+                flat: list[Any] = []
                 for _key, value, expire_at in chunk:
-                    args += [b"" if value is None else value, expiry_ms(expire_at)]
+                    flat += [b"" if value is None else value, expiry_ms(expire_at)]
+                # (str types: Redis 7.0's cmsgpack reads no bin types; Lua strings hold any bytes)
+                args = [layer.value, version, "1" if fresh else "0", msgpack.packb(flat, use_bin_type=False)]
                 self._write(keys=[self._row_key(gen, table, k) for k, _v, _e in chunk], args=args, client=pipe)
             return sum(int(n) for n in pipe.execute())
         return int(self._run(f"write {table}", run))

@@ -24,14 +24,15 @@ def prepare_sample(cfg: RecsysConfig, *, events: int = 50_000, users: int = 1_00
 
     Notebooks and tutorials start from this; it is a no-op on a data root that already has events.
     """
+    from recsys_lib.lake import TableNotFound
     from recsys_lib.lake.snapshot import snapshot
 
-    try:
+    try:  # a table that exists but cannot be read (a corrupt log) fails here, naming the table
         snapshot(cfg.table_uri("events"))
         say(f"using the existing data under {cfg.home_dir}")
         return
-    except Exception:  # noqa: BLE001 - no table yet
-        pass
+    except TableNotFound:
+        pass  # no table yet: make the sample
     landing = Path(cfg.landing_dir) / "sample"
     manifest = run_generate(GeneratorSpec(users=users, items=items, days=days, events=events, seed=seed), landing)
     say(f"generated {manifest.valid_events:,} events into {landing}")

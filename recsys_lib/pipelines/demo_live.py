@@ -47,7 +47,8 @@ def live_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, user: str, *
     items = read_states(lake, entities(cfg.features)["item"], cfg.features).select(
         "item_id", F.col("latest_category.value").alias("category_id"),
         F.col("latest_price.value").alias("price")).toPandas()
-    assert isinstance(items, pd.DataFrame)
+    if not isinstance(items, pd.DataFrame):
+        raise TypeError(f"toPandas returned {type(items).__name__}, not a DataFrame")
     weights = {c["category_id"]: c["weight"] for c in (load_features(spark, "user", cfg=cfg)
                                                        .where(F.col("user_id") == user).select("top_categories")
                                                        .first() or [[]])[0] or []}

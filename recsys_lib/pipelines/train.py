@@ -140,7 +140,8 @@ def _log_stats(df: DataFrame, columns: list[str]) -> dict[str, tuple[float, floa
         x = F.log1p(F.greatest(F.col(c).cast("double"), F.lit(0.0)))
         aggs += [F.avg(x).alias(f"m_{c}"), F.stddev_pop(x).alias(f"s_{c}")]
     row = df.agg(*aggs).first()
-    assert row is not None
+    if row is None:  # an aggregate without grouping always yields one row
+        raise RuntimeError(f"aggregating the log statistics of {columns} returned no row")
     return {c: (float(row[f"m_{c}"] or 0.0), float(row[f"s_{c}"] or 1.0)) for c in columns}
 
 

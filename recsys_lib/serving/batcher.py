@@ -1,6 +1,6 @@
 """Adaptive request batching: concurrent single-user requests share one call of the query tower.
 
-A call into TensorFlow costs about 1.6 ms here however few rows it encodes. The
+A call into TensorFlow costs about 0.7 ms here however few rows it encodes. The
 batcher runs one batch at a time in a worker thread; requests that arrive while
 a batch runs wait for the next one, which takes all of them (up to
 ``serve.batch_max``), so batches grow with the load and an idle server answers

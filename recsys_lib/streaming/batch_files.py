@@ -10,9 +10,10 @@ which costs about 0.1 s when warm and 2 s on the first batch of a process.
 
 The format is Spark's internal one (``v1``, unchanged since Spark 2), so every
 step checks what it reads. Whenever anything is not as expected (a missing or
-unreadable log, a line ending Spark's reader might split differently, bytes that
-are not UTF-8) :func:`batch_lines` returns None and the caller reads the batch
-through Spark, as before. ``tests/spark/test_batch_files.py`` compares both.
+log not written yet, a line ending Spark's reader might split differently, bytes that
+are not UTF-8) :func:`batch_lines` returns None, and where reading fails it raises
+:class:`BatchReadError`; either way the caller reads the batch through Spark.
+``tests/spark/test_batch_files.py`` compares both.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ log = logging.getLogger(__name__)
 _VERSION = "v1"
 #: A file larger on disk than this many bytes per allowed line is left to Spark.
 _BYTES_PER_LINE = 1024
-#: Checkpoints whose file list could not be read (their later failures are logged at debug level).
-_FAILED: set[str] = set()
+
+
+class BatchReadError(RuntimeError):
+    """The batch's file list or files could not be read here (the caller reads the batch with Spark)."""
 
 
 def batch_lines(checkpoint: str, batch_id: int, max_lines: int) -> pa.Table | None:
@@ -48,6 +51,9 @@ def batch_lines(checkpoint: str, batch_id: int, max_lines: int) -> pa.Table | No
 
     Returns:
         The lines, or None if the batch cannot be read here with certainty.
+
+    Raises:
+        BatchReadError: If the checkpoint's logs or a file could not be read or parsed.
 
     """
     try:
@@ -65,13 +71,8 @@ def batch_lines(checkpoint: str, batch_id: int, max_lines: int) -> pa.Table | No
             if len(values) > max_lines:
                 break
         return pa.table({"value": pa.array(values, pa.string()), "source_file": pa.array(sources, pa.string())})
-    except Exception:  # noqa: BLE001 - the caller reads the batch with Spark instead
-        # (with the traceback once per checkpoint: e.g. a scheme pyarrow cannot open fails every batch)
-        first = checkpoint not in _FAILED
-        _FAILED.add(checkpoint)
-        log.log(logging.WARNING if first else logging.DEBUG, "could not read micro-batch %d from the "
-                "checkpoint's file list; reading it with Spark", batch_id, exc_info=first)
-        return None
+    except (OSError, EOFError, ValueError, KeyError, pa.ArrowException) as exc:
+        raise BatchReadError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def batch_files(checkpoint: str, batch_id: int) -> list[str] | None:

@@ -30,7 +30,22 @@ def write_pid(cfg: RecsysConfig) -> None:
     """Record this process as the stream's driver."""
     path = Path(cfg.checkpoint_dir) / PID_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(str(os.getpid()))
+    tmp = path.with_name(f".{PID_FILE}.tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(path)  # atomic: a reader sees the old pid or the new one, never an empty file
+
+
+def read_pid(path: Path) -> int | None:
+    """The pid recorded in ``path``; None if there is none or the file is empty or not a number.
+
+    A driver killed while writing its pid file, or a file an operator emptied, must not
+    crash the watchdog: the stream then counts as dead and is restarted.
+    """
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _alive(pid: int) -> bool:
@@ -57,7 +72,7 @@ def stream_health(cfg: RecsysConfig, max_lag: float, now: float | None = None) -
     now = now or time.time()
     checkpoint = Path(cfg.checkpoint_dir)
     pid_path = checkpoint / PID_FILE
-    pid = int(pid_path.read_text().strip()) if pid_path.exists() else None
+    pid = read_pid(pid_path)
     status_path = checkpoint / STATUS_FILE
     last_batch = status_path.stat().st_mtime if status_path.exists() else None
     newest = _newest_input(Path(cfg.landing_dir)) if Path(cfg.landing_dir).exists() else None
@@ -81,15 +96,14 @@ def restart_stream(cfg: RecsysConfig, args: Sequence[str] = (), grace: float = 3
     checkpoint = Path(cfg.checkpoint_dir)
     checkpoint.mkdir(parents=True, exist_ok=True)
     pid_path = checkpoint / PID_FILE
-    if pid_path.exists():
-        old = int(pid_path.read_text().strip())
+    old = read_pid(pid_path)
+    if old is not None and _alive(old):
+        os.kill(old, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while _alive(old) and time.monotonic() < deadline:
+            time.sleep(0.5)
         if _alive(old):
-            os.kill(old, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while _alive(old) and time.monotonic() < deadline:
-                time.sleep(0.5)
-            if _alive(old):
-                os.kill(old, signal.SIGKILL)
+            os.kill(old, signal.SIGKILL)
     with (checkpoint / "stream.log").open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "recsys_lib.cli", "stream", *args], stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,

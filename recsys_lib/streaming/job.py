@@ -111,5 +111,12 @@ def last_batches(cfg: RecsysConfig, limit: int = 10) -> list[dict[str, Any]]:
     path = Path(cfg.checkpoint_dir) / STATUS_FILE
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()[-limit:]
-    return [json.loads(line) for line in lines if line.strip()]
+    batches = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            batches.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill mid-write: skip it, say so
+            if line.strip():
+                log.warning("%s line %d is not complete JSON (the stream was stopped while writing it); "
+                            "skipped", path, number)
+    return batches[-limit:]

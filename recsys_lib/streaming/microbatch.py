@@ -54,7 +54,7 @@ from recsys_lib.ingest.commit import IngestError, ingest_arrow, ingest_frame
 from recsys_lib.ingest.local_dedup import StoredKeys
 from recsys_lib.lake import CommitResult, Lake, LakeConflictError, LakeError
 from recsys_lib.lake.files import filesystem_for
-from recsys_lib.streaming.batch_files import batch_lines, local_path
+from recsys_lib.streaming.batch_files import BatchReadError, batch_lines, local_path
 from recsys_lib.streaming.faults import fault_point
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ class BatchReport:
     #: Seconds from the earliest / latest file arrival (mtime) in the batch until its features were committed.
     freshness_lag_max_s: float | None = None
     freshness_lag_min_s: float | None = None
+    #: Each time a driver-local step failed and Spark did it instead: "<step>: <error>" (logged at WARNING).
+    fallbacks: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The report as a JSON-able dict."""
@@ -109,8 +111,12 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     app = f"stream-{query}"
     limit = cfg.streaming.local_max_events
     lines, read_by = None, "none"
+    fallbacks: list[str] = []
     if limit and checkpoint is not None:
-        lines, read_by = batch_lines(checkpoint, batch_id, max_lines=limit), "files"
+        try:
+            lines, read_by = batch_lines(checkpoint, batch_id, max_lines=limit), "files"
+        except BatchReadError as exc:
+            fallbacks.append(_fell_back(f"batch {batch_id}: reading the files on the driver", exc))
     if limit and lines is None:
         lines, read_by = raw.limit(limit + 1).toArrow(), "spark"
     read_seconds = round(time.monotonic() - started, 3)
@@ -123,10 +129,10 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
             summary, engine = ingest_arrow(spark, lake, cfg, lines, stored or StoredKeys(lake), **common), "local"
         except (IngestError, LakeError):
             raise
-        except Exception:  # noqa: BLE001 - a failure of the local path must not wedge the stream
+        except LOCAL_FAILURES as exc:  # data the driver's path cannot take (e.g. a year past 9999): Spark can
             # Safe to redo with Spark: whatever the local path committed carries this batch's app
             # transaction, so it is skipped, and its events are found stored (counted as duplicates).
-            log.exception("batch %d: driver-local ingest failed; ingesting this batch with Spark", batch_id)
+            fallbacks.append(_fell_back(f"batch {batch_id}: driver-local ingest", exc))
     else:
         arrivals = _arrival_times([r[0] for r in raw.select("source_file").distinct().collect()])
     if summary is None:
@@ -140,6 +146,7 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
                          read_seconds=read_seconds, read_by=read_by)
     t0 = time.monotonic()
     report.tables = update_features(spark, lake, cfg, now=now, batch_id=batch_id, projector=projector)
+    report.fallbacks = fallbacks + [r["fallback"] for r in report.tables.values() if r.get("fallback")]
     report.merge_seconds = round(time.monotonic() - t0, 3)
     report.seconds = round(time.monotonic() - started, 3)
     if arrivals:
@@ -207,8 +214,8 @@ def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version
         meta = {"job": "stream", "events_version": events_version, "from_events_version": covered + 1,
                 "batch_id": batch_id}
         try:
-            result, engine, touched = _merge_pending(lake, cfg, entity, reads, covered + 1, events_version,
-                                                     table_version, now, meta)
+            result, engine, touched, fallback = _merge_pending(lake, cfg, entity, reads, covered + 1,
+                                                               events_version, table_version, now, meta)
         except LakeConflictError as exc:
             log.warning("feature merge into %s conflicted (attempt %d), recomputing: %s", entity.table,
                         attempt + 1, exc)
@@ -218,7 +225,7 @@ def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version
             projector.pending_committed(entity.table, touched, table_version, result.version)
         report: dict[str, Any] = {"skipped": False, "version": result.version, "pending_rows": result.rows,
                                   "covered_events_version": events_version, "folded_from": covered + 1,
-                                  "engine": engine}
+                                  "engine": engine, "fallback": fallback}
         if result.rows > cfg.streaming.pending_max_rows:
             fault_point("before_pending_compaction")
             try:
@@ -231,6 +238,18 @@ def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version
         return report
     raise LakeConflictError(f"feature merge into '{entity.table}' kept conflicting with concurrent writers "
                             f"after {cfg.lake.commit_retries + 1} attempts")
+
+
+#: Failures of a driver-local step on data it cannot take, which Spark handles: the step falls back to
+#: Spark. Any other error is a bug and fails the batch (the stream restarts it from its checkpoint).
+LOCAL_FAILURES = (ValueError, ArithmeticError, pa.ArrowException)
+
+
+def _fell_back(step: str, exc: BaseException) -> str:
+    """Log a driver-local step's failure at WARNING; returns the cause for the batch report."""
+    cause = f"{type(exc).__name__}: {exc}"
+    log.warning("%s failed, Spark does it instead: %s", step, cause)
+    return f"{step}: {cause}"
 
 
 class _NewEvents:
@@ -256,34 +275,36 @@ class _NewEvents:
 
 def _merge_pending(lake: Lake, cfg: RecsysConfig, entity: Entity, reads: _NewEvents, first: int, last: int,
                    table_version: int, now: datetime,
-                   meta: dict[str, Any]) -> tuple[CommitResult, str, pa.Table | None]:
+                   meta: dict[str, Any]) -> tuple[CommitResult, str, pa.Table | None, str | None]:
     """Fold ``events`` versions ``first``..``last`` into the pending layer read at ``table_version``; commit.
 
     Up to ``streaming.local_max_events`` new events, on the driver (:mod:`recsys_lib.features.local`);
     more, or if the local fold fails, with Spark. Returns the commit, the engine used (``local`` or
-    ``spark``) and, from the driver, the new pending rows of the keys the batch touched (None from Spark).
+    ``spark``), from the driver the new pending rows of the keys the batch touched (None from Spark),
+    and why the driver's fold fell back to Spark (None if it did not).
     """
     spec = table_spec(entity)
     contents_local = None
+    fallback = None
     try:
         new_local = reads.get(first, last)
         if new_local is not None:
             state = fold_local(new_local, entity, cfg.features, now)
             pending_local = lake.read_arrow(entity.table, version=table_version, partitions=(BUCKET, [PENDING]))
             contents_local = overlay_local(pending_local, state, entity, cfg.features, now)
-    except Exception:  # noqa: BLE001 - e.g. a timestamp outside Python's years 1..9999: Spark folds it
-        log.exception("driver-local fold into %s failed; folding this batch with Spark", entity.table)
+    except LOCAL_FAILURES as exc:  # e.g. a timestamp outside Python's years 1..9999: Spark folds it
+        fallback = _fell_back(f"driver-local fold into {entity.table}", exc)
     else:
         if contents_local is not None:
             result = lake.replace_partitions_arrow(spec, contents_local, BUCKET, [PENDING],
                                                    read_version=table_version, metadata=meta)
-            return result, "local", touched_rows(contents_local, state, entity)
+            return result, "local", touched_rows(contents_local, state, entity), None
     new = events_between(lake, first, last)
     batch_state = fold(new, entity, cfg.features, updated_at=now).persist()  # read twice by overlay
     try:
         pending = lake.read(entity.table, version=table_version, partitions=(BUCKET, [PENDING]))
         contents = as_pending(overlay(pending, batch_state, entity, cfg.features, updated_at=now)).coalesce(1)
         return lake.replace_partitions(spec, contents, BUCKET, [PENDING], read_version=table_version,
-                                       metadata=meta), "spark", None
+                                       metadata=meta), "spark", None, fallback
     finally:
         batch_state.unpersist()

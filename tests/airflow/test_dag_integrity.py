@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -56,16 +55,15 @@ def test_spark_tasks_use_the_recsys_jobs_and_connection(dagbag):
         assert t.application_args[:4] == ["--conf", "{{ params.conf_file }}", "--set", "home={{ params.home }}"]
 
 
-def test_parsing_does_no_work_and_is_fast():
-    """Importing every DAG file must not start Spark, TensorFlow or MLflow, and must take well under a second."""
+def test_parsing_does_no_work():
+    """Importing every DAG file must not import Spark, TensorFlow, MLflow or the pipelines (the scheduler parses often).
+
+    No timing is asserted (timed tests flake on a shared machine): importing no heavy module is what keeps it fast.
+    """
     code = (
-        f"import sys, time; sys.path.insert(0, {str(DAGS)!r}); t = time.time()\n"
+        f"import sys; sys.path.insert(0, {str(DAGS)!r})\n"
         "import recsys_daily, recsys_incremental, recsys_streaming_watchdog\n"
-        "heavy = [m for m in ('pyspark', 'tensorflow', 'mlflow', 'recsys_lib.pipelines') if m in sys.modules]\n"
-        "print(heavy, time.time() - t)\n"
+        "print([m for m in ('pyspark', 'tensorflow', 'mlflow', 'recsys_lib.pipelines') if m in sys.modules])\n"
     )
-    started = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    heavy, _ = out.stdout.strip().rsplit(" ", 1)
-    assert heavy == "[]", out.stdout
-    assert time.monotonic() - started < 60
+    assert out.stdout.strip() == "[]", out.stdout

@@ -44,6 +44,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+@pytest.mark.timeout(1800)  # seven stream runs, each killed, then a drain
 def test_sigkill_at_random_moments_and_fault_points(spark, tmp_path):
     from recsys_lib.core.config import load_config
     from recsys_lib.features import entities
@@ -68,7 +69,6 @@ def test_sigkill_at_random_moments_and_fault_points(spark, tmp_path):
         (None, rng.uniform(8, 20)), ("before_checkpoint_commit", None), (None, rng.uniform(8, 20)),
         ("before_pending_compaction", None),
     ]
-    kills = 0
     for fault, after in plan:
         day = days.pop(0)
         day.rename(landing / day.name)  # an atomic drop
@@ -83,12 +83,10 @@ def test_sigkill_at_random_moments_and_fault_points(spark, tmp_path):
         finally:
             _kill_group(proc)  # the JVM too
         assert returncode == -signal.SIGKILL, f"stream ended with {returncode} instead of being killed; see {log}"
-        kills += 1
     for day in days:
         day.rename(landing / day.name)
     drain = _start(["stream", "--available-now", *common], None, log)
     assert drain.wait(timeout=600) == 0, log.read_text()[-3000:]
-    assert kills >= 5
 
     cfg = load_config(overrides=[f"home={home}"])
     lake = open_lake(spark, cfg, engine="delta-rs")

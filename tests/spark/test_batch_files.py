@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import os
 import time
 
@@ -12,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from recsys_lib.core.config import load_config
-from recsys_lib.streaming.batch_files import batch_files, batch_lines
+from recsys_lib.streaming.batch_files import BatchReadError, batch_files, batch_lines
 from recsys_lib.streaming.job import source_stream
 
 pytestmark = pytest.mark.spark
@@ -84,15 +83,13 @@ def test_unknown_batches_and_formats_fall_back(tmp_path, caplog):
     (checkpoint / "offsets").mkdir(parents=True)
     (checkpoint / "offsets" / "0").write_text('v9\n{}\n{"logOffset":0}\n')
     assert batch_files(str(checkpoint), 0) is None  # a format this module does not know
-    # a file on a scheme pyarrow cannot open: Spark reads it; the warning comes once per checkpoint
+    # a file on a scheme pyarrow cannot open: a named error with the cause (the stream logs it and asks Spark)
     (checkpoint / "offsets" / "0").write_text('v1\n{}\n{"logOffset":0}\n')
     (checkpoint / "sources" / "0").mkdir(parents=True)
     (checkpoint / "sources" / "0" / "0").write_text('v1\n{"path":"nosuch://b/x.jsonl","timestamp":1,"batchId":0}\n')
     assert batch_files(str(checkpoint), 0) == ["nosuch://b/x.jsonl"]
-    with caplog.at_level(logging.DEBUG, logger="recsys_lib.streaming.batch_files"):
-        assert batch_lines(str(checkpoint), 0, max_lines=10) is None
-        assert batch_lines(str(checkpoint), 0, max_lines=10) is None
-    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.DEBUG]
+    with pytest.raises(BatchReadError, match="nosuch"):
+        batch_lines(str(checkpoint), 0, max_lines=10)
 
 
 def test_a_file_too_large_for_the_driver_is_left_to_spark(tmp_path):

@@ -61,7 +61,7 @@ def test_batches_then_refresh_agree_and_replays_are_skipped(spark, lake, cfg, tm
     assert u1["view_decayed_1h"] == pytest.approx(2 ** -3 + 2 ** -1 + 1.0)  # views at 8:00, 10:00, 11:00
 
 
-def test_an_event_python_cannot_represent_falls_back_to_spark(spark, lake, cfg, tmp_path):
+def test_an_event_python_cannot_represent_falls_back_to_spark(spark, lake, cfg, tmp_path, caplog):
     # year 0 is a valid timestamp for Spark but not for Python's datetime: the local validator hands the
     # line to Spark, and the item table's local fold cannot hold it (i0's latest values are Python values),
     # so that table folds this batch with Spark; the user table's lists are built in Arrow, which holds
@@ -74,6 +74,9 @@ def test_an_event_python_cannot_represent_falls_back_to_spark(spark, lake, cfg, 
     assert report.ingest_engine == "local"
     assert report.tables["item_features"]["engine"] == "spark"
     assert report.tables["user_features"]["engine"] == "local"
+    # the fallback is counted in the batch's report, with its cause, and logged at WARNING
+    assert len(report.fallbacks) == 1 and "driver-local fold into item_features" in report.fallbacks[0]
+    assert any(r.levelname == "WARNING" and "item_features" in r.getMessage() for r in caplog.records)
     users = lake.read("user_features").select("user_id", "view_count", F.year(F.col("as_of")).alias("y")).collect()
     assert sorted((r["user_id"], r["view_count"], r["y"]) for r in users) == [("u0", 1, 0), ("u1", 1, 2024)]
     items = lake.read("item_features").select("item_id", "view_count").collect()

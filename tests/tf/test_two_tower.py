@@ -102,11 +102,19 @@ def test_warm_start_keeps_old_embeddings_and_grows_vocabularies():
 
 
 def test_unseen_user_still_gets_an_embedding():
+    import pyarrow as pa
+
     from recsys_lib.models.data import encode, query_chunk
     from tests.tf.helpers import rows, tiny_spec
 
     spec = tiny_spec()
     result, _ = _one_step(spec)
-    table = rows(3).set_column(1, "user_id", __import__("pyarrow").array(["nobody", "x", "y"]))
-    q = encode(result.model.query, query_chunk(table, spec))
-    assert q.shape[0] == 3 and np.isfinite(q).all()
+    model = result.model
+    assert "nobody" not in spec.users
+    assert int(model.user_lookup(tf.constant(["nobody"]))[0]) < spec.oov_buckets  # an OOV row, no known user's
+    base = rows(2)  # two rows with different recent items, categories and counts
+    unseen = encode(model.query, query_chunk(base.set_column(1, "user_id", pa.array(["nobody", "nobody"])), spec))
+    assert np.isfinite(unseen).all()
+    assert not np.allclose(unseen[0], unseen[1])  # an unseen user's embedding follows their features
+    known = encode(model.query, query_chunk(base.set_column(1, "user_id", pa.array([spec.users[0]] * 2)), spec))
+    assert not np.allclose(known[0], unseen[0])  # and a known id adds its own embedding to the same features

@@ -109,3 +109,8 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_the_dropped_native_engine_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match="lake.engine"):
+        load_config(overrides=["lake.engine=native"])

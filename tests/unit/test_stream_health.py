@@ -50,3 +50,22 @@ def test_live_driver_with_old_unprocessed_input_is_stale_and_otherwise_healthy(c
     assert stream_health(cfg, 900, now=now)["status"] == "healthy"   # within the allowed lag
     _touch(checkpoint / STATUS_FILE, now - 60)            # a batch ran after the input arrived
     assert stream_health(cfg, 120, now=now)["status"] == "healthy"
+
+
+@pytest.mark.parametrize("content", ["", "  \n", "12ab"], ids=["empty", "blank", "not-a-number"])
+def test_an_unreadable_pid_file_counts_as_dead(cfg, tmp_path, content):
+    _touch(tmp_path / "checkpoints" / "features" / PID_FILE, time.time())
+    (tmp_path / "checkpoints" / "features" / PID_FILE).write_text(content)
+    report = stream_health(cfg, 60)
+    assert (report["status"], report["pid"]) == ("dead", None)
+
+
+def test_a_half_written_status_line_is_skipped(cfg, tmp_path, caplog):
+    from recsys_lib.streaming.job import last_batches
+
+    status = tmp_path / "checkpoints" / "features" / STATUS_FILE
+    status.parent.mkdir(parents=True)
+    status.write_text('{"batch_id": 0}\n{"batch_id": 1}\n{"batch_id": 2, "rows_in"')  # killed mid-write
+    assert [b["batch_id"] for b in last_batches(cfg)] == [0, 1]
+    assert [b["batch_id"] for b in last_batches(cfg, limit=1)] == [1]
+    assert "line 3 is not complete JSON" in caplog.text
