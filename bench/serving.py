@@ -7,7 +7,8 @@ backend (SQLite, and a redis-server it starts on a free loopback port):
 * bulk load: a full generation of every feature table, rows/s;
 * store read of one user's row and of 100 users' rows, in-process, p50/p99 over --reads calls;
 * ``recsys serve`` started as a subprocess; ``GET /features/user/<id>`` at --features-rate req/s and
-  ``GET /recommendations/<id>?k=10`` at --recs-rate req/s, each for --seconds, from a small
+  ``GET /recommendations/<id>?k=10`` at --recs-rate req/s, each for --seconds after an unrecorded
+  warm-up of WARMUP_SECONDS at the same rate, from a small
   asyncio HTTP/1.1 client on keep-alive connections. Requests are sent on a fixed schedule and
   each latency is measured from its scheduled send time, so a slow server cannot hide its queue
   (no coordinated omission). Loopback only; bounded in count and time.
@@ -29,6 +30,11 @@ import numpy as np
 from _common import ROOT, base_parser, bench_env, write_result
 
 sys.path.insert(0, str(ROOT))  # bench/ runs as a script: make tests.serving (untrained export, redis-server) importable
+
+
+#: Each endpoint first runs this long at its rate, unrecorded: the first seconds of a fresh process (code
+#: paths, allocator, TensorFlow's first calls at new batch sizes) are start-up, not the steady state.
+WARMUP_SECONDS = 5.0
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -139,11 +145,11 @@ def measure_backend(home: Path, overrides: list[str], reads: int, rates: dict[st
     try:
         result["server_start_seconds"] = server.start_seconds
         pick = [users[i] for i in rng.integers(len(users), size=2000)]
-        result["features"] = asyncio.run(open_loop(server.port, [f"/features/user/{u}" for u in pick],
-                                                   rates["features"], seconds))
-        result["recommendations"] = asyncio.run(open_loop(server.port,
-                                                          [f"/recommendations/{u}?k=10" for u in pick],
-                                                          rates["recs"], seconds))
+        for name, paths, rate in (("features", [f"/features/user/{u}" for u in pick], rates["features"]),
+                                  ("recommendations", [f"/recommendations/{u}?k=10" for u in pick], rates["recs"])):
+            asyncio.run(open_loop(server.port, paths[::-1], rate, WARMUP_SECONDS))  # not recorded
+            result[name] = asyncio.run(open_loop(server.port, paths, rate, seconds)) | {
+                "warmup_seconds": WARMUP_SECONDS}
     finally:
         server.stop()
     store.close()

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--rows", type=int, default=20)
             p.add_argument("--version", type=int, dest="table_version")
         if action == "vacuum":
-            p.add_argument("--retention-hours", type=float, default=168.0)
+            _retention_args(p)
 
     feats = sub.add_parser("features", help="feature tables: full refresh and catalogue")
     feats_sub = feats.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     maintain = sub.add_parser("maintain", parents=[common], help="compact and vacuum every table (safe mid-stream)")
     maintain.add_argument("--tables", nargs="*", help="only these tables (default: all)")
-    maintain.add_argument("--retention-hours", type=float, default=168.0)
+    _retention_args(maintain)
     maintain.add_argument("--no-vacuum", action="store_true")
 
     add_model_commands(sub, common)
@@ -214,6 +214,10 @@ def _generate(args: argparse.Namespace) -> int:
 def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
     from recsys_lib.pipelines.context import start
 
+    if getattr(args, "force", None) is not None and hasattr(args, "retention_hours"):
+        from recsys_lib.pipelines.maintenance import vacuum_retention
+
+        vacuum_retention(cfg, args.retention_hours, force=args.force)  # refuse before Spark starts
     ctx = start(cfg, streaming=args.command == "stream")
     try:
         if args.command in MODEL_COMMANDS:
@@ -225,12 +229,12 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
             print(format_summary(summary))
             return 0 if summary.balanced else 1
         if args.command == "lake":
-            return _lake(args, ctx.lake)
+            return _lake(args, ctx.lake, cfg)
         if args.command == "maintain":
-            from recsys_lib.pipelines.maintenance import run_maintenance
+            from recsys_lib.pipelines.maintenance import run_maintenance, vacuum_retention
 
-            done = run_maintenance(ctx.lake, args.tables, retention_hours=args.retention_hours,
-                                   vacuum=not args.no_vacuum, features=cfg.features)
+            done = run_maintenance(ctx.lake, args.tables, retention_hours=vacuum_retention(
+                cfg, args.retention_hours, force=args.force), vacuum=not args.no_vacuum, features=cfg.features)
             for table, info in done.items():
                 print(f"{table:<26} compacted +{info['files_added']}/-{info['files_removed']} files, "
                       f"vacuumed {info['vacuumed']}, version {info['version']}, {info['seconds']:.1f}s")
@@ -268,7 +272,14 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
         ctx.stop()
 
 
-def _lake(args: argparse.Namespace, lake: Lake) -> int:
+def _retention_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--retention-hours", type=float, default=None,
+                        help="keep files newer than this (default: lake.longest_reader + streaming.trigger)")
+    parser.add_argument("--force", action="store_true",
+                        help="vacuum with a retention below that minimum (files readers need may go)")
+
+
+def _lake(args: argparse.Namespace, lake: Lake, cfg: RecsysConfig) -> int:
     if args.action == "history":
         for entry in lake.history(args.table, args.limit):
             print(json.dumps(entry, default=str))
@@ -277,7 +288,9 @@ def _lake(args: argparse.Namespace, lake: Lake) -> int:
     elif args.action == "compact":
         print(json.dumps(lake.compact(args.table), default=str))
     elif args.action == "vacuum":
-        removed = lake.vacuum(args.table, args.retention_hours)
+        from recsys_lib.pipelines.maintenance import vacuum_retention
+
+        removed = lake.vacuum(args.table, vacuum_retention(cfg, args.retention_hours, force=args.force))
         print(f"vacuum {args.table}: removed {len(removed)} files")
     return 0
 

@@ -75,6 +75,9 @@ class LakeConfig(_Strict):
     retry_backoff: Duration = 0.05
     retry_backoff_max: Duration = 5.0
     storage_options: dict[str, SparkValue] = Field(default_factory=dict)
+    #: How long a reader may keep reading one table version (a training job on its snapshot, a time-travel
+    #: query). Vacuum keeps every file at least this long plus the stream's trigger.
+    longest_reader: Duration = Field(7 * 86400.0, gt=0)
 
 
 class IngestConfig(_Strict):

@@ -9,6 +9,7 @@ committed are checked against the counts afterwards.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -35,11 +36,14 @@ from recsys_lib.ingest.dedup import DUPLICATE_STATUSES, Status, label
 from recsys_lib.ingest.local_dedup import StoredKeys, label_local
 from recsys_lib.ingest.local_validate import classify_local, event_date
 from recsys_lib.ingest.validate import classify
-from recsys_lib.lake import CommitResult, Lake, TableSpec
+from recsys_lib.lake import CommitResult, Lake, LakeConflictError, TableSpec
 from recsys_lib.lake.files import spark_to_arrow
 
 EVENTS_SPEC = TableSpec(EVENTS_TABLE, EVENTS_SCHEMA, EVENTS_PARTITION_BY)
 QUARANTINE_SPEC = TableSpec(QUARANTINE_TABLE, QUARANTINE_SCHEMA, QUARANTINE_PARTITION_BY)
+
+
+log = logging.getLogger(__name__)
 
 
 class IngestError(RuntimeError):
@@ -60,6 +64,8 @@ class IngestSummary:
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
     events_version: int = -1
     quarantine_version: int = -1
+    #: Raw files quarantined whole (``quarantined_files``): unreadable, so none of their lines is counted above.
+    quarantined_files: list[str] = field(default_factory=list)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -97,26 +103,37 @@ def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFr
     stages.lap("count_input")
     classified = classify(raw, max_line_bytes=cfg.ingest.max_line_bytes,
                           max_future_skew_s=cfg.ingest.max_future_skew, now=now,
-                          allowed_lateness_s=cfg.ingest.allowed_lateness)
-    labelled = label(classified, lake.read(EVENTS_TABLE).select("event_id"),
-                     lake.read(QUARANTINE_TABLE).select("record_key"), input_records=input_records)
-    labelled = labelled.persist(StorageLevel.MEMORY_AND_DISK)
+                          allowed_lateness_s=cfg.ingest.allowed_lateness).persist(StorageLevel.MEMORY_AND_DISK)
     batch = batch_id if app_id else None
     try:
-        summary = _reconciled(run_id, source, input_records, _count(labelled))
-        stages.lap("parse_validate_dedupe")
-        ingested_at = F.lit(now).cast("timestamp")
-        meta = {"run_id": run_id, "input": source}
-        events = _events_rows(labelled, run_id, ingested_at)
-        ev = lake.append(EVENTS_SPEC, events, metadata=meta, app_id=txn_app(app_id, EVENTS_TABLE), batch_id=batch)
-        stages.lap("write_commit_events")
-        quarantine = _quarantine_rows(labelled, run_id, ingested_at)
-        qv = lake.append(QUARANTINE_SPEC, quarantine, metadata=meta, app_id=txn_app(app_id, QUARANTINE_TABLE),
-                         batch_id=batch)
-        stages.lap("write_commit_quarantine")
+        for attempt in _attempts(cfg):
+            read = lake.version(EVENTS_TABLE)
+            labelled = label(classified, lake.read(EVENTS_TABLE, version=read).select("event_id"),
+                             lake.read(QUARANTINE_TABLE).select("record_key"), input_records=input_records)
+            labelled = labelled.persist(StorageLevel.MEMORY_AND_DISK)
+            try:
+                summary = _reconciled(run_id, source, input_records, _count(labelled))
+                stages.lap("parse_validate_dedupe")
+                ingested_at = F.lit(now).cast("timestamp")
+                meta = {"run_id": run_id, "input": source}
+                events = _events_rows(labelled, run_id, ingested_at)
+                try:
+                    ev = lake.append(EVENTS_SPEC, events, metadata=meta, app_id=txn_app(app_id, EVENTS_TABLE),
+                                     batch_id=batch, read_version=read)
+                except LakeConflictError as exc:
+                    _conflicted(run_id, attempt, exc)
+                    continue
+                stages.lap("write_commit_events")
+                quarantine = _quarantine_rows(labelled, run_id, ingested_at)
+                qv = lake.append(QUARANTINE_SPEC, quarantine, metadata=meta,
+                                 app_id=txn_app(app_id, QUARANTINE_TABLE), batch_id=batch)
+                stages.lap("write_commit_quarantine")
+                return _committed(summary, ev, qv, started, stages)
+            finally:
+                labelled.unpersist()
     finally:
-        labelled.unpersist()
-    return _committed(summary, ev, qv, started, stages)
+        classified.unpersist()
+    raise _gave_up(run_id, cfg)
 
 
 def ingest_arrow(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: pa.Table, stored: StoredKeys, *,
@@ -141,20 +158,31 @@ def ingest_arrow(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: pa.Tab
 
     classified, _ = classify_local(raw, max_line_bytes=ic.max_line_bytes, max_future_skew_s=ic.max_future_skew,
                                    now=now, allowed_lateness_s=ic.allowed_lateness, fallback=spark_classify)
-    labelled = label_local(classified, stored)
-    groups = labelled.group_by(["status", "reason", "reason_field"]).aggregate([("status", "count")]).to_pylist()
-    counts: Counter[tuple[str, str | None]] = Counter()
-    for g in groups:
-        counts[(g["status"], f"{g['reason']}:{g['reason_field']}" if g["reason_field"] else g["reason"])] += \
-            g["status_count"]
-    summary = _reconciled(run_id, source, raw.num_rows, counts)
-    stages.lap("parse_validate_dedupe")
     meta = {"run_id": run_id, "input": source}
     batch = batch_id if app_id else None
-    events = _with_status(labelled, Status.NEW)
-    events = _stamped(events.append_column("event_date", pc.cast(events.column("event_ts"), pa.date32())), run_id, now)
-    ev = lake.append_arrow(EVENTS_SPEC, events.select(EVENTS_SCHEMA.fieldNames()).cast(spark_to_arrow(EVENTS_SCHEMA)),
-                           metadata=meta, app_id=txn_app(app_id, EVENTS_TABLE), batch_id=batch)
+    for attempt in _attempts(cfg):
+        read = lake.version(EVENTS_TABLE)  # the stored keys below are read at this version or a later one
+        labelled = label_local(classified, stored)
+        groups = labelled.group_by(["status", "reason", "reason_field"]).aggregate([("status", "count")]).to_pylist()
+        counts: Counter[tuple[str, str | None]] = Counter()
+        for g in groups:
+            counts[(g["status"], f"{g['reason']}:{g['reason_field']}" if g["reason_field"] else g["reason"])] += \
+                g["status_count"]
+        summary = _reconciled(run_id, source, raw.num_rows, counts)
+        stages.lap("parse_validate_dedupe")
+        events = _with_status(labelled, Status.NEW)
+        events = _stamped(events.append_column("event_date", pc.cast(events.column("event_ts"), pa.date32())),
+                          run_id, now)
+        try:
+            ev = lake.append_arrow(EVENTS_SPEC, events.select(EVENTS_SCHEMA.fieldNames()).cast(
+                spark_to_arrow(EVENTS_SCHEMA)), metadata=meta, app_id=txn_app(app_id, EVENTS_TABLE), batch_id=batch,
+                read_version=read)
+        except LakeConflictError as exc:
+            _conflicted(run_id, attempt, exc)
+            continue
+        break
+    else:
+        raise _gave_up(run_id, cfg)
     stages.lap("write_commit_events")
     lines = _with_status(labelled, Status.QUARANTINED)
     lines = _stamped(lines.append_column("raw", lines.column("value")), run_id, now)
@@ -201,6 +229,21 @@ def _committed(summary: IngestSummary, ev: CommitResult, qv: CommitResult, start
     summary.seconds = round(time.monotonic() - started, 3)
     summary.stage_seconds = stages.laps
     return summary
+
+
+def _attempts(cfg: RecsysConfig) -> range:
+    """Attempt numbers for deduplicating and committing (one more than ``lake.commit_retries``)."""
+    return range(cfg.lake.commit_retries + 1)
+
+
+def _conflicted(run_id: str, attempt: int, exc: LakeConflictError) -> None:
+    log.warning("ingest %s: another writer appended to events since this run deduplicated (attempt %d); "
+                "deduplicating again against the new version: %s", run_id, attempt + 1, exc)
+
+
+def _gave_up(run_id: str, cfg: RecsysConfig) -> LakeConflictError:
+    return LakeConflictError(f"ingest {run_id}: events kept changing under it; gave up after "
+                             f"{cfg.lake.commit_retries + 1} attempts (nothing of this run was committed to events)")
 
 
 def txn_app(app_id: str | None, table: str) -> str | None:

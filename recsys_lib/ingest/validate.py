@@ -43,7 +43,9 @@ from recsys_lib.core.schema import (
 )
 
 #: File names ingestion reads below the landing folder (hidden and _temp files are skipped by Spark).
-RAW_FILE_GLOB = "*.{json,jsonl,ndjson,json.gz,jsonl.gz,ndjson.gz}"
+#: Names of raw files (anything else in the landing folder is ignored).
+RAW_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz", ".ndjson.gz")
+RAW_FILE_GLOB = "*.{" + ",".join(s[1:] for s in RAW_SUFFIXES) + "}"
 
 _EPOCH_MS = r"^-?[0-9]{1,15}$"
 _ISO_ZONED = (
@@ -64,6 +66,13 @@ def read_raw(spark: SparkSession, input_dir: str) -> DataFrame:
         .text(input_dir)
         .select("value", F.col("_metadata.file_path").alias("source_file"))
     )
+
+
+def read_raw_files(spark: SparkSession, files: list[str]) -> DataFrame:
+    """:func:`read_raw` of exactly ``files`` (an empty frame when there are none)."""
+    if not files:
+        return spark.createDataFrame([], "value string, source_file string")
+    return spark.read.text(files).select("value", F.col("_metadata.file_path").alias("source_file"))
 
 
 def parse_event_ts(text: Column) -> Column:

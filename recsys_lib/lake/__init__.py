@@ -17,6 +17,7 @@ from recsys_lib.lake.base import (
     LakeConflictError,
     LakeError,
     RetryPolicy,
+    SchemaDrift,
     TableNotFound,
     TableSpec,
 )
@@ -24,7 +25,7 @@ from recsys_lib.lake.deltars import DeltaRsLake
 
 __all__ = [
     "CommitResult", "DeltaRsLake", "Lake", "LakeConflictError", "LakeError", "RetryPolicy",
-    "TableNotFound", "TableSpec", "driver_lake", "open_lake",
+    "SchemaDrift", "TableNotFound", "TableSpec", "driver_lake", "open_lake",
 ]
 
 

@@ -17,6 +17,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recsys_lib.lake.files import spark_to_arrow
+
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 
@@ -37,6 +39,32 @@ class LakeConflictError(LakeError):
 
 class TableNotFound(LakeError):
     """The named table does not exist."""
+
+
+class SchemaDrift(LakeError):
+    """A table is stored with other columns (or types, or partitioning) than the code writes."""
+
+
+def schema_drift(spec: TableSpec, stored: pa.Schema, partition_by: Sequence[str]) -> str:
+    """What differs between ``spec`` and a stored table ('' if nothing): columns missing, unexpected or retyped.
+
+    Nullability is not compared (Spark and Delta disagree on it for the same data).
+    """
+    expected = spark_to_arrow(spec.schema)
+    problems = []
+    missing = [n for n in expected.names if n not in stored.names]
+    extra = [n for n in stored.names if n not in expected.names]
+    retyped = [f"{f.name} ({stored.field(f.name).type} stored, {f.type} written)" for f in expected
+               if f.name in stored.names and not stored.field(f.name).type.equals(f.type)]
+    if missing:
+        problems.append("missing in the table: " + ", ".join(missing))
+    if extra:
+        problems.append("not written by this code: " + ", ".join(extra))
+    if retyped:
+        problems.append("other types: " + ", ".join(retyped))
+    if list(partition_by) != list(spec.partition_by):
+        problems.append(f"partitioned by {list(partition_by)}, written by {list(spec.partition_by)}")
+    return "; ".join(problems)
 
 
 @dataclass(frozen=True)
@@ -134,8 +162,14 @@ class Lake(ABC):
 
     @abstractmethod
     def append(self, spec: TableSpec, df: DataFrame, *, app_id: str | None = None,
-               batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
-        """Append ``df``; a repeated (app id, batch id) is skipped."""
+               batch_id: int | None = None, metadata: Mapping[str, Any] | None = None,
+               read_version: int | None = None) -> CommitResult:
+        """Append ``df``; a repeated (app id, batch id) is skipped.
+
+        ``read_version``: the version ``df`` was computed against (e.g. deduplicated with):
+        the commit is refused with :class:`LakeConflictError` if anyone committed since
+        (optimistic concurrency), where a plain append would land blindly on top.
+        """
 
     @abstractmethod
     def overwrite(self, spec: TableSpec, df: DataFrame, *, app_id: str | None = None,
@@ -197,10 +231,11 @@ class Lake(ABC):
         return None
 
     def append_arrow(self, spec: TableSpec, table: pa.Table, *, app_id: str | None = None,
-                     batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+                     batch_id: int | None = None, metadata: Mapping[str, Any] | None = None,
+                     read_version: int | None = None) -> CommitResult:
         """:meth:`append` of a small Arrow table that the driver writes."""
         return self.append(spec, self.spark.createDataFrame(table), app_id=app_id, batch_id=batch_id,
-                           metadata=metadata)
+                           metadata=metadata, read_version=read_version)
 
     def replace_partitions_arrow(self, spec: TableSpec, table: pa.Table, column: str, values: Sequence[Any], *,
                                  read_version: int, metadata: Mapping[str, Any] | None = None) -> CommitResult:
@@ -222,12 +257,17 @@ class Lake(ABC):
 
     def job_metadata(self, name: str, key: str, limit: int = 100) -> Any:
         """The newest value of ``key`` in the suite's commit metadata (``recsys``), or None."""
+        found = self.job_commit(name, key, limit)
+        return None if found is None else found[key]
+
+    def job_commit(self, name: str, key: str, limit: int = 100) -> dict[str, Any] | None:
+        """The suite's whole commit metadata (``recsys``) of the newest commit that records ``key``, or None."""
         for entry in self.history(name, limit=limit):
             meta = entry.get("recsys")
             if meta:
-                value = json.loads(meta).get(key)
-                if value is not None:
-                    return value
+                values = json.loads(meta)
+                if values.get(key) is not None:
+                    return dict(values)
         return None
 
     @abstractmethod

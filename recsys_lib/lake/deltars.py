@@ -23,7 +23,15 @@ from deltalake.transaction import RemoveAction
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from recsys_lib.lake.base import CommitResult, Lake, LakeConflictError, TableNotFound, TableSpec
+from recsys_lib.lake.base import (
+    CommitResult,
+    Lake,
+    LakeConflictError,
+    SchemaDrift,
+    TableNotFound,
+    TableSpec,
+    schema_drift,
+)
 from recsys_lib.lake.files import (
     arrow_to_spark,
     check_hive_layout,
@@ -80,7 +88,28 @@ class DeltaRsLake(Lake):
                 )
             except CommitFailedError:
                 pass  # another writer created it first
-        return self.version(spec.name)
+        version = self.version(spec.name)
+        self._check_schema(spec, version)
+        return version
+
+    def _check_schema(self, spec: TableSpec, version: int) -> None:
+        """Refuse to write ``spec``'s columns into a table stored with others.
+
+        Reads the schema from the cached latest handle :meth:`version` just refreshed (no log replay).
+
+        Raises:
+            SchemaDrift: Naming the missing, unexpected and retyped columns.
+
+        """
+        with self._latest_lock:
+            handle = self._latest[self.uri(spec.name)]
+            stored = pa.schema(handle.schema().to_arrow())
+            partitions = list(handle.metadata().partition_columns)
+        drift = schema_drift(spec, stored, partitions)
+        if drift:
+            raise SchemaDrift(f"table '{spec.name}' at {self.uri(spec.name)} (version {version}) is stored with "
+                              f"other columns than this code writes: {drift}. Nothing was written; migrate the "
+                              "table, or recompute it with a full refresh, before writing to it again")
 
     def version(self, name: str) -> int:
         uri = self.uri(name)
@@ -99,19 +128,23 @@ class DeltaRsLake(Lake):
 
     # -- writes --------------------------------------------------------------
     def append(self, spec: TableSpec, df: DataFrame, *, app_id: str | None = None,
-               batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
-        return self._write_files(spec, df, "append", app_id, batch_id, metadata)
+               batch_id: int | None = None, metadata: Mapping[str, Any] | None = None,
+               read_version: int | None = None) -> CommitResult:
+        return self._write_files(spec, df, "append", app_id, batch_id, metadata, read_version)
 
     def overwrite(self, spec: TableSpec, df: DataFrame, *, app_id: str | None = None,
                   batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
         return self._write_files(spec, df, "overwrite", app_id, batch_id, metadata)
 
     def append_arrow(self, spec: TableSpec, table: pa.Table, *, app_id: str | None = None,
-                     batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
-        return self._write_files(spec, lambda: self._write_arrow(spec, table), "append", app_id, batch_id, metadata)
+                     batch_id: int | None = None, metadata: Mapping[str, Any] | None = None,
+                     read_version: int | None = None) -> CommitResult:
+        return self._write_files(spec, lambda: self._write_arrow(spec, table), "append", app_id, batch_id, metadata,
+                                 read_version)
 
     def _write_files(self, spec: TableSpec, df: DataFrame | Callable[[], Staged], mode: str, app_id: str | None,
-                     batch_id: int | None, metadata: Mapping[str, Any] | None) -> CommitResult:
+                     batch_id: int | None, metadata: Mapping[str, Any] | None,
+                     read_version: int | None = None) -> CommitResult:
         self.create(spec)
         done = self._already_committed(spec.name, app_id, batch_id)
         if done is not None:
@@ -134,6 +167,24 @@ class DeltaRsLake(Lake):
             table.update_incremental()
             return CommitResult(version=table.version(), rows=written.rows, files=len(written.adds))
 
+        def commit_at_read_version(read_version: int) -> CommitResult:
+            table = self._table(spec.name, read_version)
+            properties = self._commit_properties(app_id, batch_id, metadata)
+            properties.max_commit_retries = 0  # land exactly on read_version + 1, or not at all
+            try:
+                table.create_write_transaction(
+                    list(written.adds), mode=mode, schema=spark_to_arrow(spec.schema),
+                    partition_by=list(spec.partition_by) or None, commit_properties=properties,
+                )
+            except CommitFailedError as exc:
+                raise LakeConflictError(
+                    f"{mode} to table '{spec.name}' was computed against version {read_version}, but another "
+                    f"writer committed version {read_version + 1} first (now at {self.version(spec.name)}); "
+                    "nothing was written: recompute against the new version") from exc
+            return CommitResult(version=read_version + 1, rows=written.rows, files=len(written.adds))
+
+        if read_version is not None:
+            return written.commit_or_discard(lambda: commit_at_read_version(read_version))
         return written.commit_or_discard(
             lambda: self.retry.run(commit, is_conflict=is_conflict, table=spec.name, what=mode))
 

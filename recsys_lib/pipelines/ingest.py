@@ -1,7 +1,8 @@
-"""The ingest job: raw landing folder -> ``events`` + ``events_quarantine``.
+"""The ingest job: raw landing folder -> ``events`` + ``events_quarantine`` (+ ``quarantined_files``).
 
 The validation, deduplication and commit live in :mod:`recsys_lib.ingest.commit`
-(shared with the stream); this job checks the folder, reads it and reports.
+(shared with the stream); this job checks the folder and its files
+(:mod:`recsys_lib.ingest.corrupt`: a corrupt file is quarantined whole), reads it and reports.
 
 Concurrency: one ingest runs at a time per lake (the Airflow DAG sets
 ``max_active_runs=1``). A re-run after a crash is safe: what was committed is
@@ -11,6 +12,7 @@ recognised as duplicates.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -21,8 +23,11 @@ from pyspark.sql import SparkSession
 
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.ingest.commit import IngestError, IngestSummary, ingest_frame
-from recsys_lib.ingest.validate import RAW_FILE_GLOB, read_raw
+from recsys_lib.ingest.corrupt import CORRUPT_FILE, find_corrupt, list_raw_files, quarantine_files
+from recsys_lib.ingest.validate import RAW_FILE_GLOB, RAW_SUFFIXES, read_raw, read_raw_files
 from recsys_lib.lake import Lake
+
+log = logging.getLogger(__name__)
 
 __all__ = ["IngestError", "IngestSummary", "format_summary", "run_ingest", "write_json"]
 
@@ -39,7 +44,17 @@ def run_ingest(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     _check_input(source)
     now = now or datetime.now(UTC)
     run_id = f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    summary = ingest_frame(spark, lake, cfg, read_raw(spark, source), run_id=run_id, source=source, now=now)
+    corrupt = find_corrupt(list_raw_files(source, RAW_SUFFIXES))
+    if corrupt:  # read every other file by name; record the corrupt ones whole
+        quarantine_files(lake, corrupt, run_id=run_id, now=now)
+        bad = {c.path for c in corrupt}
+        raw = read_raw_files(spark, [f for f in list_raw_files(source, RAW_SUFFIXES) if f not in bad])
+    else:
+        raw = read_raw(spark, source)
+    summary = ingest_frame(spark, lake, cfg, raw, run_id=run_id, source=source, now=now)
+    summary.quarantined_files = sorted(c.path for c in corrupt)
+    for c in corrupt:
+        log.warning("quarantined %s whole (%s): %s", c.path, CORRUPT_FILE, c.detail)
     if summary_json:
         write_json(summary_json, summary.to_json())
     return summary
@@ -76,6 +91,7 @@ def format_summary(summary: IngestSummary) -> str:
     ]
     lines += [f"    duplicate: {kind:<28} {n:>10,}" for kind, n in summary.duplicates_by_kind.items() if n]
     lines += [f"    quarantine: {why:<27} {n:>10,}" for why, n in summary.quarantined_by_reason.items()]
+    lines += [f"  quarantined file (corrupt_file, no line read): {path}" for path in summary.quarantined_files]
     lines.append(f"  events table version {summary.events_version}, quarantine version "
                  f"{summary.quarantine_version}, {summary.seconds:.1f}s")
     return "\n".join(lines)

@@ -8,14 +8,43 @@ Conflicts of the maintenance commits themselves are retried with backoff by the 
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
 
-from recsys_lib.core.config import FeaturesConfig
+from recsys_lib.core.config import FeaturesConfig, RecsysConfig
 from recsys_lib.features.definitions import entities
 from recsys_lib.features.layers import compact_pending
 from recsys_lib.lake import Lake, LakeConflictError
+
+
+class UnsafeVacuum(ValueError):
+    """A vacuum retention shorter than the files a reader or the stream may still need."""
+
+
+def vacuum_retention(cfg: RecsysConfig, hours: float | None = None, *, force: bool = False) -> float:
+    """The retention (hours) to vacuum with: ``hours``, or by default the safe minimum.
+
+    The minimum is ``lake.longest_reader`` plus ``streaming.trigger``, rounded up to the
+    hour: a vacuum deletes the files of older versions, and a reader still on one of them
+    (or the stream between reading a version and committing on top of it) would fail, or
+    a time-travel query would find the version gone.
+
+    Raises:
+        UnsafeVacuum: If ``hours`` is below the minimum and ``force`` is not given.
+
+    """
+    minimum = math.ceil((cfg.lake.longest_reader + cfg.streaming.trigger) / 3600)
+    if hours is None:
+        return float(minimum)
+    if hours < minimum and not force:
+        raise UnsafeVacuum(
+            f"a retention of {hours:g} hours is shorter than the {minimum} hours readers may still need "
+            f"(lake.longest_reader {cfg.lake.longest_reader / 3600:g} h + streaming.trigger "
+            f"{cfg.streaming.trigger:g} s): files of versions a training job, a time-travel query or the "
+            "stream may still read would be deleted. Use --force to vacuum anyway, or lower lake.longest_reader")
+    return hours
 
 
 def lake_tables(lake: Lake) -> list[str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+from collections.abc import Collection
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
@@ -40,7 +41,7 @@ class BatchReadError(RuntimeError):
     """The batch's file list or files could not be read here (the caller reads the batch with Spark)."""
 
 
-def batch_lines(checkpoint: str, batch_id: int, max_lines: int) -> pa.Table | None:
+def batch_lines(checkpoint: str, batch_id: int, max_lines: int, skip: Collection[str] = ()) -> pa.Table | None:
     """Every line of micro-batch ``batch_id`` (columns ``value``, ``source_file``), as Spark reads them.
 
     Args:
@@ -48,6 +49,7 @@ def batch_lines(checkpoint: str, batch_id: int, max_lines: int) -> pa.Table | No
         batch_id: The micro-batch.
         max_lines: Stop reading once the batch holds more lines than this (the table
             returned then has more than ``max_lines`` rows, but not every line).
+        skip: Files (as the source log names them) not to read: the corrupt ones, quarantined whole.
 
     Returns:
         The lines, or None if the batch cannot be read here with certainty.
@@ -63,6 +65,8 @@ def batch_lines(checkpoint: str, batch_id: int, max_lines: int) -> pa.Table | No
         values: list[str] = []
         sources: list[str] = []
         for uri in files:
+            if uri in skip:
+                continue
             lines = _lines(uri, max_bytes=max_lines * _BYTES_PER_LINE)
             if lines is None:
                 return None

@@ -23,6 +23,7 @@ from recsys_lib.features.online import Projector
 from recsys_lib.ingest.local_dedup import StoredKeys
 from recsys_lib.ingest.validate import RAW_FILE_GLOB
 from recsys_lib.lake import Lake
+from recsys_lib.lake.files import filesystem_for
 from recsys_lib.online import open_store
 from recsys_lib.streaming.faults import fault_point
 from recsys_lib.streaming.health import STATUS_FILE, write_pid
@@ -63,10 +64,13 @@ def run_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     stored = StoredKeys(lake)  # the stored event ids, kept between micro-batches
     stored.warm_up()  # loaded while the query starts
     projector = _projector(lake, cfg)
+    ids: list[str] = []  # the checkpoint's id, read at the first batch (Spark has written it by then)
 
     def on_batch(batch: DataFrame, batch_id: int) -> None:
+        if not ids:
+            ids.append(checkpoint_id(checkpoint))
         report = process_batch(spark, lake, cfg, batch, query=cfg.streaming.query_name, batch_id=batch_id,
-                               stored=stored, checkpoint=checkpoint, projector=projector)
+                               stored=stored, checkpoint=checkpoint, projector=projector, stream_id=ids[0])
         record = report.to_json()
         if projector is not None:
             record["online"] = {"failures": projector.failures, "catch_ups": projector.catch_ups,
@@ -90,6 +94,29 @@ def run_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     query = writer.start()
     query.awaitTermination()
     return reports
+
+
+def checkpoint_id(checkpoint: str) -> str:
+    """The query id Spark keeps in ``<checkpoint>/metadata``: fixed for a checkpoint, new for a new one.
+
+    Raises:
+        StreamError: If the metadata file is missing or holds no id (Spark writes it before the first batch).
+
+    """
+    path = f"{checkpoint.rstrip('/')}/metadata"
+    fs, inner = filesystem_for(path)
+    try:
+        with fs.open_input_stream(inner) as stream:
+            found = json.loads(stream.read().decode("utf-8").splitlines()[0]).get("id")
+    except (OSError, ValueError, IndexError) as exc:
+        raise StreamError(f"cannot read the stream's id from {path}: {exc}") from exc
+    if not isinstance(found, str) or not found:
+        raise StreamError(f"{path} holds no query id")
+    return found
+
+
+class StreamError(RuntimeError):
+    """The stream cannot run safely; the message says why."""
 
 
 def _projector(lake: Lake, cfg: RecsysConfig) -> Projector | None:

@@ -1,7 +1,9 @@
 """One streaming micro-batch: ingest exactly once, then bring every feature table up to date.
 
 1. ``events`` and ``events_quarantine`` appends are Delta app transactions
-   (``stream-<query>:<table>``, batch id): a replayed batch commits nothing twice.
+   (``stream-<query>-<checkpoint id>:<table>``, batch id): a replayed batch commits nothing
+   twice, and a deleted or replaced checkpoint starts a new id, so its batch ids (from 0
+   again) are not mistaken for ones already committed.
 2. **Fencing with the full refresh.** Every feature-table commit records the
    ``events`` version it covers (``events_version`` in its commit metadata): the
    refresh the version it read, the stream the version it folded up to. A
@@ -42,6 +44,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.core.schema import EVENTS_SCHEMA, EVENTS_TABLE
@@ -51,10 +54,12 @@ from recsys_lib.features.layers import PENDING, as_pending, compact_pending, ove
 from recsys_lib.features.local import LocalEvents, fold_local, overlay_local
 from recsys_lib.features.online import Projector, touched_rows
 from recsys_lib.ingest.commit import IngestError, ingest_arrow, ingest_frame
+from recsys_lib.ingest.corrupt import CORRUPT_FILE, find_corrupt, quarantine_files
 from recsys_lib.ingest.local_dedup import StoredKeys
+from recsys_lib.ingest.validate import read_raw_files
 from recsys_lib.lake import CommitResult, Lake, LakeConflictError, LakeError
 from recsys_lib.lake.files import filesystem_for
-from recsys_lib.streaming.batch_files import BatchReadError, batch_lines, local_path
+from recsys_lib.streaming.batch_files import BatchReadError, batch_files, batch_lines, local_path
 from recsys_lib.streaming.faults import fault_point
 
 log = logging.getLogger(__name__)
@@ -84,6 +89,8 @@ class BatchReport:
     #: Seconds from the earliest / latest file arrival (mtime) in the batch until its features were committed.
     freshness_lag_max_s: float | None = None
     freshness_lag_min_s: float | None = None
+    #: Files of the batch quarantined whole (``quarantined_files``): unreadable, none of their lines counted.
+    corrupt_files: list[str] = field(default_factory=list)
     #: Each time a driver-local step failed and Spark did it instead: "<step>: <error>" (logged at WARNING).
     fallbacks: list[str] = field(default_factory=list)
 
@@ -94,8 +101,13 @@ class BatchReport:
 
 def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFrame, *, query: str,
                   batch_id: int, now: datetime | None = None, stored: StoredKeys | None = None,
-                  checkpoint: str | None = None, projector: Projector | None = None) -> BatchReport:
+                  checkpoint: str | None = None, projector: Projector | None = None,
+                  stream_id: str | None = None) -> BatchReport:
     """Apply one micro-batch of raw lines (columns ``value``, ``source_file``).
+
+    ``stream_id`` names the checkpoint the batch ids count in (the stream passes its
+    checkpoint's query id): the app transactions are ``stream-<query>-<stream_id>``, so a
+    new checkpoint, whose batch ids restart at 0, never finds its batches "already committed".
 
     A batch of up to ``streaming.local_max_events`` lines is ingested on the driver
     (:func:`~recsys_lib.ingest.commit.ingest_arrow`), deduplicated against ``stored``
@@ -108,13 +120,17 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     """
     started = time.monotonic()
     now = now or datetime.now(UTC)
-    app = f"stream-{query}"
+    app = f"stream-{query}" if stream_id is None else f"stream-{query}-{stream_id}"
     limit = cfg.streaming.local_max_events
     lines, read_by = None, "none"
     fallbacks: list[str] = []
+    corrupt: list[str] = []
+    skip: set[str] = set()
+    if checkpoint is not None:
+        raw, skip, corrupt = _without_corrupt_files(spark, lake, raw, checkpoint, batch_id, app=app, now=now)
     if limit and checkpoint is not None:
         try:
-            lines, read_by = batch_lines(checkpoint, batch_id, max_lines=limit), "files"
+            lines, read_by = batch_lines(checkpoint, batch_id, max_lines=limit, skip=skip), "files"
         except BatchReadError as exc:
             fallbacks.append(_fell_back(f"batch {batch_id}: reading the files on the driver", exc))
     if limit and lines is None:
@@ -143,7 +159,7 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     report = BatchReport(query=query, batch_id=batch_id, rows_in=summary.input_records, new_events=summary.valid,
                          quarantined=summary.quarantined, duplicates=summary.duplicates,
                          ingest_stage_seconds=summary.stage_seconds, ingest_engine=engine,
-                         read_seconds=read_seconds, read_by=read_by)
+                         read_seconds=read_seconds, read_by=read_by, corrupt_files=corrupt)
     t0 = time.monotonic()
     report.tables = update_features(spark, lake, cfg, now=now, batch_id=batch_id, projector=projector)
     report.fallbacks = fallbacks + [r["fallback"] for r in report.tables.values() if r.get("fallback")]
@@ -154,6 +170,31 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
         report.freshness_lag_max_s = round(done - min(arrivals), 3)
         report.freshness_lag_min_s = round(done - max(arrivals), 3)
     return report
+
+
+def _without_corrupt_files(spark: SparkSession, lake: Lake, raw: DataFrame, checkpoint: str, batch_id: int, *,
+                           app: str, now: datetime) -> tuple[DataFrame, set[str], list[str]]:
+    """The batch's lines without its corrupt files, which are quarantined whole (once per batch id).
+
+    Returns ``raw`` (or a read of the other files), the corrupt files' URIs as the source log
+    names them, and their paths.
+
+    Spark's reader would fail the batch, and the restarted stream would fail it again, forever.
+    """
+    try:
+        files = batch_files(checkpoint, batch_id) or []
+    except (OSError, ValueError, KeyError) as exc:  # read_raw's Spark read then decides; nothing is skipped
+        log.warning("batch %d: the file list could not be read to check for corrupt files: %s", batch_id, exc)
+        return raw, set(), []
+    by_path = {local_path(uri): uri for uri in files}
+    corrupt = find_corrupt(list(by_path))
+    if not corrupt:
+        return raw, set(), []
+    quarantine_files(lake, corrupt, run_id=f"{app}-{batch_id}", now=now, app_id=app, batch_id=batch_id)
+    bad = {by_path[c.path] for c in corrupt}
+    for c in corrupt:
+        log.warning("batch %d: quarantined %s whole (%s): %s", batch_id, c.path, CORRUPT_FILE, c.detail)
+    return read_raw_files(spark, [uri for uri in files if uri not in bad]), bad, sorted(c.path for c in corrupt)
 
 
 def _arrival_times(files: list[str]) -> list[float]:
@@ -185,10 +226,30 @@ def update_features(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, now: 
     return {e.table: done[e.table] for e in tables}
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """Which events a feature table holds.
+
+    Every event of ``events`` versions up to ``events_version``, except, after
+    ``recsys features refresh --until T``, those later than ``until`` (T).
+    """
+
+    events_version: int
+    until: datetime | None = None
+
+
+def coverage(lake: Lake, table: str) -> Coverage:
+    """What the newest commit recording an ``events_version`` says the table covers."""
+    meta = lake.job_commit(table, "events_version")
+    if meta is None:
+        return Coverage(-1)
+    until = meta.get("until")
+    return Coverage(int(meta["events_version"]), None if until is None else datetime.fromisoformat(until))
+
+
 def covered_events_version(lake: Lake, table: str) -> int:
     """The ``events`` version a feature table is complete up to (-1 if none)."""
-    covered = lake.job_metadata(table, "events_version")
-    return -1 if covered is None else int(covered)
+    return coverage(lake, table).events_version
 
 
 def events_between(lake: Lake, first_version: int, last_version: int) -> DataFrame:
@@ -206,16 +267,20 @@ def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version
     lake.create(spec)
     for attempt in range(cfg.lake.commit_retries + 1):
         table_version = lake.version(entity.table)
-        covered = covered_events_version(lake, entity.table)
-        if covered >= events_version:
+        covers = coverage(lake, entity.table)
+        covered = covers.events_version
+        if covered >= events_version and covers.until is None:
             if projector is not None:  # e.g. a restart after a kill between the commit and the store write
                 projector.table_committed(entity.table, table_version)
             return {"skipped": True, "version": table_version, "covered_events_version": covered}
-        meta = {"job": "stream", "events_version": events_version, "from_events_version": covered + 1,
+        meta = {"job": "stream", "events_version": max(events_version, covered), "from_events_version": covered + 1,
                 "batch_id": batch_id}
+        if covers.until is not None:
+            meta["folded_after"] = covers.until.isoformat()
         try:
             result, engine, touched, fallback = _merge_pending(lake, cfg, entity, reads, covered + 1,
-                                                               events_version, table_version, now, meta)
+                                                               events_version, table_version, now, meta,
+                                                               after=covers.until)
         except LakeConflictError as exc:
             log.warning("feature merge into %s conflicted (attempt %d), recomputing: %s", entity.table,
                         attempt + 1, exc)
@@ -274,20 +339,23 @@ class _NewEvents:
 
 
 def _merge_pending(lake: Lake, cfg: RecsysConfig, entity: Entity, reads: _NewEvents, first: int, last: int,
-                   table_version: int, now: datetime,
-                   meta: dict[str, Any]) -> tuple[CommitResult, str, pa.Table | None, str | None]:
+                   table_version: int, now: datetime, meta: dict[str, Any],
+                   after: datetime | None = None) -> tuple[CommitResult, str, pa.Table | None, str | None]:
     """Fold ``events`` versions ``first``..``last`` into the pending layer read at ``table_version``; commit.
 
     Up to ``streaming.local_max_events`` new events, on the driver (:mod:`recsys_lib.features.local`);
     more, or if the local fold fails, with Spark. Returns the commit, the engine used (``local`` or
     ``spark``), from the driver the new pending rows of the keys the batch touched (None from Spark),
     and why the driver's fold fell back to Spark (None if it did not).
+
+    ``after``: the table was last refreshed with ``--until after``, so the events of versions
+    before ``first`` that are later than ``after`` are folded too (with Spark: a one-off).
     """
     spec = table_spec(entity)
     contents_local = None
     fallback = None
     try:
-        new_local = reads.get(first, last)
+        new_local = reads.get(first, last) if after is None else None
         if new_local is not None:
             state = fold_local(new_local, entity, cfg.features, now)
             pending_local = lake.read_arrow(entity.table, version=table_version, partitions=(BUCKET, [PENDING]))
@@ -299,7 +367,13 @@ def _merge_pending(lake: Lake, cfg: RecsysConfig, entity: Entity, reads: _NewEve
             result = lake.replace_partitions_arrow(spec, contents_local, BUCKET, [PENDING],
                                                    read_version=table_version, metadata=meta)
             return result, "local", touched_rows(contents_local, state, entity), None
-    new = events_between(lake, first, last)
+    new = events_between(lake, first, last) if first <= last else None
+    if after is not None and first > 0:  # what the --until refresh left out of the versions it read
+        left_out = lake.read(EVENTS_TABLE, version=first - 1).where(F.col("event_ts") > F.lit(after))
+        left_out = left_out.select(*EVENTS_SCHEMA.fieldNames())
+        new = left_out if new is None else new.unionByName(left_out)
+    if new is None:
+        raise ValueError(f"nothing to fold into {entity.table}: versions {first}..{last} and no refresh cut-off")
     batch_state = fold(new, entity, cfg.features, updated_at=now).persist()  # read twice by overlay
     try:
         pending = lake.read(entity.table, version=table_version, partitions=(BUCKET, [PENDING]))

@@ -107,3 +107,86 @@ def test_missing_input_is_a_clear_error(spark, lake, cfg, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(IngestError, match="holds no raw files"):
         run_ingest(spark, lake, cfg, str(tmp_path / "empty"))
+
+
+def _truncate_one(out):
+    """Cut the first day's gzip file short (an interrupted upload); returns its path and its line count."""
+    import gzip
+
+    victim = sorted(out.rglob("*.jsonl.gz"))[0]
+    lines = len(gzip.decompress(victim.read_bytes()).splitlines())
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    return victim, lines
+
+
+def test_a_truncated_gzip_is_quarantined_whole_and_the_rest_ingested(spark, lake, cfg, corpus):
+    out, manifest = corpus
+    victim, victim_lines = _truncate_one(out)
+    summary = run_ingest(spark, lake, cfg, str(out), now=NOW)
+    assert summary.quarantined_files == [str(victim)]
+    assert summary.input_records == manifest["lines"] - victim_lines > 0 and summary.balanced
+    files = lake.read("quarantined_files").collect()
+    assert [(r["source_file"], r["reason"], r["ingest_run_id"]) for r in files] == [
+        (str(victim), "corrupt_file", summary.run_id)]
+    assert "ends early" in files[0]["detail"]
+    events = lake.read("events")
+    assert events.where(events.source_file.endswith(victim.name)).count() == 0
+    assert lake.read("events").count() == summary.valid > 0
+
+
+def test_a_stream_batch_with_a_truncated_gzip_goes_on(spark, lake, cfg, corpus, tmp_path):
+    from recsys_lib.streaming.job import last_batches, run_stream
+
+    out, manifest = corpus
+    victim, victim_lines = _truncate_one(out)
+    cfg = cfg.model_copy(update={"streaming": cfg.streaming.model_copy(update={"checkpoint_dir": str(
+        tmp_path / "checkpoint")})})
+    reports = run_stream(spark, lake, cfg, str(out), available_now=True)  # before: the batch failed, every restart
+    assert sum(r["rows_in"] for r in reports) == manifest["lines"] - victim_lines
+    assert [c for r in reports for c in r["corrupt_files"]] == [str(victim)]
+    assert [r["source_file"] for r in lake.read("quarantined_files").collect()] == [str(victim)]
+    assert lake.read("events").count() == sum(r["new_events"] for r in reports) > 0
+    assert [c for b in last_batches(cfg) for c in b["corrupt_files"]] == [str(victim)]
+
+
+def test_two_ingests_of_overlapping_folders_at_once_store_each_event_once(spark, lake, cfg, corpus, tmp_path,
+                                                                          monkeypatch, caplog):
+    # both deduplicate against the same events version (a barrier holds each first commit until both are
+    # ready); the second commit is refused (optimistic concurrency on that version) and that run deduplicates
+    # again, finding the first run's events. Before, both appended: the overlap was stored twice
+    import shutil
+    import threading
+
+    out, manifest = corpus
+    overlap = tmp_path / "overlap"
+    for day in sorted(out.glob("date=*"))[1:]:  # the last two of the three days, a second time
+        shutil.copytree(day, overlap / day.name)
+    results, errors = {}, []
+    both_ready, waited = threading.Barrier(2, timeout=300), set()
+    append = lake.append
+
+    def append_when_both_are_ready(spec, *args, **kwargs):
+        if spec.name == "events" and threading.get_ident() not in waited:
+            waited.add(threading.get_ident())
+            both_ready.wait()
+        return append(spec, *args, **kwargs)
+
+    monkeypatch.setattr(lake, "append", append_when_both_are_ready)
+
+    def ingest(name, folder):
+        try:
+            results[name] = run_ingest(spark, lake, cfg, str(folder), now=NOW)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ingest, args=(n, f)) for n, f in (("all", out), ("overlap", overlap))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors and set(results) == {"all", "overlap"}
+    events = lake.read("events")
+    assert events.count() == events.select("event_id").distinct().count() == manifest["valid_events"]
+    assert sum(r.valid for r in results.values()) == manifest["valid_events"]
+    assert all(r.balanced for r in results.values())
+    assert "another writer appended to events since this run deduplicated" in caplog.text

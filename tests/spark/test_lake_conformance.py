@@ -283,3 +283,26 @@ def test_delta_rs_writes_doubles_without_dictionary_encoding(spark, cfg, tmp_pat
         encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
         assert not any("DICTIONARY" in e for e in encodings["x"]), (f, encodings)
         assert any("DICTIONARY" in e for e in encodings["k"]), (f, encodings)  # strings keep it
+
+
+def test_a_write_with_other_columns_fails_naming_them_and_writes_nothing(spark, engine_lake, tmp_path):
+    from recsys_lib.lake import SchemaDrift
+
+    engine_lake.append(SPEC, _df(spark, [("a", 1, None, D1)]))
+    before = engine_lake.version("t")
+    files = sorted(p.name for p in Path(engine_lake.uri("t")).rglob("*.parquet"))
+    drifted = T.StructType([
+        T.StructField("k", T.StringType(), False),
+        T.StructField("n", T.StringType()),          # retyped
+        T.StructField("extra", T.LongType()),        # new
+        T.StructField("d", T.DateType(), False),     # ts dropped
+    ])
+    rows = spark.createDataFrame([("b", "2", 3, D1)], drifted)
+    with pytest.raises(SchemaDrift) as err:
+        engine_lake.append(TableSpec("t", drifted, ("d",)), rows)
+    message = str(err.value)
+    assert "missing in the table: extra" in message and "not written by this code: ts" in message
+    assert "n (int64 stored, string written)" in message
+    assert engine_lake.version("t") == before
+    assert sorted(p.name for p in Path(engine_lake.uri("t")).rglob("*.parquet")) == files
+    assert _rows(engine_lake) == [("a", 1, D1)]

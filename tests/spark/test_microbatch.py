@@ -81,3 +81,41 @@ def test_an_event_python_cannot_represent_falls_back_to_spark(spark, lake, cfg, 
     assert sorted((r["user_id"], r["view_count"], r["y"]) for r in users) == [("u0", 1, 0), ("u1", 1, 2024)]
     items = lake.read("item_features").select("item_id", "view_count").collect()
     assert sorted((r["item_id"], r["view_count"]) for r in items) == [("i0", 1), ("i1", 1)]
+
+
+def test_a_refresh_until_t_leaves_the_later_events_to_the_stream(spark, lake, cfg, tmp_path):
+    # events at 10:00, 11:00 and 12:00; a refresh --until 11:00 folds the first two only. The stream must
+    # still fold 12:00 (it is in an events version the refresh read), then a new 13:00 event: the result
+    # equals a full refresh (before the fix, 12:00 was marked covered and never counted)
+    write_lines(tmp_path / "b0", "a.jsonl", [raw_line(f"e{h}", "u1", "view", f"2024-01-01T{h}:00:00Z")
+                                             for h in (10, 11, 12)])
+    process_batch(spark, lake, cfg, read_raw(spark, str(tmp_path / "b0")), query="q", batch_id=0, now=NOW)
+    run_refresh(spark, lake, cfg, until=datetime(2024, 1, 1, 11, tzinfo=UTC))
+    users = entities(cfg.features)["user"]
+    assert stored_states(lake, users, cfg.features)[("u1",)]["view_count"] == 2  # the cut-off was applied
+    write_lines(tmp_path / "b1", "b.jsonl", [raw_line("e13", "u1", "view", "2024-01-01T13:00:00Z")])
+    report = process_batch(spark, lake, cfg, read_raw(spark, str(tmp_path / "b1")), query="q", batch_id=1, now=NOW)
+    assert {t["engine"] for t in report.tables.values()} == {"spark"}  # the one-off fold of the left-out events
+    incremental = {name: stored_states(lake, e, cfg.features) for name, e in entities(cfg.features).items()}
+    assert incremental["user"][("u1",)]["view_count"] == 4
+    run_refresh(spark, lake, cfg)
+    for name, entity in entities(cfg.features).items():
+        assert_same_state(by_key(lake.read(entity.table), entity), incremental[name], entity)
+    # and the next batch is an ordinary one again (no cut-off left behind)
+    write_lines(tmp_path / "b2", "c.jsonl", [raw_line("e14", "u1", "view", "2024-01-01T14:00:00Z")])
+    report = process_batch(spark, lake, cfg, read_raw(spark, str(tmp_path / "b2")), query="q", batch_id=2, now=NOW)
+    assert {t["engine"] for t in report.tables.values()} == {"local"}
+    assert stored_states(lake, users, cfg.features)[("u1",)]["view_count"] == 5
+
+
+def test_a_refresh_until_t_is_completed_even_without_new_events(spark, lake, cfg, tmp_path):
+    write_lines(tmp_path / "b0", "a.jsonl", [raw_line(f"e{h}", "u1", "view", f"2024-01-01T{h}:00:00Z")
+                                             for h in (10, 12)])
+    process_batch(spark, lake, cfg, read_raw(spark, str(tmp_path / "b0")), query="q", batch_id=0, now=NOW)
+    run_refresh(spark, lake, cfg, until=datetime(2024, 1, 1, 11, tzinfo=UTC))
+    from recsys_lib.streaming.microbatch import update_features
+
+    tables = update_features(spark, lake, cfg, now=NOW, batch_id=None)  # what the next (empty) batch does
+    assert not any(t["skipped"] for t in tables.values())
+    users = entities(cfg.features)["user"]
+    assert stored_states(lake, users, cfg.features)[("u1",)]["view_count"] == 2

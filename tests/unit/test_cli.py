@@ -70,3 +70,23 @@ def test_generate_command_writes_a_dataset(tmp_path, capsys):
 def test_parser_is_shared_with_jobs():
     args = build_parser().parse_args(["ingest", "--input", "x", "--set", "a.b=1"])
     assert (args.command, args.input, args.overrides) == ("ingest", "x", ["a.b=1"])
+
+
+@pytest.mark.parametrize("argv", [["maintain"], ["lake", "vacuum", "events"]])
+def test_vacuum_refuses_a_retention_readers_may_still_need(tmp_path, capsys, argv):
+    code = main([*argv, "--retention-hours", "1", "--set", f"home={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "UnsafeVacuum" in err
+    assert "1 hours is shorter than the 169 hours" in err and "--force" in err  # 7 days + the 0.5 s trigger
+
+
+def test_vacuum_retention_defaults_to_the_safe_minimum_and_force_overrides():
+    from recsys_lib.core.config import load_config
+    from recsys_lib.pipelines.maintenance import UnsafeVacuum, vacuum_retention
+
+    cfg = load_config(overrides=["lake.longest_reader=2h", "streaming.trigger=30s"])
+    assert vacuum_retention(cfg) == 3.0  # 2 h + 30 s, rounded up to the hour
+    assert vacuum_retention(cfg, 3.0) == 3.0
+    with pytest.raises(UnsafeVacuum, match="2.5 hours is shorter than the 3 hours"):
+        vacuum_retention(cfg, 2.5)
+    assert vacuum_retention(cfg, 0.0, force=True) == 0.0
