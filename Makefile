@@ -8,8 +8,8 @@ PYTEST := $(BIN)/pytest
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install demo test test-unit test-spark test-tf test-airflow test-serving test-notebook test-slow \
-        lint typecheck check bench bench-features bench-floors bench-streaming bench-microbatch bench-serving bench-train bench-index dist clean
+.PHONY: install demo test test-unit test-spark test-tf test-airflow test-serving test-faults test-notebook test-slow \
+        lint typecheck check bench bench-features bench-floors bench-streaming bench-microbatch bench-serving bench-faults bench-train bench-index dist clean
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,8 @@ test-airflow: $(STAMP)
 	$(PYTEST) -q -m airflow
 test-serving: $(STAMP)  ## online store conformance (SQLite and a real Redis), projection, HTTP API
 	$(PYTEST) -q -m serving
+test-faults: $(STAMP)  ## real SIGKILLs and operator mistakes (tests/faults)
+	$(PYTEST) -q -m faults
 test-notebook: $(STAMP)
 	$(PYTEST) -q -m notebook
 test-slow: $(STAMP)
@@ -61,6 +63,9 @@ bench-streaming: $(STAMP)  ## incremental cost and freshness (needs bench-featur
 
 bench-microbatch: $(STAMP)  ## where a steady 2,000-event micro-batch spends its time (no prerequisites)
 	$(PY) bench/microbatch.py --batches 8 --warmup 2 --rate 2000
+
+bench-faults: $(STAMP)  ## fault soak: stream and refresh SIGKILLed at random points, N runs, losses (target 0)
+	$(PY) bench/faults.py
 
 bench-serving: $(STAMP)  ## online store and API: reads, bulk load, open-loop HTTP load, event -> served (both backends)
 	$(PY) bench/serving.py

@@ -62,8 +62,17 @@ def as_pending(states: DataFrame) -> DataFrame:
 
 
 def read_states(lake: Lake, entity: Entity, fc: FeaturesConfig, *, version: int | None = None) -> DataFrame:
-    """One row per key: the base merged with the pending layer, at ``version`` (default: the latest)."""
-    version = lake.version(entity.table) if version is None else version
+    """One row per key: the base merged with the pending layer, at ``version``.
+
+    By default the latest version, or, while a full refresh is unfinished, the version of
+    the last complete one (:func:`~recsys_lib.features.generations.pinned_versions`).
+    """
+    if version is None:
+        from recsys_lib.features.definitions import entities
+        from recsys_lib.features.generations import pinned_versions
+
+        pinned = pinned_versions(lake, [e.table for e in entities(fc).values()]) or {}
+        version = pinned.get(entity.table, lake.version(entity.table))
     pending = lake.read(entity.table, version=version, partitions=(BUCKET, [PENDING]))
     base = lake.read(entity.table, version=version)
     if pending.isEmpty():

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.core.schema import EVENTS_TABLE
 from recsys_lib.features.definitions import BUCKET, Entity, entities
+from recsys_lib.features.generations import pinned_versions
 from recsys_lib.features.layers import PENDING
 from recsys_lib.features.local import merge_states
 from recsys_lib.lake import Lake, LakeError, TableNotFound
@@ -180,8 +181,8 @@ class Projector:
 
 
 def catch_up(store: OnlineStore, lake: Lake, cfg: RecsysConfig, entity: Entity, *,
-             generation: int | None = None) -> dict[str, Any]:
-    """Bring ``entity``'s rows in ``generation`` (default: active) up to the table's latest version.
+             generation: int | None = None, to_version: int | None = None) -> dict[str, Any]:
+    """Bring ``entity``'s rows in ``generation`` (default: active) up to ``to_version`` (default: the latest).
 
     Reads the change data feed since the store's applied version and rewrites the
     changed keys' layers as they are at the latest version (a missing layer is
@@ -191,7 +192,7 @@ def catch_up(store: OnlineStore, lake: Lake, cfg: RecsysConfig, entity: Entity, 
     table = entity.table
     if not lake.exists(table):
         return {"table": table, "rows": 0, "skipped": "no table"}
-    latest = lake.version(table)
+    latest = lake.version(table) if to_version is None else to_version
     gen = store.generation() if generation is None else generation
     applied = store.applied_version(table, gen)
     if applied >= latest:
@@ -235,12 +236,19 @@ def _overwritten(lake: Lake, table: str, after: int, until: int) -> bool:
 
 
 def load_generation(store: OnlineStore, lake: Lake, cfg: RecsysConfig) -> dict[str, Any]:
-    """Bulk-load every feature table into a new generation, catch it up, and switch readers to it."""
+    """Bulk-load every feature table into a new generation, catch it up, and switch readers to it.
+
+    While a full refresh is unfinished, the tables are loaded at the last complete refresh's
+    versions (:func:`~recsys_lib.features.generations.pinned_versions`) and not caught up past them.
+    """
     started = time.monotonic()
     gen = store.new_generation()
     report: dict[str, Any] = {"generation": gen, "tables": {}}
+    pinned = pinned_versions(lake, [e.table for e in entities(cfg.features).values()]) or {}
+    if pinned:
+        report["pinned"] = pinned
     for entity, version, rows, t0 in _read_ahead(lake, [e for e in entities(cfg.features).values()
-                                                        if lake.exists(e.table)]):
+                                                        if lake.exists(e.table)], pinned):
         written = 0
         for layer, part in zip((Layer.BASE, Layer.PENDING), _layers(rows), strict=True):
             for start in range(0, part.num_rows, cfg.online.write_batch):
@@ -252,23 +260,24 @@ def load_generation(store: OnlineStore, lake: Lake, cfg: RecsysConfig) -> dict[s
         report["tables"][entity.table] = {"version": version, "rows": written,
                                           "seconds": round(time.monotonic() - t0, 3)}
     for entity in entities(cfg.features).values():  # commits that landed while loading
-        catch_up(store, lake, cfg, entity, generation=gen)
+        catch_up(store, lake, cfg, entity, generation=gen, to_version=pinned.get(entity.table))
     store.activate(gen)
     for entity in entities(cfg.features).values():  # and those between the last catch-up and the switch
-        catch_up(store, lake, cfg, entity)
+        catch_up(store, lake, cfg, entity, to_version=pinned.get(entity.table))
     report["purchases"] = sync_purchases(store, lake)
     report["seconds"] = round(time.monotonic() - started, 3)
     return report
 
 
-def _read_ahead(lake: Lake, wanted: list[Entity]) -> Iterator[tuple[Entity, int, pa.Table, float]]:
+def _read_ahead(lake: Lake, wanted: list[Entity],
+                pinned: dict[str, int]) -> Iterator[tuple[Entity, int, pa.Table, float]]:
     """(entity, version, rows in key order, start time) per table; the next table is read while this one loads.
 
     Reading and sorting run in Arrow's C++ code without the GIL, so they overlap the
     Python encoding and the store writes (bulk loads measured ~10% faster).
     """
     def read(entity: Entity) -> tuple[int, pa.Table]:
-        version = lake.version(entity.table)
+        version = pinned.get(entity.table, lake.version(entity.table))
         # in key order, so the store's B-tree inserts append (SQLite: 3x faster than table order)
         return version, lake.read_arrow(entity.table, version=version).sort_by([(k, "ascending")
                                                                                for k in entity.keys])
@@ -324,10 +333,11 @@ def verify(store: OnlineStore, lake: Lake, cfg: RecsysConfig, *, limit: int = 20
     """
     compared, lines = 0, []
     now = time.time()
+    pinned = pinned_versions(lake, [e.table for e in entities(cfg.features).values()]) or {}
     for entity in entities(cfg.features).values():
         table = entity.table
         try:
-            latest = lake.version(table)
+            latest = pinned.get(table, lake.version(table))
         except TableNotFound:
             continue
         applied = store.applied_version(table)

@@ -37,6 +37,7 @@ from recsys_lib.ingest.local_dedup import StoredKeys, label_local
 from recsys_lib.ingest.local_validate import classify_local, event_date
 from recsys_lib.ingest.validate import classify
 from recsys_lib.lake import CommitResult, Lake, LakeConflictError, TableSpec
+from recsys_lib.lake.base import StillValid
 from recsys_lib.lake.files import spark_to_arrow
 
 EVENTS_SPEC = TableSpec(EVENTS_TABLE, EVENTS_SCHEMA, EVENTS_PARTITION_BY)
@@ -119,7 +120,8 @@ def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFr
                 events = _events_rows(labelled, run_id, ingested_at)
                 try:
                     ev = lake.append(EVENTS_SPEC, events, metadata=meta, app_id=txn_app(app_id, EVENTS_TABLE),
-                                     batch_id=batch, read_version=read)
+                                     batch_id=batch, read_version=read,
+                                     still_valid=_untouched_frame(spark, lake, events))
                 except LakeConflictError as exc:
                     _conflicted(run_id, attempt, exc)
                     continue
@@ -176,7 +178,7 @@ def ingest_arrow(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: pa.Tab
         try:
             ev = lake.append_arrow(EVENTS_SPEC, events.select(EVENTS_SCHEMA.fieldNames()).cast(
                 spark_to_arrow(EVENTS_SCHEMA)), metadata=meta, app_id=txn_app(app_id, EVENTS_TABLE), batch_id=batch,
-                read_version=read)
+                read_version=read, still_valid=_untouched_arrow(lake, events.column("event_id")))
         except LakeConflictError as exc:
             _conflicted(run_id, attempt, exc)
             continue
@@ -229,6 +231,39 @@ def _committed(summary: IngestSummary, ev: CommitResult, qv: CommitResult, start
     summary.seconds = round(time.monotonic() - started, 3)
     summary.stage_seconds = stages.laps
     return summary
+
+
+#: A conflicting writer's appends up to this many rows are checked for overlap on the driver; more: recompute.
+_OVERLAP_CHECK_ROWS = 1_000_000
+
+
+def _added_ids(lake: Lake, read: int, now: int) -> pa.Table | None:
+    """The ``event_id`` of events appended by versions ``read + 1``..``now`` (None: too many, or not appends only).
+
+    With :meth:`Lake.append`'s ``still_valid``: an ingest whose new events share no id with these was
+    deduplicated correctly, so its files are committed on top, not computed again (a long batch ingest
+    then wins against a stream committing every second).
+    """
+    added = lake.inserted_arrow(EVENTS_TABLE, read + 1, now, max_rows=_OVERLAP_CHECK_ROWS, columns=["event_id"])
+    return None if added is None else pa.table(added)
+
+
+def _untouched_frame(spark: SparkSession, lake: Lake, events: DataFrame) -> StillValid:
+    """Whether no event appended since the read shares an id with ``events`` (Spark's new rows)."""
+    def check(read: int, now: int) -> bool:
+        added = _added_ids(lake, read, now)
+        return added is not None and (added.num_rows == 0 or events.join(
+            F.broadcast(spark.createDataFrame(added)), "event_id", "left_semi").isEmpty())
+    return check
+
+
+def _untouched_arrow(lake: Lake, ids: pa.ChunkedArray) -> StillValid:
+    """Whether no event appended since the read has one of ``ids`` (the driver's new rows)."""
+    def check(read: int, now: int) -> bool:
+        added = _added_ids(lake, read, now)
+        return added is not None and not pc.any(pc.is_in(added.column("event_id"),
+                                                          value_set=ids.combine_chunks())).as_py()
+    return check
 
 
 def _attempts(cfg: RecsysConfig) -> range:

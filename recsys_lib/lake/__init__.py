@@ -13,6 +13,7 @@ from pyspark.sql import SparkSession
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.lake.base import (
     CommitResult,
+    CorruptLog,
     Lake,
     LakeConflictError,
     LakeError,
@@ -24,7 +25,7 @@ from recsys_lib.lake.base import (
 from recsys_lib.lake.deltars import DeltaRsLake
 
 __all__ = [
-    "CommitResult", "DeltaRsLake", "Lake", "LakeConflictError", "LakeError", "RetryPolicy",
+    "CommitResult", "CorruptLog", "DeltaRsLake", "Lake", "LakeConflictError", "LakeError", "RetryPolicy",
     "SchemaDrift", "TableNotFound", "TableSpec", "driver_lake", "open_lake",
 ]
 

@@ -21,6 +21,9 @@ from recsys_lib.lake.files import spark_to_arrow
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+#: ``(read_version, current_version) -> bool``: whether what was computed at ``read_version`` still holds
+#: after the commits up to ``current_version`` (see :meth:`Lake.append`).
+StillValid = Callable[[int, int], bool]
 
 #: Properties every table gets: change data feed on, no column mapping.
 DEFAULT_TABLE_PROPERTIES: dict[str, str] = {
@@ -39,6 +42,10 @@ class LakeConflictError(LakeError):
 
 class TableNotFound(LakeError):
     """The named table does not exist."""
+
+
+class CorruptLog(LakeError):
+    """A table's Delta log holds an entry that cannot be parsed; the message names the file and version."""
 
 
 class SchemaDrift(LakeError):
@@ -163,12 +170,14 @@ class Lake(ABC):
     @abstractmethod
     def append(self, spec: TableSpec, df: DataFrame, *, app_id: str | None = None,
                batch_id: int | None = None, metadata: Mapping[str, Any] | None = None,
-               read_version: int | None = None) -> CommitResult:
+               read_version: int | None = None, still_valid: StillValid | None = None) -> CommitResult:
         """Append ``df``; a repeated (app id, batch id) is skipped.
 
         ``read_version``: the version ``df`` was computed against (e.g. deduplicated with):
         the commit is refused with :class:`LakeConflictError` if anyone committed since
-        (optimistic concurrency), where a plain append would land blindly on top.
+        (optimistic concurrency), where a plain append would land blindly on top. Unless
+        ``still_valid(read_version, now)`` says the commits in between do not touch ``df``:
+        then the same files are committed on top of them (up to the retry policy's attempts).
         """
 
     @abstractmethod
@@ -232,10 +241,10 @@ class Lake(ABC):
 
     def append_arrow(self, spec: TableSpec, table: pa.Table, *, app_id: str | None = None,
                      batch_id: int | None = None, metadata: Mapping[str, Any] | None = None,
-                     read_version: int | None = None) -> CommitResult:
+                     read_version: int | None = None, still_valid: StillValid | None = None) -> CommitResult:
         """:meth:`append` of a small Arrow table that the driver writes."""
         return self.append(spec, self.spark.createDataFrame(table), app_id=app_id, batch_id=batch_id,
-                           metadata=metadata, read_version=read_version)
+                           metadata=metadata, read_version=read_version, still_valid=still_valid)
 
     def replace_partitions_arrow(self, spec: TableSpec, table: pa.Table, column: str, values: Sequence[Any], *,
                                  read_version: int, metadata: Mapping[str, Any] | None = None) -> CommitResult:

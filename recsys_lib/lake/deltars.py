@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -18,16 +19,18 @@ from typing import Any
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import RemoveAction
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from recsys_lib.lake.base import (
     CommitResult,
+    CorruptLog,
     Lake,
     LakeConflictError,
     SchemaDrift,
+    StillValid,
     TableNotFound,
     TableSpec,
     schema_drift,
@@ -43,8 +46,10 @@ from recsys_lib.lake.files import (
     spark_to_arrow,
     write_arrow_files,
 )
-from recsys_lib.lake.log import appended_files, files_in, partition_text
+from recsys_lib.lake.log import appended_files, files_in, partition_text, unreadable_commit
 from recsys_lib.lake.staged import Staged, staged, write_folder
+
+log = logging.getLogger(__name__)
 
 _CONFLICT_WORDS = ("conflict", "concurrent", "version already exists", "transaction failed")
 
@@ -74,6 +79,15 @@ class DeltaRsLake(Lake):
             return DeltaTable(self.uri(name), version=version, storage_options=self.storage_options or None)
         except TableNotFoundError:
             raise TableNotFound(f"Delta table '{name}' does not exist at {self.uri(name)}") from None
+        except DeltaError as exc:
+            bad = unreadable_commit(self.uri(name))
+            if bad is None:
+                raise
+            path, number, why = bad
+            raise CorruptLog(f"table '{name}' cannot be read: its log entry for version {number} ({path}) is not "
+                             f"valid JSON ({why}). Nothing falls back to an older version silently: restore that "
+                             "file from a backup, or, if it was the last commit and never completed, move it "
+                             "aside") from exc
 
     def exists(self, name: str) -> bool:
         return DeltaTable.is_deltatable(self.uri(name), storage_options=self.storage_options or None)
@@ -129,8 +143,8 @@ class DeltaRsLake(Lake):
     # -- writes --------------------------------------------------------------
     def append(self, spec: TableSpec, df: DataFrame, *, app_id: str | None = None,
                batch_id: int | None = None, metadata: Mapping[str, Any] | None = None,
-               read_version: int | None = None) -> CommitResult:
-        return self._write_files(spec, df, "append", app_id, batch_id, metadata, read_version)
+               read_version: int | None = None, still_valid: StillValid | None = None) -> CommitResult:
+        return self._write_files(spec, df, "append", app_id, batch_id, metadata, read_version, still_valid)
 
     def overwrite(self, spec: TableSpec, df: DataFrame, *, app_id: str | None = None,
                   batch_id: int | None = None, metadata: Mapping[str, Any] | None = None) -> CommitResult:
@@ -138,13 +152,13 @@ class DeltaRsLake(Lake):
 
     def append_arrow(self, spec: TableSpec, table: pa.Table, *, app_id: str | None = None,
                      batch_id: int | None = None, metadata: Mapping[str, Any] | None = None,
-                     read_version: int | None = None) -> CommitResult:
+                     read_version: int | None = None, still_valid: StillValid | None = None) -> CommitResult:
         return self._write_files(spec, lambda: self._write_arrow(spec, table), "append", app_id, batch_id, metadata,
-                                 read_version)
+                                 read_version, still_valid)
 
     def _write_files(self, spec: TableSpec, df: DataFrame | Callable[[], Staged], mode: str, app_id: str | None,
                      batch_id: int | None, metadata: Mapping[str, Any] | None,
-                     read_version: int | None = None) -> CommitResult:
+                     read_version: int | None = None, still_valid: StillValid | None = None) -> CommitResult:
         self.create(spec)
         done = self._already_committed(spec.name, app_id, batch_id)
         if done is not None:
@@ -183,8 +197,21 @@ class DeltaRsLake(Lake):
                     "nothing was written: recompute against the new version") from exc
             return CommitResult(version=read_version + 1, rows=written.rows, files=len(written.adds))
 
+        def commit_optimistic(read_version: int) -> CommitResult:
+            for _attempt in range(self.retry.attempts):
+                try:
+                    return commit_at_read_version(read_version)
+                except LakeConflictError:
+                    now = self.version(spec.name)
+                    if still_valid is None or not still_valid(read_version, now):
+                        raise
+                    log.info("%s to %s: versions %d..%d do not touch what was computed; committing on top",
+                             mode, spec.name, read_version + 1, now)
+                    read_version = now
+            return commit_at_read_version(read_version)
+
         if read_version is not None:
-            return written.commit_or_discard(lambda: commit_at_read_version(read_version))
+            return written.commit_or_discard(lambda: commit_optimistic(read_version))
         return written.commit_or_discard(
             lambda: self.retry.run(commit, is_conflict=is_conflict, table=spec.name, what=mode))
 

@@ -65,3 +65,32 @@ def _changes_more_than_appends(action: dict[str, Any], version: int) -> bool:
 def partition_text(value: Any) -> str | None:
     """A partition value as the Delta log stores it."""
     return None if value is None else str(value)
+
+
+def unreadable_commit(table_uri: str) -> tuple[str, int, str] | None:
+    """The first commit file in ``_delta_log`` that is not JSON lines: (path, version, why), or None.
+
+    Used to name the culprit when delta-rs cannot load a table (its own error names neither).
+    """
+    from pyarrow import fs as pafs
+
+    fs, root = filesystem_for(table_uri.rstrip("/"))
+    infos = fs.get_file_info(pafs.FileSelector(f"{root}/_delta_log", allow_not_found=True))
+    commits = sorted((i.path for i in infos if i.base_name.endswith(".json") and i.base_name[:-5].isdigit()),
+                     key=lambda p: int(p.rsplit("/", 1)[-1][:-5]))
+    for path in commits:
+        version = int(path.rsplit("/", 1)[-1][:-5])
+        with fs.open_input_stream(path) as handle:
+            data = handle.read()
+        try:
+            lines = data.decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            return path, version, f"not UTF-8: {exc}"
+        for number, line in enumerate(lines, 1):
+            try:
+                if line.strip():
+                    json.loads(line)
+            except json.JSONDecodeError as exc:
+                return path, version, f"line {number}: {exc}"
+    return None
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,8 +21,10 @@ from recsys_lib.core.config import RecsysConfig
 from recsys_lib.core.schema import EVENTS_TABLE
 from recsys_lib.features import USER, USER_CATEGORY, Entity, entities, fold
 from recsys_lib.features.decay import event_bounds
+from recsys_lib.features.generations import record_generation
 from recsys_lib.features.layers import table_spec
 from recsys_lib.lake import Lake
+from recsys_lib.streaming.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ class RefreshSummary:
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     online: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    #: The ``feature_generations`` version that recorded this refresh as complete.
+    generation_version: int = -1
 
     def to_json(self) -> dict[str, Any]:
         """The summary as a JSON-able dict."""
@@ -71,7 +76,12 @@ def run_refresh(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, until: da
     stamp = datetime.now(UTC)
     summary = RefreshSummary(events_version=events_version, watermark=_iso(watermark), until=_iso(until))
     todo = {n: e for n, e in entities(cfg.features).items() if not only or n in only}
-    _refresh_tables(lake, cfg, events, todo, summary, stamp, span)
+    refresh_id = f"{stamp:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    _refresh_tables(lake, cfg, events, todo, summary, stamp, span, refresh_id)
+    # the manifest, committed last: until it lands, batch readers stay on the previous complete refresh
+    summary.generation_version = record_generation(
+        lake, refresh_id, {t: int(info["version"]) for t, info in summary.tables.items()}, events_version,
+        summary.until)
     if cfg.online.enabled:
         summary.online = _publish_online(lake, cfg)
     summary.seconds = round(time.monotonic() - started, 2)
@@ -100,7 +110,8 @@ def _publish_online(lake: Lake, cfg: RecsysConfig) -> dict[str, Any]:
 
 
 def _refresh_tables(lake: Lake, cfg: RecsysConfig, events: DataFrame, todo: dict[str, Entity],
-                    summary: RefreshSummary, stamp: datetime, span: tuple[float, float] | None) -> None:
+                    summary: RefreshSummary, stamp: datetime, span: tuple[float, float] | None,
+                    refresh_id: str) -> None:
     """Fold and overwrite each table in ``todo``.
 
     User x category goes first: the user table derives its category weights from those
@@ -115,7 +126,9 @@ def _refresh_tables(lake: Lake, cfg: RecsysConfig, events: DataFrame, todo: dict
         states = fold(events, entity, cfg.features, updated_at=stamp,
                       category_states=category_states if name == USER else None, large_input=True, span=span)
         meta = {"job": "features_refresh", "events_version": summary.events_version, "watermark": summary.watermark,
-                "until": summary.until}
+                "until": summary.until, "refresh_id": refresh_id}
+        if summary.tables:
+            fault_point("between_refresh_tables")  # a table is overwritten, the next is not yet
         result = lake.overwrite(table_spec(entity), states, metadata=meta)
         if name == USER_CATEGORY:
             category_states = lake.read(entity.table, version=result.version)

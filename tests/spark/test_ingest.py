@@ -149,18 +149,24 @@ def test_a_stream_batch_with_a_truncated_gzip_goes_on(spark, lake, cfg, corpus, 
     assert [c for b in last_batches(cfg) for c in b["corrupt_files"]] == [str(victim)]
 
 
-def test_two_ingests_of_overlapping_folders_at_once_store_each_event_once(spark, lake, cfg, corpus, tmp_path,
-                                                                          monkeypatch, caplog):
-    # both deduplicate against the same events version (a barrier holds each first commit until both are
-    # ready); the second commit is refused (optimistic concurrency on that version) and that run deduplicates
-    # again, finding the first run's events. Before, both appended: the overlap was stored twice
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlapping", "disjoint"])
+def test_two_ingests_at_once_store_each_event_once(spark, lake, cfg, corpus, tmp_path, monkeypatch, caplog, overlap):
+    # Both deduplicate against the same events version (a barrier holds each first commit until both are
+    # ready). The second commit is refused (optimistic concurrency on that version). Overlapping folders:
+    # that run deduplicates again and finds the first run's events. Disjoint ones: the appends in between
+    # share no event id with its rows, so the same files are committed on top. Before, both appended
+    # blindly and the overlap was stored twice.
+    import logging
     import shutil
     import threading
 
     out, manifest = corpus
-    overlap = tmp_path / "overlap"
-    for day in sorted(out.glob("date=*"))[1:]:  # the last two of the three days, a second time
-        shutil.copytree(day, overlap / day.name)
+    days = sorted(out.glob("date=*"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    for day in days if overlap else days[:1]:
+        shutil.copytree(day, first / day.name)
+    for day in days[1:]:  # overlapping: the last two days a second time; disjoint: only those
+        shutil.copytree(day, second / day.name)
     results, errors = {}, []
     both_ready, waited = threading.Barrier(2, timeout=300), set()
     append = lake.append
@@ -179,14 +185,17 @@ def test_two_ingests_of_overlapping_folders_at_once_store_each_event_once(spark,
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
-    threads = [threading.Thread(target=ingest, args=(n, f)) for n, f in (("all", out), ("overlap", overlap))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=600)
-    assert not errors and set(results) == {"all", "overlap"}
+    with caplog.at_level(logging.INFO, logger="recsys_lib"):
+        threads = [threading.Thread(target=ingest, args=(n, f)) for n, f in (("first", first), ("second", second))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+    assert not errors and set(results) == {"first", "second"}
     events = lake.read("events")
     assert events.count() == events.select("event_id").distinct().count() == manifest["valid_events"]
     assert sum(r.valid for r in results.values()) == manifest["valid_events"]
     assert all(r.balanced for r in results.values())
-    assert "another writer appended to events since this run deduplicated" in caplog.text
+    recomputed = "another writer appended to events since this run deduplicated" in caplog.text
+    committed_on_top = "do not touch what was computed; committing on top" in caplog.text
+    assert (recomputed, committed_on_top) == ((True, False) if overlap else (False, True))
