@@ -20,6 +20,7 @@ bench/results/serving.json.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -156,7 +157,7 @@ def measure_backend(home: Path, overrides: list[str], reads: int, rates: dict[st
     return result
 
 
-def api_freshness(work: Path, model: Path, rate: int, seconds: int, master: str) -> dict:
+def api_freshness(work: Path, model: Path, rate: int, seconds: int, master: str, trigger: str) -> dict:
     """bench/streaming.py's freshness run, probing ``GET /features/user/<sentinel>`` of a live ``recsys serve``."""
     import shutil
 
@@ -177,7 +178,7 @@ def api_freshness(work: Path, model: Path, rate: int, seconds: int, master: str)
 
     try:
         return freshness(str(Path(sys.executable).with_name("recsys")), work, rate, seconds, master, bench_env(),
-                         "0.5s", name="serving-freshness", probe=probe)
+                         trigger, name="serving-freshness", probe=probe)
     finally:
         for server in servers:
             server.stop()
@@ -196,14 +197,23 @@ def main() -> None:
                         help="event -> served: stream load at --stream-rate events/s for this long (0: skip); "
                              "one file per second, so 120 s gives 120 delays and p99 is not simply the maximum")
     parser.add_argument("--stream-rate", type=int, default=2000)
+    parser.add_argument("--trigger", default=None, help="the stream's trigger (default: streaming.trigger)")
+    parser.add_argument("--only-freshness", action="store_true", help="run the event -> served part alone")
     parser.add_argument("--serve-set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config for the server and the store, e.g. serve.batch_wait=0s")
     args = parser.parse_args()
+    from recsys_lib.core.config import load_config
+
     home = Path(args.work) / f"serving-{args.users}-{args.items}"
     if not (home / "serving" / "current" / "meta.json").exists():
         build_lake(home, args.users, args.items, args.events, args.master)
     rates = {"features": args.features_rate, "recs": args.recs_rate}
     extra = list(args.serve_set)
+    trigger = args.trigger or f"{load_config().streaming.trigger}s"
+    if args.only_freshness:
+        print(json.dumps(api_freshness(Path(args.work), home / "serving" / "current", args.stream_rate,
+                                       args.freshness_seconds, args.master, trigger)))
+        return
     backends = {"sqlite": measure_backend(home, ["online.backend=sqlite", *extra], args.reads, rates, args.seconds)}
     from tests.serving.conftest import RedisServer
 
@@ -215,7 +225,7 @@ def main() -> None:
     finally:
         redis_server.stop()
     fresh = (api_freshness(Path(args.work), home / "serving" / "current", args.stream_rate,
-                           args.freshness_seconds, args.master) if args.freshness_seconds else None)
+                           args.freshness_seconds, args.master, trigger) if args.freshness_seconds else None)
     user = "u1"
     t = time.monotonic()
     old = subprocess.run([str(Path(sys.executable).with_name("recsys")), "recommend", "--user", user,

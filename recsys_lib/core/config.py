@@ -119,7 +119,7 @@ class StreamingConfig(_Strict):
     query_name: str = Field("features", pattern=r"^[A-Za-z0-9_-]+$")
     #: null: <home>/checkpoints/<query_name>
     checkpoint_dir: str | None = None
-    trigger: Duration = 0.5
+    trigger: Duration = 0.25
     max_files_per_trigger: int = Field(1000, ge=1)
     #: A micro-batch rewrites only the pending layer of each feature table (see
     #: recsys_lib/features/layers.py); past this many rows it is compacted into the base
@@ -227,6 +227,8 @@ class ServeConfig(_Strict):
     reload_poll: Duration | None = None
     #: Requests waiting at most this long are encoded together in one call of the query tower.
     batch_wait: Duration = 0.0
+    #: The server process's GIL switch interval (``sys.setswitchinterval``).
+    switch_interval: Duration = Field(0.001, gt=0, le=0.1)
     batch_max: int = Field(256, ge=1)
 
 

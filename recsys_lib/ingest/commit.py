@@ -187,10 +187,14 @@ def ingest_arrow(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: pa.Tab
         raise _gave_up(run_id, cfg)
     stages.lap("write_commit_events")
     lines = _with_status(labelled, Status.QUARANTINED)
-    lines = _stamped(lines.append_column("raw", lines.column("value")), run_id, now)
-    lines = lines.append_column("ingest_date", pa.array([event_date(now)] * lines.num_rows, pa.date32()))
-    qv = lake.append_arrow(QUARANTINE_SPEC, lines.select(QUARANTINE_SCHEMA.fieldNames()).cast(
-        spark_to_arrow(QUARANTINE_SCHEMA)), metadata=meta, app_id=txn_app(app_id, QUARANTINE_TABLE), batch_id=batch)
+    if lines.num_rows:
+        lines = _stamped(lines.append_column("raw", lines.column("value")), run_id, now)
+        lines = lines.append_column("ingest_date", pa.array([event_date(now)] * lines.num_rows, pa.date32()))
+        qv = lake.append_arrow(QUARANTINE_SPEC, lines.select(QUARANTINE_SCHEMA.fieldNames()).cast(
+            spark_to_arrow(QUARANTINE_SCHEMA)), metadata=meta, app_id=txn_app(app_id, QUARANTINE_TABLE),
+            batch_id=batch)
+    else:  # nothing to record: no empty commit (a replay of this batch again has nothing to quarantine)
+        qv = CommitResult(version=lake.version(QUARANTINE_TABLE), skipped=True)
     stages.lap("write_commit_quarantine")
     return _committed(summary, ev, qv, started, stages)
 
