@@ -126,9 +126,12 @@ def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFr
                     _conflicted(run_id, attempt, exc)
                     continue
                 stages.lap("write_commit_events")
-                quarantine = _quarantine_rows(labelled, run_id, ingested_at)
-                qv = lake.append(QUARANTINE_SPEC, quarantine, metadata=meta,
-                                 app_id=txn_app(app_id, QUARANTINE_TABLE), batch_id=batch)
+                if summary.quarantined:
+                    quarantine = _quarantine_rows(labelled, run_id, ingested_at)
+                    qv = lake.append(QUARANTINE_SPEC, quarantine, metadata=meta,
+                                     app_id=txn_app(app_id, QUARANTINE_TABLE), batch_id=batch)
+                else:
+                    qv = _nothing_quarantined(lake)
                 stages.lap("write_commit_quarantine")
                 return _committed(summary, ev, qv, started, stages)
             finally:
@@ -193,8 +196,8 @@ def ingest_arrow(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: pa.Tab
         qv = lake.append_arrow(QUARANTINE_SPEC, lines.select(QUARANTINE_SCHEMA.fieldNames()).cast(
             spark_to_arrow(QUARANTINE_SCHEMA)), metadata=meta, app_id=txn_app(app_id, QUARANTINE_TABLE),
             batch_id=batch)
-    else:  # nothing to record: no empty commit (a replay of this batch again has nothing to quarantine)
-        qv = CommitResult(version=lake.version(QUARANTINE_TABLE), skipped=True)
+    else:
+        qv = _nothing_quarantined(lake)
     stages.lap("write_commit_quarantine")
     return _committed(summary, ev, qv, started, stages)
 
@@ -220,6 +223,15 @@ def _reconciled(run_id: str, source: str, input_records: int,
             "duplicates; nothing was committed"
         )
     return summary
+
+
+def _nothing_quarantined(lake: Lake) -> CommitResult:
+    """The quarantine "commit" of a run with nothing to quarantine: none at all.
+
+    No empty app transaction is needed for exactly-once: a replay of the batch has nothing to
+    quarantine either. (Saves a Delta commit in most micro-batches: event -> served is faster.)
+    """
+    return CommitResult(version=lake.version(QUARANTINE_TABLE), skipped=True)
 
 
 def _committed(summary: IngestSummary, ev: CommitResult, qv: CommitResult, started: float,
