@@ -214,10 +214,10 @@ def _generate(args: argparse.Namespace) -> int:
 def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
     from recsys_lib.pipelines.context import start
 
-    if getattr(args, "force", None) is not None and hasattr(args, "retention_hours"):
+    if hasattr(args, "retention_hours"):  # maintain, lake vacuum: resolved (or refused) before Spark starts
         from recsys_lib.pipelines.maintenance import vacuum_retention
 
-        vacuum_retention(cfg, args.retention_hours, force=args.force)  # refuse before Spark starts
+        args.retention_hours = vacuum_retention(cfg, args.retention_hours, force=args.force)
     ctx = start(cfg, streaming=args.command == "stream")
     try:
         if args.command in MODEL_COMMANDS:
@@ -229,12 +229,12 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
             print(format_summary(summary))
             return 0 if summary.balanced else 1
         if args.command == "lake":
-            return _lake(args, ctx.lake, cfg)
+            return _lake(args, ctx.lake)
         if args.command == "maintain":
-            from recsys_lib.pipelines.maintenance import run_maintenance, vacuum_retention
+            from recsys_lib.pipelines.maintenance import run_maintenance
 
-            done = run_maintenance(ctx.lake, args.tables, retention_hours=vacuum_retention(
-                cfg, args.retention_hours, force=args.force), vacuum=not args.no_vacuum, features=cfg.features)
+            done = run_maintenance(ctx.lake, args.tables, retention_hours=args.retention_hours,
+                                   vacuum=not args.no_vacuum, features=cfg.features)
             for table, info in done.items():
                 print(f"{table:<26} compacted +{info['files_added']}/-{info['files_removed']} files, "
                       f"vacuumed {info['vacuumed']}, version {info['version']}, {info['seconds']:.1f}s")
@@ -279,7 +279,7 @@ def _retention_args(parser: argparse.ArgumentParser) -> None:
                         help="vacuum with a retention below that minimum (files readers need may go)")
 
 
-def _lake(args: argparse.Namespace, lake: Lake, cfg: RecsysConfig) -> int:
+def _lake(args: argparse.Namespace, lake: Lake) -> int:
     if args.action == "history":
         for entry in lake.history(args.table, args.limit):
             print(json.dumps(entry, default=str))
@@ -288,9 +288,7 @@ def _lake(args: argparse.Namespace, lake: Lake, cfg: RecsysConfig) -> int:
     elif args.action == "compact":
         print(json.dumps(lake.compact(args.table), default=str))
     elif args.action == "vacuum":
-        from recsys_lib.pipelines.maintenance import vacuum_retention
-
-        removed = lake.vacuum(args.table, vacuum_retention(cfg, args.retention_hours, force=args.force))
+        removed = lake.vacuum(args.table, args.retention_hours)  # resolved in _spark_command
         print(f"vacuum {args.table}: removed {len(removed)} files")
     return 0
 

@@ -17,6 +17,7 @@ ingest summary counts the file. Fix or re-upload it under a new name.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ from recsys_lib.ingest.commit import txn_app
 from recsys_lib.lake import CommitResult, Lake, TableSpec
 from recsys_lib.lake.files import filesystem_for, spark_to_arrow
 
+log = logging.getLogger(__name__)
 QUARANTINED_FILES_TABLE = "quarantined_files"
 QUARANTINED_FILES_SCHEMA = T.StructType([
     T.StructField("source_file", T.StringType(), False),
@@ -111,9 +113,11 @@ def list_raw_files(root: str, suffixes: Iterable[str]) -> list[str]:
 
 def quarantine_files(lake: Lake, corrupt: Sequence[CorruptFile], *, run_id: str, now: datetime,
                      app_id: str | None = None, batch_id: int | None = None) -> CommitResult | None:
-    """Record ``corrupt`` in ``quarantined_files`` (an app transaction when ``app_id`` is given)."""
+    """Record ``corrupt`` in ``quarantined_files`` (an app transaction when ``app_id`` is given), logging each."""
     if not corrupt:
         return None
+    for c in corrupt:
+        log.warning("%s: quarantined %s whole (%s): %s", run_id, c.path, CORRUPT_FILE, c.detail)
     rows = pa.table({
         "source_file": [c.path for c in corrupt], "reason": [CORRUPT_FILE] * len(corrupt),
         "detail": [c.detail for c in corrupt], "bytes": [c.bytes for c in corrupt],

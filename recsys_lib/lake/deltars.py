@@ -168,28 +168,25 @@ class DeltaRsLake(Lake):
             written.discard()
             return CommitResult(version=self.version(spec.name), skipped=True)
 
+        def transact(table: DeltaTable, retries: int | None = None) -> None:
+            properties = self._commit_properties(app_id, batch_id, metadata)
+            properties.max_commit_retries = retries
+            table.create_write_transaction(list(written.adds), mode=mode, schema=spark_to_arrow(spec.schema),
+                                           partition_by=list(spec.partition_by) or None,
+                                           commit_properties=properties)
+
         def commit(_attempt: int) -> CommitResult:
             table = self._table(spec.name)
             done = _done(table, app_id, batch_id)
             if done is not None:
                 return done
-            table.create_write_transaction(
-                list(written.adds), mode=mode, schema=spark_to_arrow(spec.schema),
-                partition_by=list(spec.partition_by) or None,
-                commit_properties=self._commit_properties(app_id, batch_id, metadata),
-            )
+            transact(table)
             table.update_incremental()
             return CommitResult(version=table.version(), rows=written.rows, files=len(written.adds))
 
         def commit_at_read_version(read_version: int) -> CommitResult:
-            table = self._table(spec.name, read_version)
-            properties = self._commit_properties(app_id, batch_id, metadata)
-            properties.max_commit_retries = 0  # land exactly on read_version + 1, or not at all
             try:
-                table.create_write_transaction(
-                    list(written.adds), mode=mode, schema=spark_to_arrow(spec.schema),
-                    partition_by=list(spec.partition_by) or None, commit_properties=properties,
-                )
+                transact(self._table(spec.name, read_version), retries=0)  # on read_version + 1, or not at all
             except CommitFailedError as exc:
                 raise LakeConflictError(
                     f"{mode} to table '{spec.name}' was computed against version {read_version}, but another "

@@ -12,7 +12,6 @@ recognised as duplicates.
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -23,11 +22,9 @@ from pyspark.sql import SparkSession
 
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.ingest.commit import IngestError, IngestSummary, ingest_frame
-from recsys_lib.ingest.corrupt import CORRUPT_FILE, find_corrupt, list_raw_files, quarantine_files
+from recsys_lib.ingest.corrupt import find_corrupt, list_raw_files, quarantine_files
 from recsys_lib.ingest.validate import RAW_FILE_GLOB, RAW_SUFFIXES, read_raw, read_raw_files
 from recsys_lib.lake import Lake
-
-log = logging.getLogger(__name__)
 
 __all__ = ["IngestError", "IngestSummary", "format_summary", "run_ingest", "write_json"]
 
@@ -44,17 +41,16 @@ def run_ingest(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     _check_input(source)
     now = now or datetime.now(UTC)
     run_id = f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    corrupt = find_corrupt(list_raw_files(source, RAW_SUFFIXES))
+    files = list_raw_files(source, RAW_SUFFIXES)
+    corrupt = find_corrupt(files)
     if corrupt:  # read every other file by name; record the corrupt ones whole
         quarantine_files(lake, corrupt, run_id=run_id, now=now)
         bad = {c.path for c in corrupt}
-        raw = read_raw_files(spark, [f for f in list_raw_files(source, RAW_SUFFIXES) if f not in bad])
+        raw = read_raw_files(spark, [f for f in files if f not in bad])
     else:
         raw = read_raw(spark, source)
     summary = ingest_frame(spark, lake, cfg, raw, run_id=run_id, source=source, now=now)
     summary.quarantined_files = sorted(c.path for c in corrupt)
-    for c in corrupt:
-        log.warning("quarantined %s whole (%s): %s", c.path, CORRUPT_FILE, c.detail)
     if summary_json:
         write_json(summary_json, summary.to_json())
     return summary

@@ -41,27 +41,50 @@ class BatchReadError(RuntimeError):
     """The batch's file list or files could not be read here (the caller reads the batch with Spark)."""
 
 
-def batch_lines(checkpoint: str, batch_id: int, max_lines: int, skip: Collection[str] = ()) -> pa.Table | None:
+#: What reading a checkpoint log or a raw file here can raise (gzip: EOFError for a cut stream).
+_READ_FAILURES = (OSError, EOFError, ValueError, KeyError, pa.ArrowException)
+
+
+def batch_lines(checkpoint: str, batch_id: int, max_lines: int) -> pa.Table | None:
     """Every line of micro-batch ``batch_id`` (columns ``value``, ``source_file``), as Spark reads them.
 
-    Args:
-        checkpoint: The query's checkpoint folder.
-        batch_id: The micro-batch.
-        max_lines: Stop reading once the batch holds more lines than this (the table
-            returned then has more than ``max_lines`` rows, but not every line).
-        skip: Files (as the source log names them) not to read: the corrupt ones, quarantined whole.
-
-    Returns:
-        The lines, or None if the batch cannot be read here with certainty.
+    :func:`checked_batch_files`, then :func:`files_lines` (a caller that needs the file list
+    itself calls the two, so the checkpoint's logs are read once).
 
     Raises:
         BatchReadError: If the checkpoint's logs or a file could not be read or parsed.
 
     """
+    return files_lines(checked_batch_files(checkpoint, batch_id), max_lines)
+
+
+def checked_batch_files(checkpoint: str, batch_id: int) -> list[str] | None:
+    """:func:`batch_files`, its read and parse failures raised as :class:`BatchReadError`."""
     try:
-        files = batch_files(checkpoint, batch_id)
-        if files is None:
-            return None
+        return batch_files(checkpoint, batch_id)
+    except _READ_FAILURES as exc:
+        raise BatchReadError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def files_lines(files: list[str] | None, max_lines: int, skip: Collection[str] = ()) -> pa.Table | None:
+    """Every line of ``files`` (a batch's, as the source log names them), as Spark reads them.
+
+    Args:
+        files: The batch's files (None: not known, so None is returned).
+        max_lines: Stop reading once the batch holds more lines than this (the table
+            returned then has more than ``max_lines`` rows, but not every line).
+        skip: Files not to read: the corrupt ones, quarantined whole.
+
+    Returns:
+        The lines, or None if the batch cannot be read here with certainty.
+
+    Raises:
+        BatchReadError: If a file could not be read.
+
+    """
+    if files is None:
+        return None
+    try:
         values: list[str] = []
         sources: list[str] = []
         for uri in files:
@@ -75,7 +98,7 @@ def batch_lines(checkpoint: str, batch_id: int, max_lines: int, skip: Collection
             if len(values) > max_lines:
                 break
         return pa.table({"value": pa.array(values, pa.string()), "source_file": pa.array(sources, pa.string())})
-    except (OSError, EOFError, ValueError, KeyError, pa.ArrowException) as exc:
+    except _READ_FAILURES as exc:
         raise BatchReadError(f"{type(exc).__name__}: {exc}") from exc
 
 

@@ -54,12 +54,12 @@ from recsys_lib.features.layers import PENDING, as_pending, compact_pending, ove
 from recsys_lib.features.local import LocalEvents, fold_local, overlay_local
 from recsys_lib.features.online import Projector, touched_rows
 from recsys_lib.ingest.commit import IngestError, ingest_arrow, ingest_frame
-from recsys_lib.ingest.corrupt import CORRUPT_FILE, find_corrupt, quarantine_files
+from recsys_lib.ingest.corrupt import find_corrupt, quarantine_files
 from recsys_lib.ingest.local_dedup import StoredKeys
 from recsys_lib.ingest.validate import read_raw_files
 from recsys_lib.lake import CommitResult, Lake, LakeConflictError, LakeError
 from recsys_lib.lake.files import filesystem_for
-from recsys_lib.streaming.batch_files import BatchReadError, batch_files, batch_lines, local_path
+from recsys_lib.streaming.batch_files import BatchReadError, checked_batch_files, files_lines, local_path
 from recsys_lib.streaming.faults import fault_point
 
 log = logging.getLogger(__name__)
@@ -126,11 +126,17 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     fallbacks: list[str] = []
     corrupt: list[str] = []
     skip: set[str] = set()
+    files = None
     if checkpoint is not None:
-        raw, skip, corrupt = _without_corrupt_files(spark, lake, raw, checkpoint, batch_id, app=app, now=now)
-    if limit and checkpoint is not None:
+        try:  # read once: the corrupt-file check and the driver's read both use it
+            files = checked_batch_files(checkpoint, batch_id)
+        except BatchReadError as exc:  # no check possible; Spark reads the batch (and decides)
+            fallbacks.append(_fell_back(f"batch {batch_id}: reading the checkpoint's file list", exc))
+    if files:
+        raw, skip, corrupt = _without_corrupt_files(spark, lake, raw, files, batch_id, app=app, now=now)
+    if limit and files is not None:
         try:
-            lines, read_by = batch_lines(checkpoint, batch_id, max_lines=limit, skip=skip), "files"
+            lines, read_by = files_lines(files, max_lines=limit, skip=skip), "files"
         except BatchReadError as exc:
             fallbacks.append(_fell_back(f"batch {batch_id}: reading the files on the driver", exc))
     if limit and lines is None:
@@ -172,28 +178,23 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     return report
 
 
-def _without_corrupt_files(spark: SparkSession, lake: Lake, raw: DataFrame, checkpoint: str, batch_id: int, *,
+def _without_corrupt_files(spark: SparkSession, lake: Lake, raw: DataFrame, files: list[str], batch_id: int, *,
                            app: str, now: datetime) -> tuple[DataFrame, set[str], list[str]]:
     """The batch's lines without its corrupt files, which are quarantined whole (once per batch id).
 
-    Returns ``raw`` (or a read of the other files), the corrupt files' URIs as the source log
-    names them, and their paths.
-
     Spark's reader would fail the batch, and the restarted stream would fail it again, forever.
+
+    Returns:
+        ``raw`` (or a read of the other files), the corrupt files' URIs as the source log
+        names them (``files``' spelling), and their paths.
+
     """
-    try:
-        files = batch_files(checkpoint, batch_id) or []
-    except (OSError, ValueError, KeyError) as exc:  # read_raw's Spark read then decides; nothing is skipped
-        log.warning("batch %d: the file list could not be read to check for corrupt files: %s", batch_id, exc)
-        return raw, set(), []
     by_path = {local_path(uri): uri for uri in files}
     corrupt = find_corrupt(list(by_path))
     if not corrupt:
         return raw, set(), []
     quarantine_files(lake, corrupt, run_id=f"{app}-{batch_id}", now=now, app_id=app, batch_id=batch_id)
     bad = {by_path[c.path] for c in corrupt}
-    for c in corrupt:
-        log.warning("batch %d: quarantined %s whole (%s): %s", batch_id, c.path, CORRUPT_FILE, c.detail)
     return read_raw_files(spark, [uri for uri in files if uri not in bad]), bad, sorted(c.path for c in corrupt)
 
 
