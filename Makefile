@@ -64,7 +64,7 @@ bench-streaming: $(STAMP)  ## incremental cost and freshness (needs bench-featur
 bench-microbatch: $(STAMP)  ## where a steady 2,000-event micro-batch spends its time (no prerequisites)
 	$(PY) bench/microbatch.py --batches 8 --warmup 2 --rate 2000
 
-bench-faults: $(STAMP)  ## fault soak: stream and refresh SIGKILLed at random points, N runs, losses (target 0)
+bench-faults: $(STAMP)  ## fault soak: stream, refresh, ingest, online sync SIGKILLed at random points; two writers; losses (target 0)
 	$(PY) bench/faults.py
 
 bench-serving: $(STAMP)  ## online store and API: reads, bulk load, open-loop HTTP load, event -> served (both backends)

@@ -222,7 +222,7 @@ def main() -> None:
                                        args.freshness_seconds, args.master, trigger)))
         return
     backends = {"sqlite": measure_backend(home, ["online.backend=sqlite", *extra], args.reads, rates, args.seconds)}
-    from tests.serving.conftest import RedisServer
+    from tests.redis_server import RedisServer
 
     redis_server = RedisServer(home / "redis")
     redis_server.start()

@@ -78,6 +78,11 @@ class LakeConfig(_Strict):
     #: How long a reader may keep reading one table version (a training job on its snapshot, a time-travel
     #: query). Vacuum keeps every file at least this long plus the stream's trigger.
     longest_reader: Duration = Field(7 * 86400.0, gt=0)
+    #: A writer's lease on a table lives this long unless renewed (every third of it). A killed job's
+    #: lease frees at once on its own host; elsewhere after this long.
+    lease_ttl: Duration = Field(60.0, ge=1.0)
+    #: How long a job waits for another job's lease on a table it writes before it exits, naming the holder.
+    lease_wait: Duration = Field(600.0, ge=0)
 
 
 class IngestConfig(_Strict):

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recsys_lib.core.config import RecsysConfig
+from recsys_lib.core.faults import fault_point
 from recsys_lib.core.schema import EVENTS_TABLE
 from recsys_lib.features.definitions import BUCKET, Entity, entities
 from recsys_lib.features.generations import pinned_versions
@@ -209,19 +210,23 @@ def catch_up(store: OnlineStore, lake: Lake, cfg: RecsysConfig, entity: Entity, 
         if generation is not None:
             raise
         return load_generation(store, lake, cfg)
-    keys = pc.unique(key_array(changed, entity).combine_chunks())
     buckets = pc.unique(changed.column(BUCKET)).to_pylist()
     current = lake.read_arrow(table, version=latest, partitions=(BUCKET, buckets)) if buckets else None
     written = 0
     if current is not None:
-        current = current.filter(pc.is_in(key_array(current, entity), value_set=keys))
-        for layer, rows in zip((Layer.BASE, Layer.PENDING), _layers(current), strict=True):
-            absent = keys.filter(pc.invert(pc.is_in(keys, value_set=key_array(rows, entity).combine_chunks())))
+        # Each layer is rewritten only for the keys whose rows in that layer changed: a commit that
+        # touched only the pending bucket says nothing about the base rows (which are not read here).
+        for layer, was, now in zip((Layer.BASE, Layer.PENDING), _layers(changed), _layers(current), strict=True):
+            touched = pc.unique(key_array(was, entity).combine_chunks())
+            rows = now.filter(pc.is_in(key_array(now, entity), value_set=touched))
+            absent = touched.filter(pc.invert(pc.is_in(touched, value_set=key_array(rows, entity).combine_chunks())))
             gone: list[Write] = [(k, None, None) for k in absent.to_pylist()]
             written += store.write(table, layer, writes(rows, entity, cfg) + gone, latest, generation=gen)
-        _raise_watermark(store, current)
+            _raise_watermark(store, rows)
+    fault_point("online_before_applied")  # rows written, the applied version not moved: a re-run rewrites them
     store.set_applied(table, latest, gen)
-    return {"table": table, "rows": written, "keys": len(keys), "from_version": applied + 1, "version": latest}
+    keys = len(pc.unique(key_array(changed, entity).combine_chunks()))
+    return {"table": table, "rows": written, "keys": keys, "from_version": applied + 1, "version": latest}
 
 
 def _overwritten(lake: Lake, table: str, after: int, until: int) -> bool:
@@ -259,8 +264,10 @@ def load_generation(store: OnlineStore, lake: Lake, cfg: RecsysConfig) -> dict[s
         _raise_watermark(store, rows)
         report["tables"][entity.table] = {"version": version, "rows": written,
                                           "seconds": round(time.monotonic() - t0, 3)}
+        fault_point("online_between_tables")  # a half-loaded generation that no reader sees
     for entity in entities(cfg.features).values():  # commits that landed while loading
         catch_up(store, lake, cfg, entity, generation=gen, to_version=pinned.get(entity.table))
+    fault_point("online_before_switch")
     store.activate(gen)
     for entity in entities(cfg.features).values():  # and those between the last catch-up and the switch
         catch_up(store, lake, cfg, entity, to_version=pinned.get(entity.table))

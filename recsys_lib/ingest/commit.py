@@ -24,6 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_lib.core.config import RecsysConfig
+from recsys_lib.core.faults import fault_point
 from recsys_lib.core.schema import (
     EVENTS_PARTITION_BY,
     EVENTS_SCHEMA,
@@ -126,6 +127,7 @@ def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFr
                     _conflicted(run_id, attempt, exc)
                     continue
                 stages.lap("write_commit_events")
+                fault_point("between_ingest_commits")
                 if summary.quarantined:
                     quarantine = _quarantine_rows(labelled, run_id, ingested_at)
                     qv = lake.append(QUARANTINE_SPEC, quarantine, metadata=meta,
@@ -133,6 +135,7 @@ def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFr
                 else:
                     qv = _nothing_quarantined(lake)
                 stages.lap("write_commit_quarantine")
+                fault_point("after_ingest_commits")
                 return _committed(summary, ev, qv, started, stages)
             finally:
                 labelled.unpersist()
@@ -189,6 +192,7 @@ def ingest_arrow(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: pa.Tab
     else:
         raise _gave_up(run_id, cfg)
     stages.lap("write_commit_events")
+    fault_point("between_ingest_commits")
     lines = _with_status(labelled, Status.QUARANTINED)
     if lines.num_rows:
         lines = _stamped(lines.append_column("raw", lines.column("value")), run_id, now)
@@ -199,6 +203,7 @@ def ingest_arrow(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: pa.Tab
     else:
         qv = _nothing_quarantined(lake)
     stages.lap("write_commit_quarantine")
+    fault_point("after_ingest_commits")
     return _committed(summary, ev, qv, started, stages)
 
 

@@ -5,10 +5,11 @@ bad upload would crash-loop the stream or fail every batch ingest. Each file is
 checked first, on the driver, in parallel threads (zlib releases the GIL):
 
 * a ``.gz`` must decompress to its end (a cut or damaged stream is ``corrupt_file``);
-* the content must look like text: its first 64 KiB (the sniff) must hold no NUL
-  byte and decode as UTF-8. The sniff is a cheap guard against a wrong file (an image,
-  a Latin-1 export), not a full scan: bad bytes further into a file reach the line
-  validation, as before.
+* the content must look like text: in its first 64 KiB (the sniff), NUL bytes and bytes
+  that do not decode as UTF-8 must each stay under 1%, with no run of 16 NULs (a
+  zero-filled block). The sniff is a cheap guard against a wrong file (an image, a
+  Latin-1 export, a block lost in a crash), not a full scan: a stray bad byte, or bad
+  bytes further into a file, reach the line validation, which quarantines their lines.
 
 A corrupt file is recorded in the ``quarantined_files`` table (path, reason, detail,
 size, run) and its lines are not read: none of them reaches ``events``, and the
@@ -28,6 +29,7 @@ import pyarrow as pa
 from pyarrow import fs as pafs
 from pyspark.sql import types as T
 
+from recsys_lib.core.schema import EVENTS_TABLE, QUARANTINE_TABLE
 from recsys_lib.ingest.commit import txn_app
 from recsys_lib.lake import CommitResult, Lake, TableSpec
 from recsys_lib.lake.files import filesystem_for, spark_to_arrow
@@ -43,6 +45,8 @@ QUARANTINED_FILES_SCHEMA = T.StructType([
     T.StructField("ingested_at", T.TimestampType(), False),
 ])
 QUARANTINED_FILES_SPEC = TableSpec(QUARANTINED_FILES_TABLE, QUARANTINED_FILES_SCHEMA, ())
+#: Every table an ingest (batch or stream) writes: one writer lease covers them all.
+INGEST_TABLES = (EVENTS_TABLE, QUARANTINE_TABLE, QUARANTINED_FILES_TABLE)
 CORRUPT_FILE = "corrupt_file"
 _SNIFF = 64 * 1024
 _CHUNK = 1 << 20
@@ -80,13 +84,29 @@ def check_file(path: str) -> CorruptFile | None:
                 head = stream.read(_SNIFF)
     except zlib.error as exc:
         return CorruptFile(path, f"not a readable gzip stream: {exc}", size)
-    if b"\x00" in head:
-        return CorruptFile(path, "binary content (NUL bytes), not JSON lines", size)
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 3:  # not merely a character cut at the end of the sniffed prefix
-            return CorruptFile(path, f"not UTF-8 text (byte {exc.start}), not JSON lines", size)
+    return _not_text(path, head, size)
+
+
+def _not_text(path: str, head: bytes, size: int) -> CorruptFile | None:
+    """Why the sniffed ``head`` is not JSON-lines text, or None.
+
+    A stray NUL or undecodable byte in one line is that line's problem (the line validation
+    quarantines it); a file is refused whole only when NUL and undecodable bytes together
+    are at least 1% of the sniff, or a run of NULs shows a zero-filled block (a write lost
+    in a crash).
+    """
+    if not head:
+        return None
+    nuls = head.count(b"\x00")
+    # bytes that are not UTF-8 each decode to U+FFFD; one cut character at the end of the sniff is not counted
+    undecodable = head.decode("utf-8", errors="replace").count("\ufffd") - head.count("\ufffd".encode())
+    if head[-3:].decode("utf-8", errors="replace").endswith("\ufffd"):
+        undecodable -= 1
+    if (nuls + undecodable) * 100 < len(head) and b"\x00" * 16 not in head:
+        return None
+    what = "binary content" if nuls else "not UTF-8 text"
+    return CorruptFile(path, f"{what} ({nuls} NUL and {undecodable} undecodable bytes in the first {len(head)}), "
+                             "not JSON lines", size)
     return None
 
 
@@ -113,7 +133,18 @@ def list_raw_files(root: str, suffixes: Iterable[str]) -> list[str]:
 
 def quarantine_files(lake: Lake, corrupt: Sequence[CorruptFile], *, run_id: str, now: datetime,
                      app_id: str | None = None, batch_id: int | None = None) -> CommitResult | None:
-    """Record ``corrupt`` in ``quarantined_files`` (an app transaction when ``app_id`` is given), logging each."""
+    """Record ``corrupt`` in ``quarantined_files`` (an app transaction when ``app_id`` is given), logging each.
+
+    A file already recorded (same path and size: a re-run after a crash, or the same folder
+    ingested again) is not recorded twice.
+    """
+    if corrupt and app_id is None and lake.exists(QUARANTINED_FILES_TABLE):
+        seen = lake.read_arrow(QUARANTINED_FILES_TABLE, columns=["source_file", "bytes"]).to_pylist()
+        recorded = {(r["source_file"], r["bytes"]) for r in seen}
+        for c in corrupt:
+            if (c.path, c.bytes) in recorded:
+                log.info("%s: %s is already in %s", run_id, c.path, QUARANTINED_FILES_TABLE)
+        corrupt = [c for c in corrupt if (c.path, c.bytes) not in recorded]
     if not corrupt:
         return None
     for c in corrupt:

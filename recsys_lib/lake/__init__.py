@@ -13,19 +13,17 @@ from pyspark.sql import SparkSession
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.lake.base import (
     CommitResult,
-    CorruptLog,
     Lake,
-    LakeConflictError,
-    LakeError,
     RetryPolicy,
-    SchemaDrift,
-    TableNotFound,
     TableSpec,
 )
 from recsys_lib.lake.deltars import DeltaRsLake
+from recsys_lib.lake.errors import CorruptLog, LakeConflictError, LakeError, SchemaDrift, TableNotFound
+from recsys_lib.lake.lease import LeaseHeld, LeaseLost
 
 __all__ = [
-    "CommitResult", "CorruptLog", "DeltaRsLake", "Lake", "LakeConflictError", "LakeError", "RetryPolicy",
+    "CommitResult", "CorruptLog", "DeltaRsLake", "Lake", "LakeConflictError", "LakeError", "LeaseHeld", "LeaseLost",
+    "RetryPolicy",
     "SchemaDrift", "TableNotFound", "TableSpec", "driver_lake", "open_lake",
 ]
 
@@ -41,7 +39,8 @@ def open_lake(spark: SparkSession, cfg: RecsysConfig, engine: str | None = None)
     if choice not in ("auto", "delta-rs"):
         raise LakeError(f"lake.engine {choice!r} is not available: the only engine is 'delta-rs'")
     retry = RetryPolicy(cfg.lake.commit_retries, cfg.lake.retry_backoff, cfg.lake.retry_backoff_max)
-    return DeltaRsLake(spark, cfg.lake_root, retry=retry, storage_options=cfg.lake.storage_options)
+    return DeltaRsLake(spark, cfg.lake_root, retry=retry, storage_options=cfg.lake.storage_options,
+                       lease_ttl=cfg.lake.lease_ttl, lease_wait=cfg.lake.lease_wait)
 
 
 def driver_lake(cfg: RecsysConfig) -> Lake:
@@ -51,4 +50,5 @@ def driver_lake(cfg: RecsysConfig) -> Lake:
     """
     retry = RetryPolicy(cfg.lake.commit_retries, cfg.lake.retry_backoff, cfg.lake.retry_backoff_max)
     no_spark: Any = None
-    return DeltaRsLake(no_spark, cfg.lake_root, retry=retry, storage_options=cfg.lake.storage_options)
+    return DeltaRsLake(no_spark, cfg.lake_root, retry=retry, storage_options=cfg.lake.storage_options,
+                       lease_ttl=cfg.lake.lease_ttl, lease_wait=cfg.lake.lease_wait)

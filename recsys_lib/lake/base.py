@@ -17,7 +17,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recsys_lib.lake.errors import LakeConflictError, TableNotFound
 from recsys_lib.lake.files import spark_to_arrow
+from recsys_lib.lake.lease import Lease, LeaseStore
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -30,26 +32,6 @@ DEFAULT_TABLE_PROPERTIES: dict[str, str] = {
     "delta.enableChangeDataFeed": "true",
     "delta.appendOnly": "false",
 }
-
-
-class LakeError(RuntimeError):
-    """A lake operation failed; the message names the table and the operation."""
-
-
-class LakeConflictError(LakeError):
-    """A commit kept conflicting with concurrent writers until the retries ran out."""
-
-
-class TableNotFound(LakeError):
-    """The named table does not exist."""
-
-
-class CorruptLog(LakeError):
-    """A table's Delta log holds an entry that cannot be parsed; the message names the file and version."""
-
-
-class SchemaDrift(LakeError):
-    """A table is stored with other columns (or types, or partitioning) than the code writes."""
 
 
 def schema_drift(spec: TableSpec, stored: pa.Schema, partition_by: Sequence[str]) -> str:
@@ -149,11 +131,26 @@ class Lake(ABC):
     engine_name: str = "abstract"
 
     def __init__(self, spark: SparkSession, root: str, *, retry: RetryPolicy | None = None,
-                 storage_options: Mapping[str, str] | None = None) -> None:
+                 storage_options: Mapping[str, str] | None = None, lease_ttl: float = 60.0,
+                 lease_wait: float = 600.0) -> None:
         self.spark = spark
         self.root = root.rstrip("/")
         self.retry = retry or RetryPolicy()
         self.storage_options = dict(storage_options or {})
+        #: Writer leases (:mod:`recsys_lib.lake.lease`): every data commit checks its table's.
+        self.leases = LeaseStore(self.root, ttl=lease_ttl)
+        self.lease_wait = lease_wait
+
+    def writing(self, tables: Sequence[str], owner: str, *, wait: float | None = None) -> Lease:
+        """Take the writer leases of ``tables`` for the job ``owner`` (a context manager that gives them back).
+
+        Other jobs' commits to those tables are refused until then (:mod:`recsys_lib.lake.lease`).
+
+        Raises:
+            LeaseHeld: Another job still held one after ``wait`` seconds (default: ``lake.lease_wait``).
+
+        """
+        return self.leases.acquire(tables, owner, wait=self.lease_wait if wait is None else wait)
 
     def uri(self, name: str) -> str:
         """Location of the named table."""

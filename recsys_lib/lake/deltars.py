@@ -26,15 +26,12 @@ from pyspark.sql import types as T
 
 from recsys_lib.lake.base import (
     CommitResult,
-    CorruptLog,
     Lake,
-    LakeConflictError,
-    SchemaDrift,
     StillValid,
-    TableNotFound,
     TableSpec,
     schema_drift,
 )
+from recsys_lib.lake.errors import CorruptLog, LakeConflictError, SchemaDrift, TableNotFound
 from recsys_lib.lake.files import (
     arrow_to_spark,
     check_hive_layout,
@@ -169,6 +166,7 @@ class DeltaRsLake(Lake):
             return CommitResult(version=self.version(spec.name), skipped=True)
 
         def transact(table: DeltaTable, retries: int | None = None) -> None:
+            self.leases.check_commit(spec.name)
             properties = self._commit_properties(app_id, batch_id, metadata)
             properties.max_commit_retries = retries
             table.create_write_transaction(list(written.adds), mode=mode, schema=spark_to_arrow(spec.schema),
@@ -241,6 +239,7 @@ class DeltaRsLake(Lake):
             return CommitResult(version=read_version, skipped=True)
 
         def commit() -> CommitResult:
+            self.leases.check_commit(spec.name)
             try:
                 table.create_write_transaction(
                     [*written.adds, *removes], mode="append", schema=spark_to_arrow(spec.schema),
@@ -300,6 +299,7 @@ class DeltaRsLake(Lake):
                 return done
             if source.num_rows == 0 and app_id is None:
                 return CommitResult(version=table.version(), skipped=True)
+            self.leases.check_commit(spec.name)
             merger = table.merge(
                 source, predicate, source_alias="s", target_alias="t",
                 commit_properties=self._commit_properties(app_id, batch_id, metadata),
@@ -425,9 +425,9 @@ class DeltaRsLake(Lake):
     def changes_arrow(self, name: str, since_version: int, until_version: int,
                       columns: Sequence[str] | None = None) -> pa.Table:
         wanted = None if columns is None else [*columns, "_change_type", "_commit_version"]
-        reader = self._table(name).load_cdf(starting_version=since_version, ending_version=until_version,
-                                            columns=wanted)
-        return pa.table(reader)
+        changes = pa.table(self._table(name).load_cdf(starting_version=since_version, ending_version=until_version,
+                                                      columns=wanted))
+        return changes.cast(pa.schema([pa.field(f.name, plain_arrow_type(f.type)) for f in changes.schema]))
 
     # -- maintenance ---------------------------------------------------------
     def compact(self, name: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from recsys_lib.lake.base import TableNotFound
+from recsys_lib.lake.errors import TableNotFound
 
 
 @dataclass(frozen=True)

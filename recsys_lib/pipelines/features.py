@@ -18,13 +18,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_lib.core.config import RecsysConfig
+from recsys_lib.core.faults import fault_point
 from recsys_lib.core.schema import EVENTS_TABLE
 from recsys_lib.features import USER, USER_CATEGORY, Entity, entities, fold
 from recsys_lib.features.decay import event_bounds
-from recsys_lib.features.generations import record_generation
+from recsys_lib.features.generations import GENERATIONS_TABLE, record_generation
 from recsys_lib.features.layers import table_spec
 from recsys_lib.lake import Lake
-from recsys_lib.streaming.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,12 @@ def run_refresh(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, until: da
     summary = RefreshSummary(events_version=events_version, watermark=_iso(watermark), until=_iso(until))
     todo = {n: e for n, e in entities(cfg.features).items() if not only or n in only}
     refresh_id = f"{stamp:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    _refresh_tables(lake, cfg, events, todo, summary, stamp, span, refresh_id)
-    # the manifest, committed last: until it lands, batch readers stay on the previous complete refresh
-    summary.generation_version = record_generation(
-        lake, refresh_id, {t: int(info["version"]) for t, info in summary.tables.items()}, events_version,
-        summary.until)
+    with lake.writing([*(e.table for e in todo.values()), GENERATIONS_TABLE], f"features refresh {refresh_id}"):
+        _refresh_tables(lake, cfg, events, todo, summary, stamp, span, refresh_id)
+        # the manifest, committed last: until it lands, batch readers stay on the previous complete refresh
+        summary.generation_version = record_generation(
+            lake, refresh_id, {t: int(info["version"]) for t, info in summary.tables.items()}, events_version,
+            summary.until)
     if cfg.online.enabled:
         summary.online = _publish_online(lake, cfg)
     summary.seconds = round(time.monotonic() - started, 2)

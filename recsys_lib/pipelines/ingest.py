@@ -4,9 +4,10 @@ The validation, deduplication and commit live in :mod:`recsys_lib.ingest.commit`
 (shared with the stream); this job checks the folder and its files
 (:mod:`recsys_lib.ingest.corrupt`: a corrupt file is quarantined whole), reads it and reports.
 
-Concurrency: one ingest runs at a time per lake (the Airflow DAG sets
-``max_active_runs=1``). A re-run after a crash is safe: what was committed is
-recognised as duplicates.
+Concurrency: the run holds the writer leases of the tables it writes
+(:data:`~recsys_lib.ingest.corrupt.INGEST_TABLES`), so a second ingest, or the stream,
+waits for it (up to ``lake.lease_wait``, then exits naming the holder). A re-run after
+a crash is safe: what was committed is recognised as duplicates.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from recsys_lib.core.config import RecsysConfig
+from recsys_lib.core.faults import fault_point
 from recsys_lib.ingest.commit import IngestError, IngestSummary, ingest_frame
-from recsys_lib.ingest.corrupt import find_corrupt, list_raw_files, quarantine_files
+from recsys_lib.ingest.corrupt import INGEST_TABLES, find_corrupt, list_raw_files, quarantine_files
 from recsys_lib.ingest.validate import RAW_FILE_GLOB, RAW_SUFFIXES, read_raw, read_raw_files
 from recsys_lib.lake import Lake
 
@@ -41,15 +43,17 @@ def run_ingest(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     _check_input(source)
     now = now or datetime.now(UTC)
     run_id = f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    files = list_raw_files(source, RAW_SUFFIXES)
-    corrupt = find_corrupt(files)
-    if corrupt:  # read every other file by name; record the corrupt ones whole
-        quarantine_files(lake, corrupt, run_id=run_id, now=now)
-        bad = {c.path for c in corrupt}
-        raw = read_raw_files(spark, [f for f in files if f not in bad])
-    else:
-        raw = read_raw(spark, source)
-    summary = ingest_frame(spark, lake, cfg, raw, run_id=run_id, source=source, now=now)
+    with lake.writing(INGEST_TABLES, f"ingest {run_id} of {source}"):
+        files = list_raw_files(source, RAW_SUFFIXES)
+        corrupt = find_corrupt(files)
+        if corrupt:  # read every other file by name; record the corrupt ones whole
+            quarantine_files(lake, corrupt, run_id=run_id, now=now)
+            fault_point("after_corrupt_files_commit")
+            bad = {c.path for c in corrupt}
+            raw = read_raw_files(spark, [f for f in files if f not in bad])
+        else:
+            raw = read_raw(spark, source)
+        summary = ingest_frame(spark, lake, cfg, raw, run_id=run_id, source=source, now=now)
     summary.quarantined_files = sorted(c.path for c in corrupt)
     if summary_json:
         write_json(summary_json, summary.to_json())

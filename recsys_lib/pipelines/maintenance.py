@@ -16,7 +16,7 @@ from typing import Any
 from recsys_lib.core.config import FeaturesConfig, RecsysConfig
 from recsys_lib.features.definitions import entities
 from recsys_lib.features.layers import compact_pending
-from recsys_lib.lake import Lake, LakeConflictError
+from recsys_lib.lake import Lake, LakeConflictError, LeaseHeld
 
 
 class UnsafeVacuum(ValueError):
@@ -60,8 +60,9 @@ def run_maintenance(lake: Lake, tables: list[str] | None = None, *, retention_ho
     """Compact, then vacuum, each table; return what was done per table.
 
     With ``features``, a feature table's pending layer is first merged into its base
-    (:func:`recsys_lib.features.layers.compact_pending`); if the stream commits
-    meanwhile, that step is left for the next run.
+    (:func:`recsys_lib.features.layers.compact_pending`), holding the table's writer lease;
+    if the stream commits meanwhile, or holds the lease past ``lake.lease_wait``, that step is
+    left for the next run.
     """
     report: dict[str, dict[str, Any]] = {}
     feature_tables = {e.table: e for e in entities(features).values()} if features else {}
@@ -70,10 +71,13 @@ def run_maintenance(lake: Lake, tables: list[str] | None = None, *, retention_ho
         pending: Any = None
         entity = feature_tables.get(name)
         if entity is not None and features is not None:
-            try:
-                pending = compact_pending(lake, entity, features).get("compacted")
+            try:  # a data commit: under the table's writer lease (the stream's batches wait, or it waits)
+                with lake.writing([name], f"maintain {name}"):
+                    pending = compact_pending(lake, entity, features).get("compacted")
             except LakeConflictError:
                 pending = "conflict: left for the next run"
+            except LeaseHeld as exc:
+                pending = f"left for the next run: {exc}"
         metrics = lake.compact(name)
         removed = lake.vacuum(name, retention_hours) if vacuum else []
         report[name] = {"pending_folded": pending, "files_added": metrics.get("numFilesAdded"),

@@ -9,6 +9,7 @@ of a batch exactly-once with Delta app transactions keyed by (query, batch id).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -18,14 +19,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_lib.core.config import RecsysConfig
+from recsys_lib.core.faults import fault_point
 from recsys_lib.features import entities
 from recsys_lib.features.online import Projector
+from recsys_lib.ingest.corrupt import INGEST_TABLES
 from recsys_lib.ingest.local_dedup import StoredKeys
 from recsys_lib.ingest.validate import RAW_FILE_GLOB
 from recsys_lib.lake import Lake
 from recsys_lib.lake.files import filesystem_for
 from recsys_lib.online import open_store
-from recsys_lib.streaming.faults import fault_point
 from recsys_lib.streaming.health import STATUS_FILE, write_pid
 from recsys_lib.streaming.microbatch import process_batch
 
@@ -65,12 +67,17 @@ def run_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     stored.warm_up()  # loaded while the query starts
     projector = _projector(lake, cfg)
     ids: list[str] = []  # the checkpoint's id, read at the first batch (Spark has written it by then)
+    # Each batch holds the leases of every table it writes: a batch ingest or a refresh in
+    # progress makes the stream wait (up to lake.lease_wait), and their commits wait for the batch.
+    tables = [*INGEST_TABLES, *(e.table for e in entities(cfg.features).values())]
+    owner = f"stream {cfg.streaming.query_name} (checkpoint {checkpoint})"
 
     def on_batch(batch: DataFrame, batch_id: int) -> None:
         if not ids:
             ids.append(checkpoint_id(checkpoint))
-        report = process_batch(spark, lake, cfg, batch, query=cfg.streaming.query_name, batch_id=batch_id,
-                               stored=stored, checkpoint=checkpoint, projector=projector, stream_id=ids[0])
+        with lake.writing(tables, owner):
+            report = process_batch(spark, lake, cfg, batch, query=cfg.streaming.query_name, batch_id=batch_id,
+                                   stored=stored, checkpoint=checkpoint, projector=projector, stream_id=ids[0])
         record = report.to_json()
         if projector is not None:
             record["online"] = {"failures": projector.failures, "catch_ups": projector.catch_ups,
@@ -89,11 +96,20 @@ def run_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, input_dir: st
     if available_now:
         writer = writer.trigger(availableNow=True)
     else:
-        write_pid(cfg)  # the watchdog's liveness check (recsys_lib.streaming.health)
         writer = writer.trigger(processingTime=f"{trigger_seconds or cfg.streaming.trigger} seconds")
-    query = writer.start()
-    query.awaitTermination()
+    # One stream per checkpoint: a second one on the same checkpoint would replay batches the
+    # first is writing and race it on Spark's offset log. It exits at once, naming the first.
+    with lake.writing([checkpoint_lease(checkpoint)], owner, wait=0):
+        if not available_now:
+            write_pid(cfg)  # the watchdog's liveness check (recsys_lib.streaming.health)
+        query = writer.start()
+        query.awaitTermination()
     return reports
+
+
+def checkpoint_lease(checkpoint: str) -> str:
+    """The lease name that stands for one stream checkpoint (a short digest of its location)."""
+    return "checkpoint-" + hashlib.sha256(checkpoint.rstrip("/").encode("utf-8")).hexdigest()[:16]
 
 
 def checkpoint_id(checkpoint: str) -> str:

@@ -47,6 +47,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_lib.core.config import RecsysConfig
+from recsys_lib.core.faults import fault_point
 from recsys_lib.core.schema import EVENTS_SCHEMA, EVENTS_TABLE
 from recsys_lib.features import entities, fold
 from recsys_lib.features.definitions import BUCKET, Entity
@@ -60,7 +61,6 @@ from recsys_lib.ingest.validate import read_raw_files
 from recsys_lib.lake import CommitResult, Lake, LakeConflictError, LakeError
 from recsys_lib.lake.files import filesystem_for
 from recsys_lib.streaming.batch_files import BatchReadError, checked_batch_files, files_lines, local_path
-from recsys_lib.streaming.faults import fault_point
 
 log = logging.getLogger(__name__)
 

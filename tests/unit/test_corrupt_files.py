@@ -43,6 +43,15 @@ def test_corrupt_files_are_named_with_the_reason(tmp_path, name, data, detail):
     assert found is not None and found.path == path and detail in found.detail and found.bytes == len(data)
 
 
+def test_a_stray_bad_byte_is_left_to_the_line_validation_but_a_zero_filled_block_is_not(tmp_path):
+    some = LINES[:2000]  # about 60 lines, all inside the sniffed head
+    stray = some + b'{"q": "a\x00b"}\n' + '{"q": "caf\xe9"}\n'.encode("latin-1")
+    assert check_file(_write(tmp_path / "stray.jsonl", stray)) is None  # two lines to quarantine, not the file
+    zeroed = some + b"\x00" * 4096 + some  # a block lost in a crash
+    found = check_file(_write(tmp_path / "zeroed.jsonl", zeroed))
+    assert found is not None and "4096 NUL" in found.detail
+
+
 def test_find_corrupt_among_good_files_and_list_raw_files(tmp_path):
     good = _write(tmp_path / "d=1" / "a.jsonl.gz", gzip.compress(LINES))
     bad = _write(tmp_path / "d=2" / "b.jsonl.gz", gzip.compress(LINES)[:100])
