@@ -88,6 +88,12 @@ async def open_loop(port: int, paths: list[str], rate: float, seconds: float, co
             **percentiles(latencies)}
 
 
+#: The store and API parts pick users from the store and ask for them by that id, so the lake keeps the
+#: generator's ids (pseudonyms on, the API would hash those ids again). Hashing costs about 3 microseconds
+#: per id (bench/privacy.py); the freshness part runs with the default, pseudonyms on.
+RAW_IDS = "privacy.pseudonymize=false"
+
+
 def build_lake(home: Path, users: int, items: int, events: int, master: str) -> None:
     from recsys_lib.core.config import load_config
     from recsys_lib.datagen.synthetic import GeneratorSpec
@@ -97,7 +103,7 @@ def build_lake(home: Path, users: int, items: int, events: int, master: str) -> 
     from recsys_lib.pipelines.ingest import run_ingest
     from tests.serving.helpers import export_untrained
 
-    cfg = load_config(overrides=[f"home={home}", f"spark.master={master}", "online.enabled=false"])
+    cfg = load_config(overrides=[f"home={home}", f"spark.master={master}", "online.enabled=false", RAW_IDS])
     run_generate(GeneratorSpec(users=users, items=items, days=3, events=events, bad_fraction=0.0, seed=11),
                  home / "landing" / "bench")
     ctx = start(cfg)
@@ -215,7 +221,7 @@ def main() -> None:
     if not (home / "serving" / "current" / "meta.json").exists():
         build_lake(home, args.users, args.items, args.events, args.master)
     rates = {"features": args.features_rate, "recs": args.recs_rate}
-    extra = list(args.serve_set)
+    extra = [RAW_IDS, *args.serve_set]
     trigger = args.trigger or f"{load_config().streaming.trigger}s"
     if args.only_freshness:
         print(json.dumps(api_freshness(Path(args.work), home / "serving" / "current", args.stream_rate,
@@ -236,7 +242,7 @@ def main() -> None:
     user = "u1"
     t = time.monotonic()
     old = subprocess.run([str(Path(sys.executable).with_name("recsys")), "recommend", "--user", user,
-                          "--set", f"home={home}", "--set", f"spark.master={args.master}"],
+                          "--set", f"home={home}", "--set", f"spark.master={args.master}", "--set", RAW_IDS],
                          env=bench_env(), capture_output=True, text=True, check=False)
     old_seconds = time.monotonic() - t
     api_p50 = backends["sqlite"]["recommendations"]["p50_ms"] / 1000

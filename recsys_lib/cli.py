@@ -18,7 +18,7 @@ from recsys_lib.cli_models import COMMANDS as MODEL_COMMANDS
 from recsys_lib.cli_models import add_model_commands, run_model_command
 from recsys_lib.cli_online import COMMANDS as ONLINE_COMMANDS
 from recsys_lib.cli_online import add_online_commands, run_online_command
-from recsys_lib.core.config import ConfigError, RecsysConfig, load_config
+from recsys_lib.core.config import ConfigError, RecsysConfig, load_config, redacted
 from recsys_lib.core.durations import parse_duration
 from recsys_lib.lake import Lake
 
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, cfg: RecsysConfig) -> int:
     if args.command == "config":
-        print(json.dumps({"resolved": cfg.model_dump(), "home_dir": cfg.home_dir,
+        print(json.dumps({"resolved": redacted(cfg), "home_dir": cfg.home_dir,
                           "lake_root": cfg.lake_root, "landing_dir": cfg.landing_dir}, indent=2))
         return 0
     if args.command == "generate":

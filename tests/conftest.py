@@ -30,8 +30,10 @@ def cfg(tmp_path: Path):
     """Config rooted at a fresh temporary data folder."""
     from recsys_lib.core.config import load_config
 
+    # Pseudonyms off: expectations are written by hand with raw ids (u1, i2). tests/spark/test_privacy.py
+    # and the CLI-driven tests (faults, integration, demo) run with the default, pseudonyms on.
     return load_config(overrides=[f"home={tmp_path / 'home'}", "spark.master=local[2]",
-                                  "lake.retry_backoff=1ms"])
+                                  "lake.retry_backoff=1ms", "privacy.pseudonymize=false"])
 
 
 @pytest.fixture

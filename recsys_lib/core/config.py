@@ -16,6 +16,7 @@ Every unknown key or bad value raises :class:`ConfigError` naming the dotted key
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -261,6 +262,15 @@ class OnlineConfig(_Strict):
     generation_grace: Duration = 60.0
 
 
+class PrivacyConfig(_Strict):
+    """Pseudonymous user ids (:mod:`recsys_lib.core.privacy`). The key itself is never in config."""
+
+    #: Replace user ids by keyed hashes at ingest and in the API; off only for public data sets.
+    pseudonymize: bool = True
+    #: Where the key is read from unless ``$RECSYS_ID_KEY`` is set; null: ``<home>/secrets/id.key``.
+    key_file: str | None = None
+
+
 class RecsysConfig(_Strict):
     """The whole suite's configuration."""
 
@@ -275,6 +285,7 @@ class RecsysConfig(_Strict):
     mlflow: MlflowConfig = MlflowConfig()
     serve: ServeConfig = ServeConfig()
     online: OnlineConfig = OnlineConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @property
     def home_dir(self) -> str:
@@ -416,3 +427,27 @@ def _split_key(key: str) -> list[str]:
         if key.startswith(prefix) and len(key) > len(prefix):
             return [*prefix.rstrip(".").split("."), key[len(prefix):]]
     return key.split(".")
+
+
+_SECRET_WORDS = ("secret", "password", "token", "key", "credential", "sas", "signature")
+_URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
+
+
+def redacted(cfg: RecsysConfig) -> dict[str, Any]:
+    """The config as a dict, safe to print: storage option secrets and passwords in URLs become ``***``.
+
+    (The pseudonym key is never part of the config; see ``privacy.key_file``.)
+    """
+    def scrub(value: Any, name: str = "", under_options: bool = False) -> Any:
+        if isinstance(value, dict):
+            inside = under_options or name == "storage_options"
+            return {k: scrub(v, k, inside) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [scrub(v, name, under_options) for v in value]
+        if isinstance(value, str):
+            if under_options and any(word in name.lower() for word in _SECRET_WORDS):
+                return "***"
+            return _URL_PASSWORD.sub(r"\1***@", value)
+        return value
+
+    return dict(scrub(cfg.model_dump()))

@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.core.faults import fault_point
+from recsys_lib.core.privacy import Pseudonyms, mask_raw_arrow, mask_raw_column, pseudonyms_for
 from recsys_lib.core.schema import (
     EVENTS_PARTITION_BY,
     EVENTS_SCHEMA,
@@ -88,7 +89,9 @@ def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFr
                  now: datetime, app_id: str | None = None, batch_id: int | None = None) -> IngestSummary:
     """Validate, deduplicate and commit raw lines (columns ``value``, ``source_file``).
 
-    The core of both batch ingestion and a streaming micro-batch. With ``app_id``
+    The core of both batch ingestion and a streaming micro-batch. With ``privacy.pseudonymize``
+    on, stored events carry the user id's pseudonym and quarantined lines their raw text with
+    the user id masked (:mod:`recsys_lib.core.privacy`). With ``app_id``
     and ``batch_id`` each table's append is an app transaction, so a replayed batch
     commits nothing twice (a replay finds its events already stored and counts them
     as duplicates).
@@ -98,6 +101,7 @@ def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFr
 
     """
     started = time.monotonic()
+    ids = pseudonyms_for(cfg)  # first: a missing or short key fails before any work
     lake.create(EVENTS_SPEC)
     lake.create(QUARANTINE_SPEC)
     stages = _Stopwatch()
@@ -118,7 +122,7 @@ def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFr
                 stages.lap("parse_validate_dedupe")
                 ingested_at = F.lit(now).cast("timestamp")
                 meta = {"run_id": run_id, "input": source}
-                events = _events_rows(labelled, run_id, ingested_at)
+                events = _events_rows(labelled, run_id, ingested_at, ids)
                 try:
                     ev = lake.append(EVENTS_SPEC, events, metadata=meta, app_id=txn_app(app_id, EVENTS_TABLE),
                                      batch_id=batch, read_version=read,
@@ -129,7 +133,7 @@ def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFr
                 stages.lap("write_commit_events")
                 fault_point("between_ingest_commits")
                 if summary.quarantined:
-                    quarantine = _quarantine_rows(labelled, run_id, ingested_at)
+                    quarantine = _quarantine_rows(labelled, run_id, ingested_at, ids)
                     qv = lake.append(QUARANTINE_SPEC, quarantine, metadata=meta,
                                      app_id=txn_app(app_id, QUARANTINE_TABLE), batch_id=batch)
                 else:
@@ -154,6 +158,7 @@ def ingest_arrow(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: pa.Tab
     from the driver. Same results, same app transactions, same checks.
     """
     started = time.monotonic()
+    ids = pseudonyms_for(cfg)
     lake.create(EVENTS_SPEC)
     lake.create(QUARANTINE_SPEC)
     stages = _Stopwatch()
@@ -179,6 +184,9 @@ def ingest_arrow(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: pa.Tab
         summary = _reconciled(run_id, source, raw.num_rows, counts)
         stages.lap("parse_validate_dedupe")
         events = _with_status(labelled, Status.NEW)
+        if ids is not None:
+            events = events.set_column(events.schema.get_field_index("user_id"), "user_id",
+                                       ids.arrow(events.column("user_id")))
         events = _stamped(events.append_column("event_date", pc.cast(events.column("event_ts"), pa.date32())),
                           run_id, now)
         try:
@@ -195,7 +203,8 @@ def ingest_arrow(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: pa.Tab
     fault_point("between_ingest_commits")
     lines = _with_status(labelled, Status.QUARANTINED)
     if lines.num_rows:
-        lines = _stamped(lines.append_column("raw", lines.column("value")), run_id, now)
+        raw = lines.column("value") if ids is None else mask_raw_arrow(lines.column("value"))
+        lines = _stamped(lines.append_column("raw", raw), run_id, now)
         lines = lines.append_column("ingest_date", pa.array([event_date(now)] * lines.num_rows, pa.date32()))
         qv = lake.append_arrow(QUARANTINE_SPEC, lines.select(QUARANTINE_SCHEMA.fieldNames()).cast(
             spark_to_arrow(QUARANTINE_SCHEMA)), metadata=meta, app_id=txn_app(app_id, QUARANTINE_TABLE),
@@ -344,9 +353,12 @@ def _summarise(run_id: str, source: str, input_records: int,
     )
 
 
-def _events_rows(labelled: DataFrame, run_id: str, ingested_at: F.Column) -> DataFrame:
+def _events_rows(labelled: DataFrame, run_id: str, ingested_at: F.Column, ids: Pseudonyms | None) -> DataFrame:
+    new = labelled.where(F.col("status") == Status.NEW.value)
+    if ids is not None:
+        new = new.withColumn("user_id", ids.column(F.col("user_id")))
     return (
-        labelled.where(F.col("status") == Status.NEW.value)
+        new
         .withColumn("ingest_run_id", F.lit(run_id))
         .withColumn("ingested_at", ingested_at)
         .withColumn("event_date", F.to_date("event_ts"))
@@ -354,10 +366,11 @@ def _events_rows(labelled: DataFrame, run_id: str, ingested_at: F.Column) -> Dat
     )
 
 
-def _quarantine_rows(labelled: DataFrame, run_id: str, ingested_at: F.Column) -> DataFrame:
+def _quarantine_rows(labelled: DataFrame, run_id: str, ingested_at: F.Column,
+                     ids: Pseudonyms | None) -> DataFrame:
+    lines = labelled.where(F.col("status") == Status.QUARANTINED.value)
     return (
-        labelled.where(F.col("status") == Status.QUARANTINED.value)
-        .withColumnRenamed("value", "raw")
+        lines.withColumn("raw", F.col("value") if ids is None else mask_raw_column(F.col("value")))
         .withColumn("ingest_run_id", F.lit(run_id))
         .withColumn("ingested_at", ingested_at)
         .withColumn("ingest_date", F.to_date(ingested_at))

@@ -50,6 +50,7 @@ def prepare_sample(cfg: RecsysConfig, *, events: int = 50_000, users: int = 1_00
 def run_demo(cfg: RecsysConfig, *, events: int = 200_000, seed: int = 7, stream_seconds: float = 60.0,
              say: Callable[[str], None] = print) -> IngestSummary:
     """Generate, ingest, refresh, train, evaluate, promote, recommend, then stream live events (see README)."""
+    from recsys_lib.core.privacy import stored_id
     from recsys_lib.pipelines.demo_live import live_stream
     from recsys_lib.pipelines.evaluate import run_evaluate, run_promote
     from recsys_lib.pipelines.serve import run_batch_recommendations, run_export, run_recommend
@@ -89,7 +90,9 @@ def run_demo(cfg: RecsysConfig, *, events: int = 200_000, seed: int = 7, stream_
         run_batch_recommendations(ctx.spark, ctx.lake, cfg, say=lambda m: say(f"      {m}"))
         active = (load_features(ctx.spark, "user", cfg=cfg).orderBy(F.desc("view_count")).limit(3)
                   .select("user_id").toPandas())
-        active = list(active["user_id"])  # type: ignore[index]
+        # the tables hold pseudonyms; the demo knows its generator's raw ids (u0, u1, ...) and shows those
+        raw_of = {stored_id(cfg, f"u{n}"): f"u{n}" for n in range(spec.users)}
+        active = [raw_of.get(u, u) for u in active["user_id"]]  # type: ignore[index]
         for user in active[:2]:
             say(f"      top 5 for {user}:")
             say(_indent(run_recommend(ctx.spark, ctx.lake, cfg, user, 5)

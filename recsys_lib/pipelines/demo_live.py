@@ -21,6 +21,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from recsys_lib.core.config import RecsysConfig
+from recsys_lib.core.privacy import stored_id
 from recsys_lib.datagen.writer import records_to_lines, write_lines
 from recsys_lib.features import entities, load_features
 from recsys_lib.features.layers import read_states
@@ -32,7 +33,8 @@ FUNNEL = ("view", "view", "click", "add_to_cart", "purchase")
 
 
 def _user_view(spark: SparkSession, cfg: RecsysConfig, user: str) -> str:
-    row = (load_features(spark, "user", feature_time(spark, cfg), cfg=cfg).where(F.col("user_id") == user)
+    row = (load_features(spark, "user", feature_time(spark, cfg), cfg=cfg)
+           .where(F.col("user_id") == stored_id(cfg, user))
            .select("view_count", "purchase_count", "view_decayed_1h", "recent_item_ids", "top_categories").first())
     if row is None:
         return "      (no features)"
@@ -43,14 +45,18 @@ def _user_view(spark: SparkSession, cfg: RecsysConfig, user: str) -> str:
 
 def live_stream(spark: SparkSession, lake: Lake, cfg: RecsysConfig, user: str, *, seconds: float = 60.0,
                 say: Callable[[str], None] = print) -> None:
-    """Run the stream for about ``seconds`` while a producer lands events; show ``user`` before and after."""
+    """Run the stream for about ``seconds`` while a producer lands events; show ``user`` before and after.
+
+    ``user`` is the shop's raw id: the producer writes it into the events, as a shop would.
+    """
     items = read_states(lake, entities(cfg.features)["item"], cfg.features).select(
         "item_id", F.col("latest_category.value").alias("category_id"),
         F.col("latest_price.value").alias("price")).toPandas()
     if not isinstance(items, pd.DataFrame):
         raise TypeError(f"toPandas returned {type(items).__name__}, not a DataFrame")
     weights = {c["category_id"]: c["weight"] for c in (load_features(spark, "user", cfg=cfg)
-                                                       .where(F.col("user_id") == user).select("top_categories")
+                                                       .where(F.col("user_id") == stored_id(cfg, user))
+                                                       .select("top_categories")
                                                        .first() or [[]])[0] or []}
     known = items.dropna(subset=["category_id"])
     # the category the user cares least about (one outside their top categories when there is one)

@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_lib.core.config import RecsysConfig
+from recsys_lib.core.privacy import stored_id
 from recsys_lib.core.schema import EVENTS_TABLE
 from recsys_lib.lake import Lake, TableSpec
 from recsys_lib.serving.model import serving_dir
@@ -159,7 +160,7 @@ def _rank(bundle: Any, users: pa.Table, k: int, purchased: dict[str, set[str]]) 
 
 def run_recommend(spark: SparkSession, lake: Lake, cfg: RecsysConfig, user: str, k: int | None = None,
                   at: datetime | None = None) -> pd.DataFrame:
-    """Top-k items for ``user`` from their features at ``at`` (default: :func:`feature_time`).
+    """Top-k items for ``user`` (the shop's raw id) from their features at ``at`` (default: :func:`feature_time`).
 
     An unknown user gets the most popular training items instead.
     """
@@ -169,6 +170,7 @@ def run_recommend(spark: SparkSession, lake: Lake, cfg: RecsysConfig, user: str,
     k = k or cfg.serve.k
     at = at or feature_time(spark, cfg)
     bundle, version = _serving_bundle(cfg)
+    user = stored_id(cfg, user)  # the shop's raw id -> the pseudonym the tables hold
     rows = user_inputs(load_features(spark, "user", at, cfg=cfg).where(F.col("user_id") == user),
                        bundle.spec).toArrow()
     purchased = _purchased(lake, [user])

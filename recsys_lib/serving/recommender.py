@@ -8,6 +8,10 @@
 * The store unreachable: the popular list, ``source: fallback``; counted, logged at
   WARNING, and ``ready()`` is false until the store answers again.
 
+Requests name users by the shop's raw ids; with ``privacy.pseudonymize`` on they are
+hashed on the way in (the store and the model know only pseudonyms) and answered under
+the id the caller gave.
+
 The serving time is ``min(now, the store's watermark)``: the newest event written
 to the store. With a live stream that is now; for historical data it keeps
 decayed features meaningful, as ``recsys recommend`` does.
@@ -25,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from recsys_lib.core.config import RecsysConfig
+from recsys_lib.core.privacy import pseudonyms_for
 from recsys_lib.features.definitions import USER, Entity, entities
 from recsys_lib.features.online import merged_state, value_schema
 from recsys_lib.features.read_local import finalise_state
@@ -57,6 +62,7 @@ class Recommender:
         self.cfg, self.store, self.use_registry = cfg, store, use_registry
         self.entities: dict[str, Entity] = {e.name: e for e in entities(cfg.features).values()}
         self._decoders = {name: decoder(value_schema(e)) for name, e in self.entities.items()}
+        self.pseudonyms = pseudonyms_for(cfg)
         self.model: ServedModel | None = None
         self.counters = Counters()
         self.store_ok = False
@@ -126,8 +132,9 @@ class Recommender:
             raise BadRequest(f"{entity} ids are {':'.join(ent.keys)}")
         for part in parts:
             check_id(part)
+        stored = [self._stored(p) if key == "user_id" else p for key, p in zip(ent.keys, parts, strict=True)]
         try:
-            row = self.store.read(ent.table, [key_of(parts)])[0]
+            row = self.store.read(ent.table, [key_of(stored)])[0]
         except OnlineStoreError as exc:
             self._store_failed("read", exc)
             raise
@@ -171,16 +178,17 @@ class Recommender:
 
         """
         model = self.validate(users, k, category)
+        stored = [self._stored(u) for u in users]
         try:
-            rows = self.store.read(self.entities[USER].table, list(users))
-            bought = self.store.purchases(list(users)) if self.cfg.evaluate.filter_purchased else {}
+            rows = self.store.read(self.entities[USER].table, stored)
+            bought = self.store.purchases(stored) if self.cfg.evaluate.filter_purchased else {}
             at = self.serving_time()
             self.store_ok = True
         except OnlineStoreError as exc:
             self._store_failed("read", exc)
             return [self._popular(model, u, k, category, set(), "fallback", None) for u in users]
         states: list[dict[str, Any] | None] = []
-        for user, row in zip(users, rows, strict=True):
+        for user, row in zip(stored, rows, strict=True):
             state = None if row is None else merged_state(self.entities[USER], row, self._decoders[USER])
             states.append(None if state is None else
                           finalise_state(state, self.entities[USER], self.cfg.features, at) | {"user_id": user})
@@ -188,15 +196,19 @@ class Recommender:
         picks = iter(model.search(model.encode(known), k, [bought.get(s["user_id"], set()) for s in known],
                                   category) if known else [])
         out = []
-        for user, state in zip(users, states, strict=True):
+        for user, key, state in zip(users, stored, states, strict=True):
             if state is None:
-                out.append(self._popular(model, user, k, category, bought.get(user, set()), "popular", None))
+                out.append(self._popular(model, user, k, category, bought.get(key, set()), "popular", None))
                 continue
             items = [self._item(model, i, s) for i, s in next(picks)]
             self.counters.sources["model"] += 1
             out.append({"user_id": user, "items": items, "source": "model", "model_version": model.version,
                         "features_as_of": _iso(state["as_of"])})
         return out
+
+    def _stored(self, user: str) -> str:
+        """The id the store and the model know ``user`` by: its pseudonym, or itself with pseudonyms off."""
+        return user if self.pseudonyms is None else self.pseudonyms.of(user)
 
     def _popular(self, model: ServedModel, user: str, k: int, category: str | None, bought: set[str],
                  source: str, as_of: datetime | None) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def store(request, tmp_path):
 class Served:
     """A small lake with refreshed features, the online store loaded (SQLite) and an untrained exported model."""
 
-    def __init__(self, spark, home: Path) -> None:
+    def __init__(self, spark, home: Path, *, pseudonymize: bool = False) -> None:
         from recsys_lib.core.config import load_config
         from recsys_lib.datagen.synthetic import GeneratorSpec
         from recsys_lib.lake import open_lake
@@ -62,8 +62,10 @@ class Served:
         from tests.serving.helpers import export_untrained
 
         self.home = home
+        # ``pseudonymize``: off here, as the tests pick users from the store (already pseudonyms) and ask the
+        # API for them; tests/spark/test_privacy.py serves a lake with pseudonyms on.
         self.cfg = load_config(overrides=[f"home={home}", "spark.master=local[2]", "lake.retry_backoff=1ms",
-                                          "online.generation_grace=0s"])
+                                          "online.generation_grace=0s", f"privacy.pseudonymize={pseudonymize}"])
         self.lake = open_lake(spark, self.cfg, engine="delta-rs")
         run_generate(GeneratorSpec(users=80, items=60, days=2, events=4000, bad_fraction=0.0, seed=3),
                      home / "landing" / "a")
