@@ -112,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     _retention_args(maintain)
     maintain.add_argument("--no-vacuum", action="store_true")
 
+    forget = sub.add_parser("forget", parents=[common],
+                            help="erase people from every table, the online store and Delta's history")
+    forget.add_argument("--user", action="append", default=[], help="the shop's raw user id (repeatable)")
+    forget.add_argument("--users-file", help="a file of raw user ids, one per line")
+    forget.add_argument("--lift", action="store_true",
+                        help="lift these people's tombstones: their new events are ingested again")
+    forget.add_argument("--summary-json", help="also write the forget summary here")
+
     add_model_commands(sub, common)
     add_online_commands(sub, common)
 
@@ -187,6 +195,13 @@ def _dispatch(args: argparse.Namespace, cfg: RecsysConfig) -> int:
             for fallback in b.get("fallbacks") or []:
                 print(f"    fell back to Spark: {fallback}")
         return 0
+    if args.command == "forget":
+        args.users = _forget_users(args)  # a usage mistake fails before Spark starts
+        if args.lift:
+            from recsys_lib.pipelines.forget import lift
+
+            print(f"lifted {lift(cfg, args.users)} tombstone(s): new events of these people are ingested again")
+            return 0
     if args.command in ONLINE_COMMANDS:
         return run_online_command(args, cfg)
     if args.command == "demo":
@@ -228,6 +243,17 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
             summary = run_ingest(ctx.spark, ctx.lake, cfg, args.input or None, summary_json=args.summary_json)
             print(format_summary(summary))
             return 0 if summary.balanced else 1
+        if args.command == "forget":
+            from recsys_lib.pipelines.forget import run_forget
+            from recsys_lib.pipelines.ingest import write_json
+
+            forgot = run_forget(ctx.spark, ctx.lake, cfg, args.users)
+            print(f"forgot {forgot.people} people ({forgot.run_id}): rows deleted {forgot.rows_deleted}, "
+                  f"{forgot.online_removed} online rows, {forgot.files_removed} files purged from history, "
+                  f"{forgot.seconds:.1f}s; audit record in forget_log")
+            if args.summary_json:
+                write_json(args.summary_json, forgot.to_json())
+            return 0
         if args.command == "lake":
             return _lake(args, ctx.lake)
         if args.command == "maintain":
@@ -270,6 +296,17 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
         raise ValueError(f"unknown command {args.command!r}")
     finally:
         ctx.stop()
+
+
+def _forget_users(args: argparse.Namespace) -> list[str]:
+    """The raw ids of ``--user`` and ``--users-file`` (blank lines skipped)."""
+    users = list(args.user)
+    if args.users_file:
+        with open(args.users_file, encoding="utf-8") as fh:
+            users += [line.strip() for line in fh if line.strip()]
+    if not users:
+        raise ValueError("recsys forget: give --user ID (repeatable) or --users-file FILE")
+    return users
 
 
 def _retention_args(parser: argparse.ArgumentParser) -> None:

@@ -106,6 +106,17 @@ def pseudonyms_for(cfg: RecsysConfig) -> Pseudonyms | None:
     return Pseudonyms(load_key(cfg.privacy.key_file, cfg.home_dir))
 
 
+def audit_digests(cfg: RecsysConfig) -> Pseudonyms:
+    """The keyed hash that turns a stored id into its audit digest (tombstones, ``forget_log``).
+
+    Its key is derived from the pseudonym key for this one purpose (HMAC of a fixed label), so a
+    digest matches new events of a forgotten person but names no stored row: it is neither the
+    raw id nor the pseudonym, and neither can be computed back from it.
+    """
+    key = load_key(cfg.privacy.key_file, cfg.home_dir)  # also with pseudonyms off: digests are keyed alike
+    return Pseudonyms(hmac.new(key, b"recsys/forget-audit/v1", hashlib.sha256).hexdigest().encode("ascii"))
+
+
 def stored_id(cfg: RecsysConfig, user: str) -> str:
     """The id the tables know a raw ``user`` id by: its pseudonym, or itself with pseudonyms off."""
     ids = pseudonyms_for(cfg)

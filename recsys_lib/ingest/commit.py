@@ -37,6 +37,7 @@ from recsys_lib.core.schema import (
 from recsys_lib.ingest.dedup import DUPLICATE_STATUSES, Status, label
 from recsys_lib.ingest.local_dedup import StoredKeys, label_local
 from recsys_lib.ingest.local_validate import classify_local, event_date
+from recsys_lib.ingest.tombstones import tombstones
 from recsys_lib.ingest.validate import classify
 from recsys_lib.lake import CommitResult, Lake, LakeConflictError, TableSpec
 from recsys_lib.lake.base import StillValid
@@ -55,7 +56,7 @@ class IngestError(RuntimeError):
 
 @dataclass
 class IngestSummary:
-    """What one ingest run did. ``input_records == valid + quarantined + duplicates``."""
+    """What one ingest run did. ``input_records == valid + quarantined + duplicates + forgotten``."""
 
     run_id: str
     input_dir: str
@@ -65,6 +66,8 @@ class IngestSummary:
     duplicates: int
     duplicates_by_kind: dict[str, int] = field(default_factory=dict)
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    #: Lines of forgotten people (``forget_tombstones``): dropped, neither stored nor quarantined.
+    forgotten: int = 0
     events_version: int = -1
     quarantine_version: int = -1
     #: Raw files quarantined whole (``quarantined_files``): unreadable, so none of their lines is counted above.
@@ -75,7 +78,7 @@ class IngestSummary:
     @property
     def balanced(self) -> bool:
         """True when every input record is accounted for exactly once."""
-        return self.input_records == self.valid + self.quarantined + self.duplicates
+        return self.input_records == self.valid + self.quarantined + self.duplicates + self.forgotten
 
     def to_json(self) -> dict[str, Any]:
         """The summary as written by ``--summary-json``."""
@@ -109,7 +112,13 @@ def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFr
     stages.lap("count_input")
     classified = classify(raw, max_line_bytes=cfg.ingest.max_line_bytes,
                           max_future_skew_s=cfg.ingest.max_future_skew, now=now,
-                          allowed_lateness_s=cfg.ingest.allowed_lateness).persist(StorageLevel.MEMORY_AND_DISK)
+                          allowed_lateness_s=cfg.ingest.allowed_lateness)
+    graves, forgotten = tombstones(lake, cfg), 0
+    if graves is not None:  # lines of forgotten people leave here, counted
+        gone = graves.column(F.col("user_id"))
+        forgotten = classified.where(gone).count()
+        classified = classified.where(~gone)
+    classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
     batch = batch_id if app_id else None
     try:
         for attempt in _attempts(cfg):
@@ -118,7 +127,7 @@ def ingest_frame(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataFr
                              lake.read(QUARANTINE_TABLE).select("record_key"), input_records=input_records)
             labelled = labelled.persist(StorageLevel.MEMORY_AND_DISK)
             try:
-                summary = _reconciled(run_id, source, input_records, _count(labelled))
+                summary = _reconciled(run_id, source, input_records, _count(labelled), forgotten)
                 stages.lap("parse_validate_dedupe")
                 ingested_at = F.lit(now).cast("timestamp")
                 meta = {"run_id": run_id, "input": source}
@@ -171,6 +180,11 @@ def ingest_arrow(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: pa.Tab
 
     classified, _ = classify_local(raw, max_line_bytes=ic.max_line_bytes, max_future_skew_s=ic.max_future_skew,
                                    now=now, allowed_lateness_s=ic.allowed_lateness, fallback=spark_classify)
+    graves, forgotten = tombstones(lake, cfg), 0
+    if graves is not None:
+        gone = graves.arrow(classified.column("user_id"))
+        forgotten = int(pc.sum(gone).as_py() or 0)
+        classified = classified.filter(pc.invert(gone))
     meta = {"run_id": run_id, "input": source}
     batch = batch_id if app_id else None
     for attempt in _attempts(cfg):
@@ -181,7 +195,7 @@ def ingest_arrow(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: pa.Tab
         for g in groups:
             counts[(g["status"], f"{g['reason']}:{g['reason_field']}" if g["reason_field"] else g["reason"])] += \
                 g["status_count"]
-        summary = _reconciled(run_id, source, raw.num_rows, counts)
+        summary = _reconciled(run_id, source, raw.num_rows, counts, forgotten)
         stages.lap("parse_validate_dedupe")
         events = _with_status(labelled, Status.NEW)
         if ids is not None:
@@ -227,14 +241,15 @@ def _stamped(rows: pa.Table, run_id: str, now: datetime) -> pa.Table:
 
 
 def _reconciled(run_id: str, source: str, input_records: int,
-                counts: Mapping[tuple[str, str | None], int]) -> IngestSummary:
+                counts: Mapping[tuple[str, str | None], int], forgotten: int = 0) -> IngestSummary:
     """The summary of the counts; raises before anything is committed if they do not balance."""
     summary = _summarise(run_id, source, input_records, counts)
+    summary.forgotten = forgotten
     if not summary.balanced:
         raise IngestError(
             f"ingest {run_id}: counts do not reconcile: {input_records} input records but "
             f"{summary.valid} valid + {summary.quarantined} quarantined + {summary.duplicates} "
-            "duplicates; nothing was committed"
+            f"duplicates + {forgotten} forgotten; nothing was committed"
         )
     return summary
 

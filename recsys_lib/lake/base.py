@@ -297,6 +297,23 @@ class Lake(ABC):
         return changes.where(F.col("_change_type") == "insert").drop(*extra)
 
     @abstractmethod
+    def delete(self, name: str, predicate: str, *, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        """Delete the rows matching the SQL ``predicate`` in one commit (``rows``: how many).
+
+        The rows stay readable in older versions, and the predicate is in the log, until
+        :meth:`purge_history`.
+        """
+
+    @abstractmethod
+    def purge_history(self, name: str, *, carry: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Drop every version but the current one: unreferenced data and change-feed files, and the log.
+
+        The one step that bypasses the retention check (``recsys forget``): time travel and
+        change-feed reads of older versions end here. ``carry``: suite metadata to commit again
+        afterwards (a feature table's coverage, which readers take from the history).
+        """
+
+    @abstractmethod
     def compact(self, name: str) -> dict[str, Any]:
         """Bin-pack small files; retried on conflict."""
 

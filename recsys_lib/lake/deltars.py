@@ -31,7 +31,7 @@ from recsys_lib.lake.base import (
     TableSpec,
     schema_drift,
 )
-from recsys_lib.lake.errors import CorruptLog, LakeConflictError, SchemaDrift, TableNotFound
+from recsys_lib.lake.errors import CorruptLog, LakeConflictError, LakeError, SchemaDrift, TableNotFound
 from recsys_lib.lake.files import (
     arrow_to_spark,
     check_hive_layout,
@@ -48,6 +48,9 @@ from recsys_lib.lake.staged import Staged, staged, write_folder
 
 log = logging.getLogger(__name__)
 
+#: Retention properties set to zero while a history is purged, with Delta's defaults to restore.
+_RETENTIONS = {"delta.logRetentionDuration": "interval 30 days",
+               "delta.deletedFileRetentionDuration": "interval 1 week"}
 _CONFLICT_WORDS = ("conflict", "concurrent", "version already exists", "transaction failed")
 
 
@@ -416,8 +419,7 @@ class DeltaRsLake(Lake):
         return self._table(name).history(limit)
 
     def changes(self, name: str, since_version: int, until_version: int | None = None) -> DataFrame:
-        reader = self._table(name).load_cdf(starting_version=since_version, ending_version=until_version)
-        changes = pa.table(reader)
+        changes = self._cdf(name, since_version, until_version)
         fields = [pa.field(f.name, pa.int64() if pa.types.is_unsigned_integer(f.type) else plain_arrow_type(f.type))
                   for f in changes.schema]
         return self.spark.createDataFrame(changes.cast(pa.schema(fields)))
@@ -425,9 +427,54 @@ class DeltaRsLake(Lake):
     def changes_arrow(self, name: str, since_version: int, until_version: int,
                       columns: Sequence[str] | None = None) -> pa.Table:
         wanted = None if columns is None else [*columns, "_change_type", "_commit_version"]
-        changes = pa.table(self._table(name).load_cdf(starting_version=since_version, ending_version=until_version,
-                                                      columns=wanted))
+        changes = self._cdf(name, since_version, until_version, wanted)
         return changes.cast(pa.schema([pa.field(f.name, plain_arrow_type(f.type)) for f in changes.schema]))
+
+    def _cdf(self, name: str, since_version: int, until_version: int | None,
+             columns: list[str] | None = None) -> pa.Table:
+        """The change feed as Arrow; versions no longer in the log are a :class:`LakeError` naming them."""
+        try:
+            return pa.table(self._table(name).load_cdf(starting_version=since_version, ending_version=until_version,
+                                                       columns=columns))
+        except DeltaError as exc:
+            if "version" not in str(exc).lower():
+                raise
+            raise LakeError(f"the change feed of table '{name}' from version {since_version} cannot be read: "
+                            f"{exc} (a vacuum or `recsys forget` removed that history); read the table instead"
+                            ) from exc
+
+    # -- deletes and history ------------------------------------------------
+    def delete(self, name: str, predicate: str, *, metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        self._require(name)
+
+        def run(_attempt: int) -> CommitResult:
+            self.leases.check_commit(name)
+            table = self._table(name)
+            stats = table.delete(predicate, commit_properties=self._commit_properties(None, None, metadata))
+            table.update_incremental()
+            return CommitResult(version=table.version(), rows=int(stats.get("num_deleted_rows", 0)),
+                                files=int(stats.get("num_added_files", 0)))
+
+        return self.retry.run(run, is_conflict=is_conflict, table=name, what="delete")
+
+    def purge_history(self, name: str, *, carry: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        self._require(name)
+        table = self._table(name)
+        before = dict(table.metadata().configuration)
+        table.alter.set_table_properties({k: "interval 0 seconds" for k in _RETENTIONS})
+        removed = table.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True)
+        table.update_incremental()
+        table.create_checkpoint()
+        kept_from = table.version()
+        table.cleanup_metadata()  # every log entry before the checkpoint: the old adds' stats, deletes' predicates
+        table.alter.set_table_properties({k: before.get(k, default) for k, default in _RETENTIONS.items()})
+        if carry:
+            table.update_incremental()
+            table.create_write_transaction([], mode="append", schema=table.schema(),
+                                           commit_properties=self._commit_properties(None, None, carry))
+        log.warning("purged the history of table '%s' (retention check bypassed): %d files removed, log entries "
+                    "before version %d removed", name, len(removed), kept_from)
+        return {"files_removed": len(removed), "version": self.version(name)}
 
     # -- maintenance ---------------------------------------------------------
     def compact(self, name: str) -> dict[str, Any]:

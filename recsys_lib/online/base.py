@@ -128,6 +128,27 @@ class OnlineStore(ABC):
     def purchases_version(self) -> int:
         """The ``events`` version purchases are complete up to (-1: none)."""
 
+    # -- forgetting -----------------------------------------------------------------------------
+    def forget(self, keys: Mapping[str, Sequence[str]], users: Sequence[str]) -> int:
+        """Erase people: ``keys`` per table from every generation, ``users``' purchases, then the freed bytes.
+
+        Returns:
+            Rows and purchase sets removed.
+
+        """
+        removed = sum(self.delete_keys(table, list(found)) for table, found in keys.items() if found)
+        removed += self.forget_purchases(users)
+        self.erase_freed()
+        return removed
+
+    @abstractmethod
+    def forget_purchases(self, users: Sequence[str]) -> int:
+        """Remove ``users``' purchases; returns how many users had any."""
+
+    @abstractmethod
+    def erase_freed(self) -> None:
+        """Make deleted rows unrecoverable from the store's files (a file-backed store rewrites itself)."""
+
     # -- watermark ------------------------------------------------------------------------------
     @abstractmethod
     def raise_watermark(self, micros: int) -> None:

@@ -155,6 +155,17 @@ class RedisStore(OnlineStore):
             return int(self.client.unlink(*names)) if names else 0
         return int(self._run(f"delete from {table}", run))
 
+    def forget_purchases(self, users: Sequence[str]) -> int:
+        names = [f"{self.ns}:buy:{u}" for u in users]
+        return int(self._run("forget purchases", lambda: self.client.unlink(*names) if names else 0))
+
+    def erase_freed(self) -> None:
+        """Nothing to do in memory.
+
+        A configured RDB or AOF file still holds the rows until Redis rewrites it (``BGSAVE``,
+        ``BGREWRITEAOF``): the operator's persistence policy.
+        """
+
     # -- generations and versions -------------------------------------------------------------
     def generation(self) -> int:
         gen = int(self._run("read the generation", lambda: self.client.get(f"{self.ns}:gen")) or 0)

@@ -137,6 +137,24 @@ class SqliteStore(OnlineStore):
             return conn.total_changes - before
         return int(self._run(f"delete from {table}", run))
 
+    def forget_purchases(self, users: Sequence[str]) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            had = sum(conn.execute("SELECT EXISTS(SELECT 1 FROM purchases WHERE user = ?)", (u,)).fetchone()[0]
+                      for u in users)
+            conn.executemany("DELETE FROM purchases WHERE user = ?", [(u,) for u in users])
+            return int(had)
+        return int(self._run("forget purchases", run))
+
+    def erase_freed(self) -> None:
+        """Rewrite the file without free pages (``VACUUM``), then checkpoint and truncate the write-ahead log.
+
+        Free pages hold the old values of updated and deleted rows.
+        """
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._run("erase freed pages", run)
+
     # -- generations and versions -------------------------------------------------------------
     def generation(self) -> int:
         return int(self._run("read the generation", lambda c: self._gen(c, None)))

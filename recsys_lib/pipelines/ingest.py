@@ -87,6 +87,8 @@ def format_summary(summary: IngestSummary) -> str:
         f"  valid (new)    {summary.valid:>12,}",
         f"  quarantined    {summary.quarantined:>12,}",
         f"  duplicates     {summary.duplicates:>12,}",
+        *([f"  forgotten      {summary.forgotten:>12,}  (people forgotten: dropped, not stored)"]
+          if summary.forgotten else []),
         f"  balanced       {'yes' if summary.balanced else 'NO'}",
     ]
     lines += [f"    duplicate: {kind:<28} {n:>10,}" for kind, n in summary.duplicates_by_kind.items() if n]

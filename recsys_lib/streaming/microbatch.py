@@ -75,6 +75,8 @@ class BatchReport:
     new_events: int
     quarantined: int
     duplicates: int
+    #: Lines of forgotten people, dropped at ingest (``forget_tombstones``).
+    forgotten: int = 0
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     merge_seconds: float = 0.0
     seconds: float = 0.0
@@ -163,7 +165,7 @@ def process_batch(spark: SparkSession, lake: Lake, cfg: RecsysConfig, raw: DataF
     if projector is not None and summary.valid:
         projector.events_committed()
     report = BatchReport(query=query, batch_id=batch_id, rows_in=summary.input_records, new_events=summary.valid,
-                         quarantined=summary.quarantined, duplicates=summary.duplicates,
+                         quarantined=summary.quarantined, duplicates=summary.duplicates, forgotten=summary.forgotten,
                          ingest_stage_seconds=summary.stage_seconds, ingest_engine=engine,
                          read_seconds=read_seconds, read_by=read_by, corrupt_files=corrupt)
     t0 = time.monotonic()

@@ -7,7 +7,7 @@ from recsys_lib.cli import build_parser, main
 pytestmark = pytest.mark.unit
 
 COMMANDS = ["generate", "ingest", "adapt", "lake", "features", "training-set", "stream", "stream-status", "maintain",
-            "config", "demo", "train", "evaluate", "promote", "export", "recommend", "recommendations"]
+            "config", "demo", "train", "evaluate", "promote", "export", "recommend", "recommendations", "forget"]
 GROUPS = {"adapt": ["movielens", "taobao"], "lake": ["history"], "features": ["refresh", "catalogue"],
           "training-set": ["build"]}
 
@@ -90,3 +90,16 @@ def test_vacuum_retention_defaults_to_the_safe_minimum_and_force_overrides():
     with pytest.raises(UnsafeVacuum, match="2.5 hours is shorter than the 3 hours"):
         vacuum_retention(cfg, 2.5)
     assert vacuum_retention(cfg, 0.0, force=True) == 0.0
+
+
+def test_forget_without_people_is_a_clear_error_before_spark(tmp_path, capsys):
+    assert main(["forget", "--set", f"home={tmp_path}"]) == 1
+    assert "give --user ID (repeatable) or --users-file FILE" in capsys.readouterr().err
+    assert not (tmp_path / "lake").exists()
+
+
+def test_the_printed_config_has_no_secrets(tmp_path, capsys):
+    assert main(["config", "--set", f"home={tmp_path}", "--set", "lake.storage_options.AZURE_STORAGE_SAS=sv=x&sig=y",
+                 "--set", "online.redis_url=redis://:pw123@h:6379/0"]) == 0
+    out = capsys.readouterr().out
+    assert "sig=y" not in out and "pw123" not in out and '"AZURE_STORAGE_SAS": "***"' in out

@@ -1,0 +1,210 @@
+"""The forget job (``recsys forget``): erase people from the tables, the online store and Delta's history.
+
+For each person (the shop's raw id, turned into the id the tables use):
+
+1. a tombstone, first, so that events arriving from now on are dropped at ingest
+   (:mod:`recsys_lib.ingest.tombstones`), by the stream too;
+2. under the writer leases, their rows are deleted from ``events``, ``training_examples``
+   and ``recommendations`` (and, with pseudonyms off, their quarantined lines: with
+   pseudonyms on those hold no id);
+3. a full refresh recomputes every feature table from the remaining events: the user and
+   user x category rows are gone, and every item row equals a refresh without them;
+4. the online store loses their rows in every generation and their purchases, and its file is
+   rewritten without free pages;
+5. each table's history is purged (:meth:`~recsys_lib.lake.Lake.purge_history`): older
+   versions, change-feed files and log entries (which hold deleted rows, file statistics and
+   the deletes' predicates) are removed. This bypasses the retention check, and says so;
+6. an audit row per person goes to ``forget_log``: the audit digest (never the id or the
+   pseudonym), the rows deleted per table, the versions, the files removed, and what this
+   job does not reach.
+
+Re-running it is safe (each step finds nothing left to do), so a killed run is resumed by
+running it again.
+
+Not reached yet: the raw landing files (the shop's input; delete or rewrite them), models
+and MLflow artifacts that list user ids (retrain or export again), Redis persistence files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import SparkSession
+from pyspark.sql import types as T
+
+from recsys_lib.core.config import RecsysConfig
+from recsys_lib.core.privacy import audit_digests, stored_id
+from recsys_lib.core.schema import EVENTS_TABLE, QUARANTINE_TABLE
+from recsys_lib.features import entities
+from recsys_lib.features.definitions import USER_CATEGORY
+from recsys_lib.ingest import tombstones
+from recsys_lib.ingest.corrupt import INGEST_TABLES
+from recsys_lib.lake import Lake, TableSpec
+from recsys_lib.lake.files import spark_to_arrow
+from recsys_lib.online import key_of, open_store
+from recsys_lib.pipelines.features import run_refresh
+from recsys_lib.pipelines.serve import RECOMMENDATIONS_TABLE
+from recsys_lib.pipelines.training import TRAINING_TABLE
+
+log = logging.getLogger(__name__)
+
+FORGET_LOG_TABLE = "forget_log"
+FORGET_LOG_SPEC = TableSpec(FORGET_LOG_TABLE, T.StructType([
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("digest", T.StringType(), False),
+    T.StructField("started_at", T.TimestampType(), False),
+    T.StructField("finished_at", T.TimestampType(), False),
+    T.StructField("rows_deleted", T.StringType(), False),  # JSON: table -> rows
+    T.StructField("versions", T.StringType(), False),  # JSON: table -> version after the purge
+    T.StructField("files_removed", T.LongType(), False),
+    T.StructField("online_removed", T.LongType(), False),
+    T.StructField("not_reached", T.StringType(), False),
+]), ())
+NOT_REACHED = "raw landing files; models and MLflow artifacts listing user ids; Redis persistence files"
+#: Tables that hold a ``user_id`` column and are deleted from (features are recomputed instead).
+_BY_USER = (EVENTS_TABLE, TRAINING_TABLE, RECOMMENDATIONS_TABLE)
+
+
+@dataclass
+class ForgetSummary:
+    """What one forget run did."""
+
+    run_id: str
+    people: int
+    rows_deleted: dict[str, int] = field(default_factory=dict)
+    files_removed: int = 0
+    online_removed: int = 0
+    versions: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as a JSON-able dict."""
+        return asdict(self)
+
+
+def run_forget(spark: SparkSession, lake: Lake, cfg: RecsysConfig, users: Sequence[str], *,
+               now: datetime | None = None) -> ForgetSummary:
+    """Forget ``users`` (the shop's raw ids) everywhere this job reaches (see the module docstring).
+
+    Raises:
+        ValueError: When ``users`` is empty.
+
+    """
+    if not users:
+        raise ValueError("recsys forget needs at least one user id (--user or --users-file)")
+    started, began = now or datetime.now(UTC), time.monotonic()
+    run_id = f"forget-{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    ids = sorted({stored_id(cfg, u) for u in users})
+    digests = audit_digests(cfg).many(ids)
+    summary = ForgetSummary(run_id=run_id, people=len(ids))
+    tombstones.record(lake, digests, started)
+    log.info("%s: %d tombstone(s) recorded; new events of these people are dropped at ingest", run_id, len(ids))
+
+    keys = _online_keys(lake, cfg, ids)  # read before the refresh removes them
+    touched = [t for t in (*_BY_USER, QUARANTINE_TABLE) if lake.exists(t)]
+    with lake.writing([*INGEST_TABLES, TRAINING_TABLE, RECOMMENDATIONS_TABLE], run_id):
+        for table in (t for t in _BY_USER if t in touched):
+            summary.rows_deleted[table] = lake.delete(table, _in("user_id", ids), metadata={"job": run_id}).rows
+        if not cfg.privacy.pseudonymize and QUARANTINE_TABLE in touched:  # raw ids in the lines themselves
+            summary.rows_deleted[QUARANTINE_TABLE] = lake.delete(
+                QUARANTINE_TABLE, " OR ".join(_raw_line_of(u) for u in users), metadata={"job": run_id}).rows
+    if lake.exists(EVENTS_TABLE):
+        refreshed = run_refresh(spark, lake, cfg)
+        summary.rows_deleted.update({t: 0 for t in refreshed.tables})  # recomputed: no user row is left
+    if cfg.online.enabled:
+        store = open_store(cfg)
+        try:
+            summary.online_removed = store.forget(keys, ids)
+            tables = [e.table for e in entities(cfg.features).values() if lake.exists(e.table)]
+            before = {t: (store.applied_version(t), lake.version(t)) for t in tables}
+            bought = (store.purchases_version(), lake.version(EVENTS_TABLE) if lake.exists(EVENTS_TABLE) else -2)
+            summary.files_removed, summary.versions = _purge(lake, cfg, run_id)
+            # the purge's commits change no row: a store that was up to date stays so (its change feed is gone)
+            for table, (applied, version) in before.items():
+                if applied == version:
+                    store.set_applied(table, lake.version(table))
+            if bought[0] == bought[1]:
+                store.add_purchases([], lake.version(EVENTS_TABLE))
+        finally:
+            store.close()
+    else:
+        summary.files_removed, summary.versions = _purge(lake, cfg, run_id)
+    _audit(lake, summary, digests, started)
+    summary.seconds = round(time.monotonic() - began, 2)
+    return summary
+
+
+def lift(cfg: RecsysConfig, users: Sequence[str]) -> int:
+    """Lift the tombstones of ``users`` (raw ids): their new events are ingested again. Returns how many."""
+    from recsys_lib.lake import driver_lake
+
+    lake = driver_lake(cfg)
+    digests = audit_digests(cfg).many(sorted({stored_id(cfg, u) for u in users}))
+    tombstones.record(lake, digests, datetime.now(UTC), lifted=True)
+    return len(digests)
+
+
+def _online_keys(lake: Lake, cfg: RecsysConfig, ids: list[str]) -> dict[str, list[str]]:
+    """Store keys of ``ids`` per table: the user row, and each user x category row."""
+    tables = {name: e.table for name, e in entities(cfg.features).items()}
+    keys: dict[str, list[str]] = {tables["user"]: list(ids)}
+    pairs = tables[USER_CATEGORY]
+    if lake.exists(pairs):
+        found = lake.read_arrow(pairs, columns=["user_id", "category_id"])
+        found = found.filter(pc.is_in(found.column("user_id"), value_set=pa.array(ids, pa.string())))
+        keys[pairs] = sorted({key_of([u, c]) for u, c in zip(found.column("user_id").to_pylist(),
+                                                              found.column("category_id").to_pylist(), strict=True)})
+    return keys
+
+
+def _in(column: str, values: Sequence[str]) -> str:
+    """A SQL ``column IN (...)`` with each value quoted."""
+    return f"{column} IN ({', '.join(_quoted(v) for v in values)})"
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _raw_line_of(user: str) -> str:
+    """SQL matching quarantined raw lines whose ``user_id`` member is ``user`` (as a string or a number)."""
+    pattern = r'"user_id"\s*:\s*"?' + re.escape(user) + r'"?\s*[,}]'
+    return f"regexp_like(raw, {_quoted(pattern)})"
+
+
+def _purge(lake: Lake, cfg: RecsysConfig, run_id: str) -> tuple[int, dict[str, int]]:
+    """Purge every table that held the people's rows; features keep their coverage metadata."""
+    features = [e.table for e in entities(cfg.features).values()]
+    wanted = [*_BY_USER, *features, *([] if cfg.privacy.pseudonymize else [QUARANTINE_TABLE])]
+    removed, versions = 0, {}
+    with lake.writing([*wanted, *INGEST_TABLES], run_id):
+        for table in (t for t in wanted if lake.exists(t)):
+            carry = lake.job_commit(table, "events_version") if table in features else None
+            done = lake.purge_history(table, carry=carry)
+            removed += int(done["files_removed"])
+            versions[table] = int(done["version"])
+    return removed, versions
+
+
+def _audit(lake: Lake, summary: ForgetSummary, digests: list[str], started: datetime) -> None:
+    finished = datetime.now(UTC)
+    rows = pa.table({
+        "run_id": [summary.run_id] * len(digests), "digest": digests,
+        "started_at": [started] * len(digests), "finished_at": [finished] * len(digests),
+        "rows_deleted": [json.dumps(summary.rows_deleted, sort_keys=True)] * len(digests),
+        "versions": [json.dumps(summary.versions, sort_keys=True)] * len(digests),
+        "files_removed": [summary.files_removed] * len(digests),
+        "online_removed": [summary.online_removed] * len(digests),
+        "not_reached": [NOT_REACHED] * len(digests),
+    }).cast(spark_to_arrow(FORGET_LOG_SPEC.schema))
+    lake.append_arrow(FORGET_LOG_SPEC, rows)
