@@ -37,6 +37,20 @@ def cfg(tmp_path: Path):
 
 
 @pytest.fixture
+def shared_id_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """One pseudonym key for every home a test makes (child processes inherit it).
+
+    Without it each data folder makes its own key file, so two homes fed the same raw
+    events store different pseudonyms, as they should in production.
+    """
+    from recsys_lib.core.privacy import KEY_ENV
+
+    key = "test-key-shared-by-every-home-of-one-test-0123456789"
+    monkeypatch.setenv(KEY_ENV, key)
+    return key
+
+
+@pytest.fixture
 def lake(spark, cfg):
     """A delta-rs lake in a fresh folder."""
     from recsys_lib.lake import open_lake

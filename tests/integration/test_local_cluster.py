@@ -35,7 +35,7 @@ def _ingest(raw: Path, home: Path, master: str) -> dict:
     return json.loads(summary.read_text())
 
 
-def test_local_cluster_ingest_equals_local_mode(spark, tmp_path):
+def test_local_cluster_ingest_equals_local_mode(spark, tmp_path, shared_id_key):
     from recsys_lib.core.config import load_config
     from recsys_lib.lake import open_lake
 

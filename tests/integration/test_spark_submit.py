@@ -48,7 +48,7 @@ def _local(landing: Path, home: Path) -> None:
         assert proc.returncode == 0, f"{command}: {proc.stderr[-3000:]}"
 
 
-def test_spark_submit_on_local_cluster_equals_local_mode(spark, tmp_path):
+def test_spark_submit_on_local_cluster_equals_local_mode(spark, tmp_path, shared_id_key):
     from recsys_lib.core.config import load_config
     from recsys_lib.lake import open_lake
 

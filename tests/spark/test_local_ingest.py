@@ -174,7 +174,7 @@ def _tables(lake):
     return events, lines
 
 
-def test_local_ingest_equals_spark_ingest(spark, tmp_path):
+def test_local_ingest_equals_spark_ingest(spark, tmp_path, shared_id_key):
     raw_dir = tmp_path / "raw"
     generate(GeneratorSpec(users=50, items=40, days=2, events=1_500, bad_fraction=0.1, duplicate_fraction=0.05,
                            seed=17, compress=False), raw_dir)
