@@ -19,10 +19,14 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A redis-server child process with persistence off, on a free loopback port."""
+    """A redis-server child process on a free loopback port, with persistence off unless ``persist``.
 
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, free_port()
+    ``persist`` turns on RDB snapshots and the AOF, uncompressed, so that a test can read the
+    files' bytes.
+    """
+
+    def __init__(self, folder: Path, *, persist: bool = False) -> None:
+        self.folder, self.port, self.persist = folder, free_port(), persist
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -33,8 +37,10 @@ class RedisServer:
         import redis
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
+        files = (["--save", "3600 1", "--appendonly", "yes", "--rdbcompression", "no"] if self.persist
+                 else ["--save", "", "--appendonly", "no"])
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", *files,
+                                      "--dir", str(self.folder)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 10

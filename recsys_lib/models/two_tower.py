@@ -28,6 +28,8 @@ import tensorflow_recommenders as tfrs
 import recsys_lib.models  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow loads
 
 PAD = ""
+#: Name of the per-user embedding layer (its variables are ``user_embedding/...``).
+USER_EMBEDDING = "user_embedding"
 #: Query tower inputs, in the exported signature's order.
 QUERY_INPUTS = ("user_id", "u_numeric", "recent_items", "top_categories", "top_category_weights")
 
@@ -106,7 +108,7 @@ class TwoTower(tfrs.Model):
         self.user_lookup = _lookup(spec.users, oov, "user_lookup")
         self.item_lookup = _lookup(spec.items, oov, "item_lookup")
         self.category_lookup = _lookup(spec.categories, 1, "category_lookup")
-        self.user_embedding = tf.keras.layers.Embedding(len(spec.users) + oov + 1, d, name="user_embedding")
+        self.user_embedding = tf.keras.layers.Embedding(len(spec.users) + oov + 1, d, name=USER_EMBEDDING)
         self.item_embedding = tf.keras.layers.Embedding(len(spec.items) + oov + 1, d, name="item_embedding")
         self.category_embedding = tf.keras.layers.Embedding(len(spec.categories) + 2, d, name="category_embedding")
         self.price_embedding = tf.keras.layers.Embedding(len(spec.price_buckets) + 2, 8, name="price_embedding")

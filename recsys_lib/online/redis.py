@@ -18,6 +18,7 @@ on the old one still sees a complete generation.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -34,6 +35,8 @@ from recsys_lib.online.base import (
     Write,
     expiry_ms,
 )
+
+log = logging.getLogger(__name__)
 
 _WRITE = """
 local layer = ARGV[1]
@@ -160,11 +163,47 @@ class RedisStore(OnlineStore):
         return int(self._run("forget purchases", lambda: self.client.unlink(*names) if names else 0))
 
     def erase_freed(self) -> None:
-        """Nothing to do in memory.
+        """Rewrite the server's persistence files, so that deleted rows leave its RDB and AOF too.
 
-        A configured RDB or AOF file still holds the rows until Redis rewrites it (``BGSAVE``,
-        ``BGREWRITEAOF``): the operator's persistence policy.
+        With RDB snapshots configured (``save`` not empty) this runs ``BGSAVE``; with AOF on,
+        ``BGREWRITEAOF``; and waits for each to finish. A server that hides ``CONFIG`` (some
+        managed services) is logged at WARNING: its files keep the rows until its next rewrite.
+        Replicas and backups taken earlier are the operator's to rotate.
         """
+        def run() -> None:
+            try:
+                saves = self.client.config_get("save").get("save", "")
+                aof = self.client.config_get("appendonly").get("appendonly", "no")
+            except redis.ResponseError as exc:
+                log.warning("online store (redis %s): CONFIG is not allowed (%s); its RDB/AOF files keep forgotten "
+                            "rows until the server rewrites them", self.url, exc)
+                return
+            if saves:
+                self._rewrite("bgsave", ("rdb_bgsave_in_progress",), "rdb_last_bgsave_status")
+            if aof == "yes":  # (scheduled: it starts once a running BGSAVE ends)
+                self._rewrite("bgrewriteaof", ("aof_rewrite_in_progress", "aof_rewrite_scheduled"),
+                              "aof_last_bgrewrite_status")
+        self._run("rewrite the persistence files", run)
+
+    def _rewrite(self, command: str, running: tuple[str, ...], status: str, timeout: float = 600.0) -> None:
+        """Start ``command`` (retrying while another rewrite runs) and wait until the server reports it done."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.client.execute_command(command)
+                break
+            except redis.ResponseError as exc:  # "... already in progress": start ours once that one ends
+                if "progress" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        while any(int(self.client.info("persistence").get(flag, 0)) for flag in running):
+            if time.monotonic() > deadline:
+                raise OnlineStoreError(f"online store (redis {self.url}): {command} still running after "
+                                       f"{timeout:.0f} s")
+            time.sleep(0.05)
+        if self.client.info("persistence").get(status) != "ok":
+            raise OnlineStoreError(f"online store (redis {self.url}): {command} failed ({status} is not ok); "
+                                   "forgotten rows may remain in its files")
 
     # -- generations and versions -------------------------------------------------------------
     def generation(self) -> int:

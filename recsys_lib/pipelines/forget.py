@@ -7,22 +7,25 @@ For each person (the shop's raw id, turned into the id the tables use):
 2. under the writer leases, their rows are deleted from ``events``, ``training_examples``
    and ``recommendations`` (and, with pseudonyms off, their quarantined lines: with
    pseudonyms on those hold no id);
-3. a full refresh recomputes every feature table from the remaining events: the user and
+3. the online store loses their rows in every generation and their purchases, and its files
+   are rewritten (SQLite ``VACUUM``; Redis ``BGSAVE``/``BGREWRITEAOF`` when it persists); this
+   comes before the refresh, which removes the keys it finds them by;
+4. a full refresh recomputes every feature table from the remaining events: the user and
    user x category rows are gone, and every item row equals a refresh without them;
-4. the online store loses their rows in every generation and their purchases, and its file is
-   rewritten without free pages;
 5. each table's history is purged (:meth:`~recsys_lib.lake.Lake.purge_history`): older
    versions, change-feed files and log entries (which hold deleted rows, file statistics and
    the deletes' predicates) are removed. This bypasses the retention check, and says so;
-6. an audit row per person goes to ``forget_log``: the audit digest (never the id or the
-   pseudonym), the rows deleted per table, the versions, the files removed, and what this
-   job does not reach.
+6. every model bundle under RECSYS_HOME (the MLflow artifact store when it is a local folder,
+   and ``<home>/serving``) drops their id from its vocabulary and zeroes their embedding row
+   (:mod:`recsys_lib.models.scrub`), the exported query tower included;
+7. raw files in ``ingest.landing_dir`` lose their lines (:mod:`recsys_lib.ingest.landing`);
+8. an audit row per person goes to ``forget_log``: the audit digest (never the id or the
+   pseudonym), the rows deleted per table (and ``landing_lines``, ``model_bundles``), the
+   versions, the files removed, and what this job does not reach (:data:`NOT_REACHED`).
 
 Re-running it is safe (each step finds nothing left to do), so a killed run is resumed by
-running it again.
-
-Not reached yet: the raw landing files (the shop's input; delete or rewrite them), models
-and MLflow artifacts that list user ids (retrain or export again), Redis persistence files.
+running it again (``tests/faults/test_forget_kill.py``); the resumed run's audit row counts what
+that run removed itself.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -43,14 +47,17 @@ from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
 from recsys_lib.core.config import RecsysConfig
+from recsys_lib.core.faults import fault_point
 from recsys_lib.core.privacy import audit_digests, stored_id
 from recsys_lib.core.schema import EVENTS_TABLE, QUARANTINE_TABLE
 from recsys_lib.features import entities
 from recsys_lib.features.definitions import USER_CATEGORY
 from recsys_lib.ingest import tombstones
 from recsys_lib.ingest.corrupt import INGEST_TABLES
+from recsys_lib.ingest.landing import scrub_landing
 from recsys_lib.lake import Lake, TableSpec
 from recsys_lib.lake.files import spark_to_arrow
+from recsys_lib.models.scrub import bundle_folders
 from recsys_lib.online import key_of, open_store
 from recsys_lib.pipelines.features import run_refresh
 from recsys_lib.pipelines.serve import RECOMMENDATIONS_TABLE
@@ -70,7 +77,9 @@ FORGET_LOG_SPEC = TableSpec(FORGET_LOG_TABLE, T.StructType([
     T.StructField("online_removed", T.LongType(), False),
     T.StructField("not_reached", T.StringType(), False),
 ]), ())
-NOT_REACHED = "raw landing files; models and MLflow artifacts listing user ids; Redis persistence files"
+NOT_REACHED = ("raw files outside ingest.landing_dir; MLflow artifact stores that are not local folders; model "
+               "copies outside RECSYS_HOME (downloads, other hosts); Redis replicas and backups; the influence "
+               "of their events on the model's shared weights (gone at the next retrain)")
 #: Tables that hold a ``user_id`` column and are deleted from (features are recomputed instead).
 _BY_USER = (EVENTS_TABLE, TRAINING_TABLE, RECOMMENDATIONS_TABLE)
 
@@ -118,13 +127,20 @@ def run_forget(spark: SparkSession, lake: Lake, cfg: RecsysConfig, users: Sequen
         if not cfg.privacy.pseudonymize and QUARANTINE_TABLE in touched:  # raw ids in the lines themselves
             summary.rows_deleted[QUARANTINE_TABLE] = lake.delete(
                 QUARANTINE_TABLE, " OR ".join(_raw_line_of(u) for u in users), metadata={"job": run_id}).rows
-    if lake.exists(EVENTS_TABLE):
-        refreshed = run_refresh(spark, lake, cfg)
-        summary.rows_deleted.update({t: 0 for t in refreshed.tables})  # recomputed: no user row is left
-    if cfg.online.enabled:
+    fault_point("forget_after_deletes")
+    if cfg.online.enabled:  # before the refresh: a run killed after it can no longer find the keys in the lake
         store = open_store(cfg)
         try:
             summary.online_removed = store.forget(keys, ids)
+        finally:
+            store.close()
+    if lake.exists(EVENTS_TABLE):
+        refreshed = run_refresh(spark, lake, cfg)
+        summary.rows_deleted.update({t: 0 for t in refreshed.tables})  # recomputed: no user row is left
+    fault_point("forget_before_purge")
+    if cfg.online.enabled:
+        store = open_store(cfg)
+        try:
             tables = [e.table for e in entities(cfg.features).values() if lake.exists(e.table)]
             before = {t: (store.applied_version(t), lake.version(t)) for t in tables}
             bought = (store.purchases_version(), lake.version(EVENTS_TABLE) if lake.exists(EVENTS_TABLE) else -2)
@@ -139,6 +155,10 @@ def run_forget(spark: SparkSession, lake: Lake, cfg: RecsysConfig, users: Sequen
             store.close()
     else:
         summary.files_removed, summary.versions = _purge(lake, cfg, run_id)
+    summary.rows_deleted["model_bundles"] = _scrub_models(cfg, ids)
+    landing = scrub_landing(Path(cfg.landing_dir), set(users))
+    summary.rows_deleted["landing_lines"] = landing.lines_removed
+    fault_point("forget_before_audit")
     _audit(lake, summary, digests, started)
     summary.seconds = round(time.monotonic() - began, 2)
     return summary
@@ -152,6 +172,32 @@ def lift(cfg: RecsysConfig, users: Sequence[str]) -> int:
     digests = audit_digests(cfg).many(sorted({stored_id(cfg, u) for u in users}))
     tombstones.record(lake, digests, datetime.now(UTC), lifted=True)
     return len(digests)
+
+
+def _scrub_models(cfg: RecsysConfig, ids: list[str]) -> int:
+    """Forget ``ids`` in every bundle under the local MLflow artifact store and the serving folder.
+
+    Returns:
+        How many bundles held any of them.
+
+    """
+    from recsys_lib.serving.model import serving_dir  # (loads TensorFlow)
+
+    artifacts = cfg.mlflow_artifact_location
+    roots = [serving_dir(cfg).parent]
+    if "://" not in artifacts or artifacts.startswith("file:"):
+        roots.append(Path(artifacts.removeprefix("file://").removeprefix("file:")))
+    else:
+        log.warning("forget: the MLflow artifact store %s is not a local folder; its bundles are not scrubbed "
+                    "(retrain and export without these people)", artifacts)
+    bundles = [b for root in roots for b in bundle_folders(root)]
+    if not bundles:
+        return 0
+    from recsys_lib.models.scrub import scrub_bundle  # loads TensorFlow
+
+    held = sum(1 for b in bundles if scrub_bundle(b, ids))
+    log.info("forget: %d of %d model bundle(s) held these people; scrubbed", held, len(bundles))
+    return held
 
 
 def _online_keys(lake: Lake, cfg: RecsysConfig, ids: list[str]) -> dict[str, list[str]]:

@@ -57,7 +57,9 @@ def resolve(cfg: RecsysConfig, *, use_registry: bool = True) -> Source:
     export = None
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        export = Source(exported, str(meta.get("model_version")), str(meta.get("exported_at")))
+        # (a forget that scrubbed the export changes the stamp: the hot swap reloads it)
+        export = Source(exported, str(meta.get("model_version")),
+                        f"{meta.get('exported_at')}|{meta.get('scrubbed_at', '')}")
     if not use_registry:
         if export is None:
             raise ModelLoadError(f"no exported model at {exported}: run `recsys export` first")

@@ -67,3 +67,24 @@ def raw_line(eid, user, etype, ts, item="i1", cat="c1", price=None):
     price_part = f',"price":{price}' if price is not None else ""
     return (f'{{"event_id":"{eid}","event_ts":"{ts}","user_id":"{user}","event_type":"{etype}",'
             f'"item_id":"{item}","category_id":"{cat}"{price_part}}}')
+
+
+def files_holding(root, needles):
+    """Files under ``root`` holding any needle: in their raw bytes, a ``.gz`` file's inflated bytes,
+    or a Parquet file's decoded values. Returns ``"<path> holds '<needle>'"`` lines."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    hits = []
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.suffix == ".gz":
+            data += gzip.decompress(data)
+        text = data.decode("utf-8", errors="replace")
+        if path.suffix == ".parquet":
+            text += json.dumps(pq.read_table(path).to_pylist(), default=str)
+        hits += [f"{path} holds {n!r}" for n in needles if n in text or n.encode() in data]
+    return hits

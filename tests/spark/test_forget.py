@@ -7,7 +7,6 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from recsys_lib.core.config import load_config
@@ -20,22 +19,10 @@ from recsys_lib.pipelines.ingest import run_ingest
 from recsys_lib.pipelines.training import run_training_set
 from recsys_lib.streaming.job import run_stream
 from tests.faults.helpers import assert_features_match_recomputation
-from tests.spark.helpers import raw_line, write_lines
+from tests.spark.helpers import files_holding, raw_line, write_lines
 
 pytestmark = pytest.mark.spark
 PLANTED = "planted.person+7f3a9c@shop.example"
-
-
-def _found_in(root: Path, needles: list[str]) -> list[str]:
-    """Files under ``root`` holding any needle: in their raw bytes, or in a Parquet file's decoded values."""
-    hits = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        text = data.decode("utf-8", errors="replace")
-        if path.suffix == ".parquet":
-            text += json.dumps(pq.read_table(path).to_pylist(), default=str)
-        hits += [f"{path} holds {n!r}" for n in needles if n in text or n.encode() in data]
-    return hits
 
 
 def _planted_events(folder: Path, name: str, first: int) -> Path:
@@ -59,14 +46,15 @@ def test_forget_erases_a_person_everywhere_it_reaches(spark, tmp_path, monkeypat
     run_training_set(spark, lake, cfg, ["purchase", "add_to_cart", "click"])
     pseudonym = stored_id(cfg, PLANTED)
     lake_root, store_file = Path(cfg.lake_root), Path(cfg.home_dir) / "online" / "features.sqlite"
-    assert _found_in(lake_root, [pseudonym]) and _found_in(store_file.parent, [pseudonym])  # the scan can find it
-    assert not _found_in(lake_root, [PLANTED])  # pseudonyms from the edge on
+    # the scan can find it
+    assert files_holding(lake_root, [pseudonym]) and files_holding(store_file.parent, [pseudonym])
+    assert not files_holding(lake_root, [PLANTED])  # pseudonyms from the edge on
 
     done = run_forget(spark, lake, cfg, [PLANTED])
     assert done.rows_deleted["events"] == 3 and done.rows_deleted["training_examples"] > 0
     assert done.online_removed > 0 and done.files_removed > 0
-    assert _found_in(lake_root, [PLANTED, pseudonym]) == []
-    assert _found_in(store_file.parent, [PLANTED, pseudonym]) == []
+    assert files_holding(lake_root, [PLANTED, pseudonym]) == []
+    assert files_holding(store_file.parent, [PLANTED, pseudonym]) == []
     logged = lake.read("forget_log").collect()
     assert [r["digest"] for r in logged] == [audit_digests(cfg).of(pseudonym)]
     assert "events" in json.loads(logged[0]["rows_deleted"])
@@ -79,7 +67,7 @@ def test_forget_erases_a_person_everywhere_it_reaches(spark, tmp_path, monkeypat
     reports = run_stream(spark, lake, cfg, str(_planted_events(landing / "b", "late.jsonl", 10)), available_now=True)
     assert sum(r["forgotten"] for r in reports) == 3 and sum(r["new_events"] for r in reports) == 1
     assert_features_match_recomputation(spark, lake, cfg, tmp_path / "refreshed")
-    assert _found_in(lake_root, [PLANTED, pseudonym]) == []
+    assert files_holding(lake_root, [PLANTED, pseudonym]) == []
 
     assert lift(cfg, [PLANTED]) == 1
     summary = run_ingest(spark, lake, cfg, str(_planted_events(landing / "c", "back.jsonl", 20)),

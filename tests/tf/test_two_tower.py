@@ -118,3 +118,42 @@ def test_unseen_user_still_gets_an_embedding():
     assert not np.allclose(unseen[0], unseen[1])  # an unseen user's embedding follows their features
     known = encode(model.query, query_chunk(base.set_column(1, "user_id", pa.array([spec.users[0]] * 2)), spec))
     assert not np.allclose(known[0], unseen[0])  # and a known id adds its own embedding to the same features
+
+
+def test_forgetting_a_user_scrubs_the_bundle_and_its_exported_tower(tmp_path):
+    import pyarrow as pa
+
+    from recsys_lib.models.bundle import Bundle, save_bundle
+    from recsys_lib.models.data import candidate_chunk, encode, query_chunk
+    from recsys_lib.models.index import BruteForceIndex
+    from recsys_lib.models.scrub import bundle_folders, scrub_bundle
+    from tests.tf.helpers import tiny_spec
+
+    spec = tiny_spec(users=["alice-7f3a", "bob-91c4", "carol-5d2e"])
+    result, table = _one_step(spec)
+    items = table.select(["item_id", "category_id", "price", "i_view_count"]).to_pandas()
+    c = encode(result.model.candidate, candidate_chunk(table, spec))
+    folder = save_bundle(tmp_path / "mlflow" / "run" / "bundle", result.model, items, c, BruteForceIndex(c), {})
+    rows = table.slice(0, 4)
+    as_user = {u: rows.set_column(1, "user_id", pa.array([u] * 4)) for u in spec.users}
+    before = {u: Bundle(folder).encode_queries(t) for u, t in as_user.items()}
+    tower = b"".join(p.read_bytes() for p in (folder / "query_tower").rglob("*") if p.is_file())
+    assert b"bob-91c4" in tower  # the SavedModel holds the vocabulary: the scan below can find it
+
+    assert bundle_folders(tmp_path) == [folder]
+    assert scrub_bundle(folder, ["bob-91c4", "nobody"]) == 1
+    assert scrub_bundle(folder, ["bob-91c4"]) == 0  # a re-run finds nothing left
+    after = Bundle(folder)
+    assert after.spec.users == ["alice-7f3a", "<forgotten-1>", "carol-5d2e"]
+    row = spec.oov_buckets + 1
+    assert not after.weights["user_embedding/embeddings:0"][row].any()
+    held = [p for p in folder.rglob("*") if p.is_file() and b"bob-91c4" in p.read_bytes()]
+    assert held == []
+    for user in ("alice-7f3a", "carol-5d2e"):  # everyone else is served as before
+        np.testing.assert_allclose(after.encode_queries(as_user[user]), before[user], rtol=1e-6, atol=1e-6)
+    forgotten = after.encode_queries(as_user["bob-91c4"])
+    assert not np.allclose(forgotten, before["bob-91c4"])
+    # the exported tower and the rebuilt model agree: bob is now an unknown user (an OOV row)
+    np.testing.assert_allclose(forgotten, encode(after.model.query, query_chunk(as_user["bob-91c4"], after.spec)),
+                               rtol=1e-5, atol=1e-6)
+    assert int(after.model.user_lookup(tf.constant(["bob-91c4"]))[0]) < spec.oov_buckets
