@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 
 from recsys_lib import __version__
 from recsys_lib.cli_models import COMMANDS as MODEL_COMMANDS
-from recsys_lib.cli_models import add_model_commands, run_model_command
+from recsys_lib.cli_models import add_model_commands, flag_overrides, run_model_command
 from recsys_lib.cli_online import COMMANDS as ONLINE_COMMANDS
 from recsys_lib.cli_online import add_online_commands, run_online_command
 from recsys_lib.core.config import ConfigError, RecsysConfig, load_config, redacted
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load_config(getattr(args, "conf", []), getattr(args, "overrides", []))
+        cfg = load_config(getattr(args, "conf", []), [*getattr(args, "overrides", []), *flag_overrides(args)])
         return _dispatch(args, cfg)
     except ConfigError as exc:
         print(f"recsys: config error: {exc}", file=sys.stderr)

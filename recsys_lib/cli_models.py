@@ -23,6 +23,10 @@ def add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     ev.add_argument("--report-json", help='write {"models": {name: metrics}} here')
     ev.add_argument("--plot", help="write a recall@K PNG here")
     ev.add_argument("--no-baselines", action="store_true", help="score only the two-tower model")
+    ev.add_argument("--seeds", type=_at_least_one, metavar="N",
+                    help="train N models (seeds train.seed, +1, ...) and report mean ± std and paired bootstrap "
+                         "95%% intervals of the difference to each baseline (registers nothing)")
+    ev.add_argument("--holdout-days", type=_at_least_one, metavar="D", help="the holdout's length (train.holdout_days)")
 
     promote = sub.add_parser("promote", parents=[common],
                              help="move the champion alias if the candidate beats it on the holdout")
@@ -41,6 +45,23 @@ def add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     batch.add_argument("--k", type=int, help="how many per user (default: serve.batch_k)")
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """Config overrides that model-command flags stand for (``--holdout-days``), applied after ``--set``."""
+    days = getattr(args, "holdout_days", None)
+    return [] if days is None else [f"train.holdout_days={days}"]
+
+
 def run_model_command(args: argparse.Namespace, ctx: JobContext) -> int:
     """Run one model command; the exit code."""
     from recsys_lib.pipelines.ingest import write_json
@@ -52,6 +73,11 @@ def run_model_command(args: argparse.Namespace, ctx: JobContext) -> int:
         out = run_train(spark, lake, cfg, warm_start=args.warm_start)
         if args.summary_json:
             write_json(args.summary_json, out)
+        return 0
+    if args.command == "evaluate" and args.seeds is not None:
+        from recsys_lib.pipelines.compare import run_seeds
+
+        run_seeds(spark, lake, cfg, args.seeds, report_json=args.report_json)
         return 0
     if args.command == "evaluate":
         from recsys_lib.pipelines.evaluate import run_evaluate

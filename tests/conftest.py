@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# py4j logs "Closing down clientserver connection" at INFO from __del__ at interpreter exit, after pytest
+# has closed its captured streams: a "Logging error ... I/O operation on closed file" traceback otherwise
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 

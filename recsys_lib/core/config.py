@@ -196,7 +196,20 @@ class EvaluateConfig(_Strict):
     #: Promotion compares candidate and champion on this holdout metric.
     promote_metric: str = "recall@50"
     promote_margin: float = Field(0.0, ge=0)
+    #: The gate also requires beating the strongest (tuned) baseline on ``promote_metric``. Off by default
+    #: until the two-tower beats EASE on every data set (issue 26): on, a demo model that loses is not served.
+    gate_baselines: bool = False
     popularity_half_life: Duration = 86400.0
+    #: Tune the baselines' settings on an inner time split (the ``tune_days`` before the holdout's
+    #: cutoff, scored by ``promote_metric``); off: the first value of each grid (and ``popularity_half_life``).
+    tune_baselines: bool = True
+    tune_days: int = Field(2, ge=1)
+    popularity_half_lives: tuple[Duration, ...] = (6 * 3600.0, 86400.0, 3 * 86400.0, 7 * 86400.0, 30 * 86400.0)
+    knn_neighbours: tuple[int, ...] = (20, 100)
+    knn_shrinkage: tuple[float, ...] = (0.0, 10.0, 50.0)
+    #: EASE's L2 weight λ (grid), and the most items it keeps (it inverts a dense items x items matrix).
+    ease_reg: tuple[float, ...] = (10.0, 50.0, 200.0, 500.0, 2000.0)
+    ease_max_items: int = Field(20_000, ge=1)
     als_rank: int = Field(32, ge=1)
     als_iterations: int = Field(10, ge=1)
     als_reg: float = Field(0.05, gt=0)

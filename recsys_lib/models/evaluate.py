@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from recsys_lib.core.config import EvaluateConfig
 from recsys_lib.models import baselines
@@ -29,24 +31,109 @@ def evaluate(scorer: Scorer, holdout: Holdout, ks: Sequence[int], *, filter_purc
     ``filter_purchased`` drops items the user bought before the cutoff; ``filter_seen``
     drops every item the user had any event with (for data without repeat interactions).
     """
-    n_users, k_max = len(holdout.truth), max(ks)
+    top = ranked(scorer, holdout, max(ks), filter_purchased=filter_purchased, filter_seen=filter_seen, block=block)
+    return ranking_metrics(top, holdout.truth, ks, len(holdout.items))
+
+
+def ranked(scorer: Scorer, holdout: Holdout, k: int, *, filter_purchased: bool, filter_seen: bool = False,
+           block: int = 2048) -> np.ndarray:
+    """Every holdout user's top ``k`` catalogue indices by ``scorer``, with the filters of :func:`evaluate`."""
+    n_users = len(holdout.truth)
     tops = []
     for start in range(0, n_users, block):
         users = np.arange(start, min(start + block, n_users))
         exclude = holdout.exclusions(users, purchased=filter_purchased, seen=filter_seen)
-        tops.append(top_k(scorer(users), k_max, exclude))
-    top = np.concatenate(tops) if tops else np.zeros((0, k_max), dtype=int)
-    return ranking_metrics(top, holdout.truth, ks, len(holdout.items))
+        tops.append(top_k(scorer(users), k, exclude))
+    return np.concatenate(tops) if tops else np.zeros((0, k), dtype=int)
 
 
-def baseline_scorers(spark: SparkSession, holdout: Holdout, ec: EvaluateConfig, seed: int = 42) -> dict[str, Scorer]:
-    """Most-popular with recency decay, item-to-item co-occurrence and implicit ALS."""
-    h, n_items = holdout.history, len(holdout.items)
+@dataclass
+class InnerSplit:
+    """The holdout's history split once more in time, for tuning baselines without touching the holdout.
+
+    ``train`` is the history before ``cutoff - days``; ``users`` (train-user indices) are those
+    with labels in the ``days`` before the holdout's cutoff on items ``train`` knows; ``truth``
+    their item sets. Nothing after the holdout's cutoff is used.
+    """
+
+    train: pd.DataFrame
+    users: np.ndarray
+    truth: list[set[int]]
+    cutoff_s: float
+
+
+def inner_split(holdout: Holdout, days: int) -> InnerSplit:
+    """Split ``holdout.history`` at ``days`` before the holdout's cutoff (see :class:`InnerSplit`)."""
+    cut = holdout.cutoff.timestamp() - days * 86400.0
+    h = holdout.history
+    train, after = h[h["ts_s"] < cut], h[h["ts_s"] >= cut]
+    after = after[after["item_idx"].isin(np.unique(train["item_idx"]))]
+    by_user = after.groupby("user_idx")["item_idx"].apply(set)
+    return InnerSplit(train=train, users=by_user.index.to_numpy(dtype=int), truth=list(by_user), cutoff_s=cut)
+
+
+def tune(make: Callable[[Any, InnerSplit], Scorer], grid: Sequence[Any], split: InnerSplit, n_items: int,
+         metric: str, block: int = 2048) -> tuple[Any, dict[str, float]]:
+    """The value of ``grid`` whose scorer (built on ``split.train``) scores best on ``split`` by ``metric``.
+
+    Returns:
+        The best value (the first on ties) and each value's score (keyed by ``str(value)``).
+
+    Raises:
+        ValueError: If ``grid`` is empty.
+
+    """
+    if not grid:
+        raise ValueError("tune: the grid is empty")
+    k = int(metric.split("@")[1])
+    scores: dict[str, float] = {}
+    best, best_score = grid[0], -1.0
+    for value in grid:
+        scorer = make(value, split)
+        blocks = [top_k(scorer(np.arange(a, min(a + block, len(split.users)))), k)
+                  for a in range(0, len(split.users), block)]
+        top = np.concatenate(blocks) if blocks else np.zeros((0, k), dtype=int)
+        got = ranking_metrics(top, split.truth, [min(k, n_items)], n_items).get(metric, 0.0)
+        scores[str(value)] = got
+        if got > best_score:
+            best, best_score = value, got
+    return best, scores
+
+
+def baseline_scorers(spark: SparkSession, holdout: Holdout, ec: EvaluateConfig, seed: int = 42,
+                     tuned: dict[str, Any] | None = None) -> dict[str, Scorer]:
+    """Every baseline, its settings tuned on the inner split when ``ec.tune_baselines`` (see ``tuned``).
+
+    ``tuned``, when given, receives each tuned setting and its grid's scores.
+    """
+    h, n_items, n_users = holdout.history, len(holdout.items), len(holdout.train_users)
     holdout_users = holdout.users.column("user_id").to_pylist()
+    users = holdout.train_users.get_indexer(holdout_users)
+    cutoff = holdout.cutoff.timestamp()
+    half_life, knn, reg = ec.popularity_half_life, (ec.knn_neighbours[0], ec.knn_shrinkage[0]), ec.ease_reg[0]
+    if ec.tune_baselines:
+        split = inner_split(holdout, ec.tune_days)
+        metric = ec.promote_metric
+        half_life, hl_scores = tune(lambda v, s: baselines.popularity(s.train, n_items, s.cutoff_s, v),
+                                    ec.popularity_half_lives, split, n_items, metric)
+        knn, knn_scores = tune(lambda v, s: baselines.item_knn(s.train, n_users, n_items, s.users, neighbours=v[0],
+                                                               shrinkage=v[1]),
+                               [(n, sh) for n in ec.knn_neighbours for sh in ec.knn_shrinkage], split, n_items, metric)
+        reg, reg_scores = tune(lambda v, s: baselines.ease(s.train, n_users, n_items, s.users, reg=v,
+                                                           max_items=ec.ease_max_items),
+                               ec.ease_reg, split, n_items, metric)
+        if tuned is not None:
+            tuned.update({"inner_split_users": len(split.users), "metric": metric,
+                          "popularity_half_life": half_life, "popularity_grid": hl_scores,
+                          "item_knn": {"neighbours": knn[0], "shrinkage": knn[1]}, "item_knn_grid": knn_scores,
+                          "ease_reg": reg, "ease_grid": reg_scores,
+                          "ease_items": min(n_items, ec.ease_max_items)})
     return {
-        "popularity": baselines.popularity(h, n_items, holdout.cutoff.timestamp(), ec.popularity_half_life),
-        "cooccurrence": baselines.cooccurrence(h, len(holdout.train_users), n_items, recent_indices(holdout)),
-        "als": baselines.als(spark, h, n_items, holdout.train_users.get_indexer(holdout_users), rank=ec.als_rank,
+        "popularity": baselines.popularity(h, n_items, cutoff, half_life),
+        "cooccurrence": baselines.cooccurrence(h, n_users, n_items, recent_indices(holdout)),
+        "item_knn": baselines.item_knn(h, n_users, n_items, users, neighbours=knn[0], shrinkage=knn[1]),
+        "ease": baselines.ease(h, n_users, n_items, users, reg=reg, max_items=ec.ease_max_items),
+        "als": baselines.als(spark, h, n_items, users, rank=ec.als_rank,
                              iterations=ec.als_iterations, reg=ec.als_reg, alpha=ec.als_alpha, seed=seed),
     }
 

@@ -10,6 +10,7 @@ SavedModel, item embeddings, ANN index) as a pyfunc model registered under
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,14 @@ def promotion_decision(metric: str, candidate: float, champion: float | None, ma
         return True, f"candidate {metric}={candidate:.4f} beats champion {champion:.4f} by more than {margin}"
     return False, (f"candidate {metric}={candidate:.4f} does not beat champion {champion:.4f} "
                    f"by more than the margin {margin}")
+
+
+def baseline_decision(metric: str, candidate: float, baselines: Mapping[str, float]) -> tuple[bool, str]:
+    """Pass only a candidate that beats every baseline on ``metric``; the reason names the strongest."""
+    if not baselines:
+        return True, "no baselines scored"
+    best = max(baselines, key=lambda n: baselines[n])
+    if candidate > baselines[best]:
+        return True, f"beats the strongest baseline, {best} ({baselines[best]:.4f})"
+    return False, (f"candidate {metric}={candidate:.4f} does not beat the strongest baseline, "
+                   f"{best} ({baselines[best]:.4f})")

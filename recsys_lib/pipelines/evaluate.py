@@ -63,10 +63,16 @@ def run_evaluate(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version:
         raise ValueError(f"model '{cfg.mlflow.registered_model}' has no version {version}")
     if chosen is not None:
         results["two_tower"] = holdout_metrics(Bundle(chosen.bundle).model, holdout, cfg)
+    tuned: dict[str, Any] = {}
     if baselines:
-        for name, scorer in baseline_scorers(spark, holdout, cfg.evaluate, cfg.train.seed).items():
+        for name, scorer in baseline_scorers(spark, holdout, cfg.evaluate, cfg.train.seed, tuned=tuned).items():
             results[name] = evaluate(scorer, holdout, cfg.evaluate.ks, filter_purchased=cfg.evaluate.filter_purchased,
                                      filter_seen=cfg.evaluate.filter_seen)
+    if tuned:
+        say(f"baselines tuned on the {cfg.evaluate.tune_days} day(s) before the cutoff "
+            f"({tuned['inner_split_users']:,} users, {tuned['metric']}): popularity half-life "
+            f"{tuned['popularity_half_life'] / 3600:g}h, item-kNN {tuned['item_knn']}, EASE λ={tuned['ease_reg']:g} "
+            f"over {tuned['ease_items']:,} items")
     say(comparison_table(results))
     wins = beats(results, "two_tower", ["recall@50", "ndcg@10"]) if "two_tower" in results and len(results) > 1 \
         else {}
@@ -74,7 +80,7 @@ def run_evaluate(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version:
         say("two-tower beats every baseline on " + ", ".join(f"{m}: {'yes' if w else 'NO'}" for m, w in wins.items()))
     extra = {"cutoff": holdout.cutoff.isoformat(), "two_tower_version": chosen.version if chosen else None,
              "filter_purchased": cfg.evaluate.filter_purchased, "filter_seen": cfg.evaluate.filter_seen,
-             "beats_baselines": wins,
+             "beats_baselines": wins, "baseline_settings": tuned,
              "seconds": round(time.monotonic() - started, 2)}
     if report_json:
         write_report(results, report_json, **extra)
@@ -84,9 +90,21 @@ def run_evaluate(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version:
     return {"models": results, **extra}
 
 
+def score_baselines(spark: SparkSession, holdout: Holdout, cfg: RecsysConfig, metric: str) -> dict[str, float]:
+    """Every baseline's ``metric`` on ``holdout``, tuned as ``recsys evaluate`` tunes them."""
+    from recsys_lib.models.evaluate import baseline_scorers, evaluate
+
+    ec = cfg.evaluate
+    return {name: evaluate(scorer, holdout, ec.ks, filter_purchased=ec.filter_purchased,
+                           filter_seen=ec.filter_seen)[metric]
+            for name, scorer in baseline_scorers(spark, holdout, ec, cfg.train.seed).items()}
+
+
 def run_promote(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version: str | None = None,
                 say: Say = print) -> dict[str, Any]:
     """Move the ``champion`` alias to ``version`` (default: the latest) if it beats the champion on the holdout.
+
+    With ``evaluate.gate_baselines`` it must also beat the strongest baseline; the reason names it.
 
     Raises:
         ValueError: If the model has no versions (or not ``version``).
@@ -115,6 +133,11 @@ def run_promote(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version: 
     promote, reason = tracking.promotion_decision(metric, scores["candidate"][metric],
                                                   scores["champion"][metric] if champion else None,
                                                   cfg.evaluate.promote_margin)
+    if promote and cfg.evaluate.gate_baselines:
+        baseline_scores = score_baselines(spark, holdout, cfg, metric)
+        scores |= {f"baseline:{n}": {metric: v} for n, v in baseline_scores.items()}
+        promote, against = tracking.baseline_decision(metric, scores["candidate"][metric], baseline_scores)
+        reason = f"{reason}; {against}" if promote else against
     if promote:
         client.set_registered_model_alias(name, tracking.CHAMPION, candidate.version)
     client.set_model_version_tag(name, candidate.version, "promotion", reason)

@@ -103,3 +103,19 @@ def test_the_printed_config_has_no_secrets(tmp_path, capsys):
                  "--set", "online.redis_url=redis://:pw123@h:6379/0"]) == 0
     out = capsys.readouterr().out
     assert "sig=y" not in out and "pw123" not in out and '"AZURE_STORAGE_SAS": "***"' in out
+
+
+def test_holdout_days_flag_overrides_the_config_after_set():
+    from recsys_lib.cli_models import flag_overrides
+    from recsys_lib.core.config import load_config
+
+    args = build_parser().parse_args(["evaluate", "--holdout-days", "7", "--set", "train.holdout_days=3"])
+    cfg = load_config([], [*args.overrides, *flag_overrides(args)])
+    assert cfg.train.holdout_days == 7
+    assert flag_overrides(build_parser().parse_args(["evaluate"])) == []
+
+
+def test_seeds_below_one_is_a_usage_error_before_spark(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["evaluate", "--seeds", "0", "--set", f"home={tmp_path}"])
+    assert exited.value.code == 2 and "--seeds: must be at least 1, got 0" in capsys.readouterr().err

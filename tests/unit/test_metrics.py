@@ -72,3 +72,34 @@ def test_evaluate_drops_purchased_or_every_seen_item_for_all_models_alike():
     assert hit_at_1(filter_purchased=False) == 0.0          # ranks a first
     assert hit_at_1(filter_purchased=True) == 0.0           # a dropped, b first
     assert hit_at_1(filter_purchased=True, filter_seen=True) == 1.0  # a and b dropped, c (the truth) first
+
+
+def test_per_user_metrics_average_to_the_ranking_metrics():
+    from recsys_lib.models.metrics import per_user_metrics
+
+    top = np.array([[0, 1, 2], [2, 0, 1], [1, 2, 0]])
+    truth = [{1}, set(), {0, 2}]
+    each = per_user_metrics(top, truth, [1, 2])
+    assert list(each["user"]) == [0, 2]  # the user without truth is left out
+    # user 0: item 1 at rank 2 -> recall@1 0, recall@2 1, ndcg@2 = (1/log2 3) / 1
+    # user 2: items 0, 2 at ranks 3, 2 -> recall@2 1/2, ndcg@2 = (1/log2 3) / (1 + 1/log2 3)
+    np.testing.assert_allclose(each["recall@2"], [1.0, 0.5])
+    g = 1 / np.log2(3)
+    np.testing.assert_allclose(each["ndcg@2"], [g, g / (1 + g)])
+    means = ranking_metrics(top, truth, [1, 2], 3)
+    assert means["recall@2"] == pytest.approx(0.75) and means["users"] == 2.0
+
+
+def test_paired_bootstrap_interval_brackets_the_mean_difference():
+    from recsys_lib.models.metrics import paired_bootstrap
+
+    a = np.array([0.5, 0.6, 0.7, 0.8, 0.9] * 20)
+    mean, low, high = paired_bootstrap(a, a - 0.1)  # a constant difference: a zero-width interval
+    assert (mean, low, high) == pytest.approx((0.1, 0.1, 0.1))
+    rng = np.random.default_rng(1)
+    b = a + rng.normal(0.0, 0.2, len(a))
+    mean, low, high = paired_bootstrap(a, b, resamples=4000)
+    assert low < mean < high and mean == pytest.approx(float((a - b).mean()))
+    assert 0.02 < high - low < 0.2  # about 4 standard errors (0.2 / sqrt(100) each)
+    with pytest.raises(ValueError, match="one length"):
+        paired_bootstrap(a, a[:3])

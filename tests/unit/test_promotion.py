@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recsys_lib.models.tracking import promotion_decision
+from recsys_lib.models.tracking import baseline_decision, promotion_decision
 
 pytestmark = pytest.mark.unit
 
@@ -25,3 +25,13 @@ def test_candidate_must_beat_champion_by_more_than_margin(candidate, champion, m
     ok, reason = promotion_decision("recall@50", candidate, champion, margin)
     assert ok is expected
     assert ("beats" in reason) if expected else ("does not beat" in reason)
+
+
+def test_the_baseline_gate_names_the_strongest_baseline():
+    baselines = {"popularity": 0.55, "ease": 0.635, "item_knn": 0.63}
+    ok, reason = baseline_decision("recall@50", 0.625, baselines)
+    assert not ok and "strongest baseline, ease (0.6350)" in reason and "0.6250" in reason
+    ok, reason = baseline_decision("recall@50", 0.635, baselines)  # a tie does not pass
+    assert not ok
+    ok, reason = baseline_decision("recall@50", 0.64, baselines)
+    assert ok and "beats the strongest baseline, ease" in reason

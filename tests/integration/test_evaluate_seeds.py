@@ -1,0 +1,64 @@
+"""``recsys evaluate --seeds``: per-seed results, warm/cold groups, bootstrap intervals and an MLflow run
+whose per-user artifact names no user; its baselines score as ``recsys evaluate`` scores them."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import mlflow
+import pytest
+
+from recsys_lib.core.config import load_config
+from recsys_lib.datagen.synthetic import GeneratorSpec, generate
+from recsys_lib.lake import open_lake
+from recsys_lib.pipelines.compare import COMPARED, run_seeds
+from recsys_lib.pipelines.evaluate import run_evaluate
+from recsys_lib.pipelines.features import run_refresh
+from recsys_lib.pipelines.ingest import run_ingest
+from recsys_lib.pipelines.training import run_training_set
+
+pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.tf]
+
+
+@pytest.mark.timeout(900)
+def test_seeds_report_and_its_baselines_agree_with_evaluate(spark, tmp_path):
+    cfg = load_config(overrides=[f"home={tmp_path / 'home'}", "spark.master=local[2]", "train.epochs=1",
+                                 "train.batch_size=128", "online.enabled=false"])
+    lake = open_lake(spark, cfg)
+    generate(GeneratorSpec(users=150, items=200, days=8, events=6000, bad_fraction=0.0, seed=3), tmp_path / "raw")
+    run_ingest(spark, lake, cfg, str(tmp_path / "raw"))
+    run_refresh(spark, lake, cfg)
+    run_training_set(spark, lake, cfg, list(cfg.train.label_types))
+
+    report = run_seeds(spark, lake, cfg, 2, report_json=str(tmp_path / "seeds.json"), say=lambda _m: None)
+    assert report["seeds"] == [cfg.train.seed, cfg.train.seed + 1]
+    users = report["users"]
+    assert users["warm"] + users["cold"] == users["holdout"] > 0
+    tower = report["models"]["two_tower"]
+    for metric in COMPARED:
+        assert len(tower[metric]["per_seed"]) == 2
+        assert tower[metric]["mean"] == pytest.approx(sum(tower[metric]["per_seed"]) / 2)
+    baselines = set(report["models"]) - {"two_tower"}
+    assert baselines == {"popularity", "cooccurrence", "item_knn", "ease", "als"} == set(report["difference"])
+    for name in baselines:
+        for metric in COMPARED:
+            d = report["difference"][name][metric]
+            assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+            # the difference of the per-user means is the difference of the means
+            assert d["mean"] == pytest.approx(tower[metric]["mean"] - report["models"][name][metric]["mean"])
+    assert json.loads((tmp_path / "seeds.json").read_text())["models"].keys() == report["models"].keys()
+
+    # the same tuned baselines, scored by `recsys evaluate` (no model registered: baselines only)
+    plain = run_evaluate(spark, lake, cfg, say=lambda _m: None)
+    for name in ("popularity", "item_knn", "ease"):
+        for metric in COMPARED:
+            assert report["models"][name][metric]["mean"] == pytest.approx(plain["models"][name][metric])
+
+    runs = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], filter_string="run_name = 'evaluate-seeds'")
+    assert len(runs) == 1
+    folder = mlflow.artifacts.download_artifacts(run_id=runs["run_id"][0], artifact_path="evaluation",
+                                                 dst_path=str(tmp_path / "artifacts"))
+    with open(f"{folder}/per_user.csv") as fh:
+        header = next(csv.reader(fh))
+    assert header[:2] == ["row", "warm"] and "user_id" not in header
