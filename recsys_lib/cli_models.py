@@ -17,6 +17,11 @@ def add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     train.add_argument("--warm-start", action="store_true",
                        help="start from the champion and train on the newest train.warm_start_days only")
     train.add_argument("--summary-json", help="also write the run summary here")
+    train.add_argument("--continuous", action="store_true",
+                       help="the model-update loop: every train.update_every rebuild the training set, warm-start "
+                            "the champion, run the gate, promote and export (one update at a time)")
+    train.add_argument("--cycles", type=_at_least_one, metavar="N",
+                       help="with --continuous: stop after N cycles (default: run until interrupted)")
 
     ev = sub.add_parser("evaluate", parents=[common], help="holdout metrics of the model and the baselines")
     ev.add_argument("--version", help="model version (default: the champion, else the latest)")
@@ -67,6 +72,13 @@ def run_model_command(args: argparse.Namespace, ctx: JobContext) -> int:
     from recsys_lib.pipelines.ingest import write_json
 
     spark, lake, cfg = ctx.spark, ctx.lake, ctx.cfg
+    if args.command == "train" and args.continuous:
+        from recsys_lib.pipelines.update import run_continuous
+
+        cycles = run_continuous(spark, lake, cfg, cycles=args.cycles)
+        if args.summary_json:
+            write_json(args.summary_json, {"cycles": cycles})
+        return 1 if any("failed" in c for c in cycles) else 0
     if args.command == "train":
         from recsys_lib.pipelines.train import run_train
 

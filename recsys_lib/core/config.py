@@ -183,6 +183,8 @@ class TrainConfig(_Strict):
     #: Warm start trains on the newest ``warm_start_days`` of labels only.
     warm_start_days: int = Field(3, ge=1)
     warm_start_epochs: int = Field(3, ge=1)
+    #: ``recsys train --continuous``: a model update (training set, warm start, gate, export) this often.
+    update_every: Duration = Field(3600.0, gt=0)
 
 
 class EvaluateConfig(_Strict):

@@ -15,7 +15,7 @@ EXPECTED = {
     "recsys_daily": [("ingest", "features_refresh"), ("features_refresh", "training_set"), ("training_set", "train"),
                      ("train", "evaluate"), ("evaluate", "promote"), ("promote", "export_index"),
                      ("export_index", "batch_recommendations"), ("batch_recommendations", "maintenance")],
-    "recsys_incremental": [("stream_catch_up", "warm_start"), ("warm_start", "promote")],
+    "recsys_incremental": [("stream_catch_up", "update_model")],
     "recsys_streaming_watchdog": [("check_stream", "restart_stream"), ("check_stream", "healthy")],
 }
 

@@ -1,5 +1,7 @@
-"""``recsys evaluate --seeds``: per-seed results, warm/cold groups, bootstrap intervals and an MLflow run
-whose per-user artifact names no user; its baselines score as ``recsys evaluate`` scores them."""
+"""On one small lake: ``recsys evaluate --seeds`` (per-seed results, warm/cold groups, bootstrap
+intervals, an MLflow run whose per-user artifact names no user, baselines scored as ``recsys evaluate``
+scores them), and the model-update loop (``recsys train --continuous``: one update at a time, a worse
+model never promoted, a new champion exported)."""
 
 from __future__ import annotations
 
@@ -21,15 +23,23 @@ from recsys_lib.pipelines.training import run_training_set
 pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.tf]
 
 
-@pytest.mark.timeout(900)
-def test_seeds_report_and_its_baselines_agree_with_evaluate(spark, tmp_path):
-    cfg = load_config(overrides=[f"home={tmp_path / 'home'}", "spark.master=local[2]", "train.epochs=1",
-                                 "train.batch_size=128", "online.enabled=false"])
+@pytest.fixture(scope="module")
+def small_lake(spark, tmp_path_factory):
+    """A lake with features and a training set, no model yet."""
+    root = tmp_path_factory.mktemp("quality")
+    cfg = load_config(overrides=[f"home={root / 'home'}", "spark.master=local[2]", "train.epochs=1",
+                                 "train.warm_start_epochs=1", "train.batch_size=128", "online.enabled=false"])
     lake = open_lake(spark, cfg)
-    generate(GeneratorSpec(users=150, items=200, days=8, events=6000, bad_fraction=0.0, seed=3), tmp_path / "raw")
-    run_ingest(spark, lake, cfg, str(tmp_path / "raw"))
+    generate(GeneratorSpec(users=150, items=200, days=8, events=6000, bad_fraction=0.0, seed=3), root / "raw")
+    run_ingest(spark, lake, cfg, str(root / "raw"))
     run_refresh(spark, lake, cfg)
     run_training_set(spark, lake, cfg, list(cfg.train.label_types))
+    return cfg, lake
+
+
+@pytest.mark.timeout(900)
+def test_seeds_report_and_its_baselines_agree_with_evaluate(spark, small_lake, tmp_path):
+    cfg, lake = small_lake
 
     report = run_seeds(spark, lake, cfg, 2, report_json=str(tmp_path / "seeds.json"), say=lambda _m: None)
     assert report["seeds"] == [cfg.train.seed, cfg.train.seed + 1]
@@ -62,3 +72,29 @@ def test_seeds_report_and_its_baselines_agree_with_evaluate(spark, tmp_path):
     with open(f"{folder}/per_user.csv") as fh:
         header = next(csv.reader(fh))
     assert header[:2] == ["row", "warm"] and "user_id" not in header
+
+
+@pytest.mark.timeout(900)
+def test_the_update_loop_runs_one_at_a_time_and_never_promotes_a_worse_model(spark, small_lake):
+    from recsys_lib.models import tracking
+    from recsys_lib.pipelines.update import UPDATE_LEASE, run_continuous
+    from recsys_lib.serving.model import serving_dir
+
+    cfg, lake = small_lake
+    with lake.writing([UPDATE_LEASE], "an update started elsewhere", wait=0):
+        blocked = run_continuous(spark, lake, cfg, cycles=1, say=lambda _m: None, sleep=lambda _s: None)
+    assert "LeaseHeld" in blocked[0]["failed"] and "an update started elsewhere" in blocked[0]["failed"]
+
+    waits: list[float] = []
+    first, second = run_continuous(spark, lake, cfg, cycles=2, say=lambda _m: None, sleep=waits.append)
+    assert len(waits) == 1 and 0 < waits[0] <= cfg.train.update_every  # one pause, between the two cycles
+    assert (first["warm_start"], first["promoted"], first["exported"]) == (False, True, first["version"])
+    assert second["warm_start"] and second["version"] != first["version"]
+    client = tracking.configure(cfg)
+    champion = tracking.model_version(client, cfg.mlflow.registered_model, alias=tracking.CHAMPION)
+    exported = json.loads((serving_dir(cfg) / "meta.json").read_text())["model_version"]
+    if second["promoted"]:
+        assert "beats champion" in second["reason"] and champion.version == exported == second["version"]
+    else:  # the worse (or equal) model stays unserved
+        assert "does not beat" in second["reason"] and second["exported"] is None
+        assert champion.version == exported == first["version"]
