@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED ?= 0
 
 .PHONY: install demo test test-unit test-spark test-tf test-airflow test-serving test-faults test-notebook test-slow \
-        lint typecheck check bench bench-features bench-floors bench-streaming bench-microbatch bench-serving bench-faults bench-privacy bench-forget bench-train bench-index dist clean
+        lint typecheck check bench bench-features bench-floors bench-streaming bench-microbatch bench-serving bench-faults bench-privacy bench-forget bench-quality bench-train bench-index dist clean
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,9 @@ bench-privacy: $(STAMP)  ## pseudonym cost per id: Python (API), Arrow (micro-ba
 
 bench-forget: $(STAMP)  ## seconds to forget 1 and 1,000 people from a 10M-event lake (builds it once)
 	$(PY) bench/forget.py
+
+bench-quality: $(STAMP)  ## two-tower vs tuned baselines over 5 seeds on synthetic, MovieLens and Taobao data
+	$(PY) bench/quality.py
 
 bench-faults: $(STAMP)  ## fault soak: stream, refresh, ingest, online sync SIGKILLed at random points; two writers; losses (target 0)
 	$(PY) bench/faults.py

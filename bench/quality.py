@@ -1,0 +1,103 @@
+"""Recommendation quality: the two-tower model against every tuned baseline, over seeds, per data set.
+
+For each data set (``synthetic``: the demo's generator; ``movielens``: ml-latest-small with
+``conf/movielens.yaml``; ``taobao``: the UserBehavior sample), builds a home under --work
+(raw logs, ingest, full refresh, training set; kept between runs) and runs
+``recsys evaluate --seeds N`` (:func:`recsys_lib.pipelines.compare.run_seeds`): mean ± std over
+seeds, warm and cold users, and the paired bootstrap 95% interval of the difference to each
+baseline, for recall@50 and NDCG@10. Real data sets are read from ../shared/datasets (their
+licences stay there); a missing one is reported as skipped.
+
+Writes bench/results/quality.json.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import ROOT, base_parser, write_result
+
+DATASETS = ROOT.parent / "shared" / "datasets"
+CONF = {"synthetic": [], "movielens": [str(ROOT / "conf" / "movielens.yaml")], "taobao": []}
+
+
+def build(name: str, home: Path, master: str, events: int) -> dict[str, Any] | None:
+    """Raw logs, ingest, refresh and training set into ``home`` (once); None when the data set is absent."""
+    from recsys_lib.core.config import load_config
+    from recsys_lib.datagen.synthetic import GeneratorSpec
+    from recsys_lib.pipelines.context import start
+    from recsys_lib.pipelines.data import run_adapt, run_generate
+    from recsys_lib.pipelines.features import run_refresh
+    from recsys_lib.pipelines.ingest import run_ingest
+    from recsys_lib.pipelines.training import run_training_set
+
+    raw = home / "landing" / name
+    if name == "synthetic":
+        source = None
+    elif name == "movielens":
+        source = DATASETS / "ml-latest-small"
+    else:
+        source = DATASETS / "taobao-userbehavior-sample" / "UserBehavior.csv"
+    if source is not None and not source.exists():
+        return None
+    cfg = load_config(CONF[name], [f"home={home}", f"spark.master={master}"])
+    if (home / "lake" / "training_examples").exists():
+        return {"built_seconds": None}
+    t0 = time.monotonic()
+    if name == "synthetic":
+        run_generate(GeneratorSpec(users=max(200, events // 70), items=max(100, events // 140), days=14,
+                                   events=events, seed=7), raw)
+    elif name == "movielens":
+        run_adapt("movielens", raw, ratings=str(source / "ratings.csv"), movies=str(source / "movies.csv"))
+    else:
+        run_adapt("taobao", raw, taobao_csv=str(source))
+    ctx = start(cfg)
+    try:
+        run_ingest(ctx.spark, ctx.lake, cfg, str(raw))
+        run_refresh(ctx.spark, ctx.lake, cfg)
+        run_training_set(ctx.spark, ctx.lake, cfg, list(cfg.train.label_types))
+    finally:
+        ctx.stop()
+    return {"built_seconds": round(time.monotonic() - t0, 1)}
+
+
+def compare(name: str, home: Path, master: str, seeds: int) -> dict[str, Any]:
+    from recsys_lib.core.config import load_config
+    from recsys_lib.pipelines.compare import run_seeds
+    from recsys_lib.pipelines.context import start
+
+    cfg = load_config(CONF[name], [f"home={home}", f"spark.master={master}"])
+    ctx = start(cfg)
+    try:
+        return run_seeds(ctx.spark, ctx.lake, cfg, seeds)
+    finally:
+        ctx.stop()
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0], "quality.json", sizes=False)
+    parser.add_argument("--datasets", nargs="+", default=list(CONF), choices=list(CONF))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--events", type=int, default=200_000, help="synthetic events (the demo's default)")
+    args = parser.parse_args()
+    os.environ.setdefault("RECSYS_ID_KEY", "bench-quality-key-0123456789-0123456789")
+    results: dict[str, Any] = {}
+    for name in args.datasets:
+        home = Path(args.work) / f"quality-{name}"
+        built = build(name, home, args.master, args.events)
+        if built is None:
+            results[name] = {"skipped": f"{DATASETS} does not hold it"}
+            continue
+        t0 = time.monotonic()
+        results[name] = built | compare(name, home, args.master, args.seeds) | {
+            "compare_seconds": round(time.monotonic() - t0, 1)}
+        print(name, {m: results[name]["models"]["two_tower"][m]["mean"] for m in ("recall@50", "ndcg@10")},
+              flush=True)
+    write_result(args.out, "quality", args.master, seeds=args.seeds, datasets=results)
+
+
+if __name__ == "__main__":
+    main()
