@@ -97,6 +97,30 @@ def main() -> None:
         print(name, {m: results[name]["models"]["two_tower"][m]["mean"] for m in ("recall@50", "ndcg@10")},
               flush=True)
     write_result(args.out, "quality", args.master, seeds=args.seeds, datasets=results)
+    print("\n".join(markdown(results)))
+
+
+def markdown(results: dict[str, Any]) -> list[str]:
+    """One markdown table per data set: each model's means (± std over seeds), then the intervals."""
+    lines = []
+    for name, res in results.items():
+        if "skipped" in res:
+            lines += [f"**{name}**: skipped ({res['skipped']})", ""]
+            continue
+        u = res["users"]
+        lines += [f"**{name}** ({len(res['seeds'])} seeds; {u['holdout']:,} holdout users, {u['warm']:,} warm, "
+                  f"{u['cold']:,} cold)", "",
+                  "| model | recall@50 | NDCG@10 | Δ recall@50 [95% CI] | Δ NDCG@10 [95% CI] |",
+                  "|---|---|---|---|---|"]
+        for model, row in res["models"].items():
+            cells = [f"{row[m]['mean']:.4f}" + (f" ± {row[m]['std']:.4f}" if "std" in row[m] else "")
+                     for m in ("recall@50", "ndcg@10")]
+            diff = res["difference"].get(model)
+            deltas = ([f"{diff[m]['mean']:+.4f} [{diff[m]['ci95'][0]:+.4f}, {diff[m]['ci95'][1]:+.4f}]"
+                       for m in ("recall@50", "ndcg@10")] if diff else ["", ""])
+            lines.append(f"| {model} | " + " | ".join(cells + deltas) + " |")
+        lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

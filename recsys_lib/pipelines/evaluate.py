@@ -71,8 +71,9 @@ def run_evaluate(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version:
     if tuned:
         say(f"baselines tuned on the {cfg.evaluate.tune_days} day(s) before the cutoff "
             f"({tuned['inner_split_users']:,} users, {tuned['metric']}): popularity half-life "
-            f"{tuned['popularity_half_life'] / 3600:g}h, item-kNN {tuned['item_knn']}, EASE λ={tuned['ease_reg']:g} "
-            f"over {tuned['ease_items']:,} items")
+            f"{tuned['popularity_half_life'] / 3600:g}h, item-kNN {tuned['item_knn']}, EASE λ={tuned['ease_reg']:g}"
+            + (f" (restricted to the {tuned['ease_items']:,} most interacted of {len(holdout.items):,} items: "
+               "evaluate.ease_max_items)" if tuned["ease_items"] < len(holdout.items) else ""))
     say(comparison_table(results))
     wins = beats(results, "two_tower", ["recall@50", "ndcg@10"]) if "two_tower" in results and len(results) > 1 \
         else {}
