@@ -110,7 +110,7 @@ def markdown(results: dict[str, Any]) -> list[str]:
         u = res["users"]
         lines += [f"**{name}** ({len(res['seeds'])} seeds; {u['holdout']:,} holdout users, {u['warm']:,} warm, "
                   f"{u['cold']:,} cold)", "",
-                  "| model | recall@50 | NDCG@10 | Δ recall@50 [95% CI] | Δ NDCG@10 [95% CI] |",
+                  "| model | recall@50 | NDCG@10 | two-tower minus it, recall@50 [95% CI] | same, NDCG@10 |",
                   "|---|---|---|---|---|"]
         for model, row in res["models"].items():
             cells = [f"{row[m]['mean']:.4f}" + (f" ± {row[m]['std']:.4f}" if "std" in row[m] else "")
