@@ -6,6 +6,7 @@ import gzip
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -44,6 +45,21 @@ def start(home: Path, *args: str, log: Path, fault: str | None = None,
     with log.open("w") as fh:
         return subprocess.Popen([RECSYS, *args, "--set", f"home={home}", *SMALL_SPARK, *extra], env=env(fault),
                                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stream_batches(home: Path) -> list[dict]:
+    """The stream's recorded micro-batches on ``home`` (its status file), oldest first."""
+    from recsys_lib.streaming.job import last_batches
+
+    return last_batches(load_config(overrides=[f"home={home}"]), limit=1000)
+
+
+def wait_for(what: str, check, log: Path, seconds: float = 300) -> None:
+    """Poll ``check`` until true; past ``seconds`` fail, showing the end of ``log``."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log.read_text()[-3000:]}"
+        time.sleep(0.5)
 
 
 def ok(proc: subprocess.CompletedProcess) -> str:

@@ -1,9 +1,11 @@
-"""``recsys forget`` SIGKILLed at its fault points, then run again: the person is gone everywhere,
-the features equal a refresh over the remaining events, and one run's audit row is written.
+"""``recsys forget`` SIGKILLed at its fault points, then run again while the stream runs: the person
+is gone everywhere, the features equal a refresh over the remaining events, one run's audit row is
+written, and the stream goes on, dropping the person's later events.
 
 Killed first after the deletes (before the online store and the refresh), then, in the re-run,
-after the refresh (before the history purge); the third run completes. The landing folder is the
-home's own, so the raw files are rewritten too.
+after the refresh (before the history purge); the third run completes while a stream processes
+new files (it waits for the forget's leases). The landing folder is the home's own, so the raw
+files are rewritten too.
 """
 
 from __future__ import annotations
@@ -20,10 +22,30 @@ from recsys_lib.core.config import load_config
 from recsys_lib.core.privacy import stored_id
 from recsys_lib.ingest.landing import user_of_line
 from recsys_lib.lake import open_lake
-from tests.faults.helpers import assert_features_match_recomputation, generate, ok, recsys
-from tests.spark.helpers import files_holding
+from tests.faults.helpers import (
+    assert_features_match_recomputation,
+    generate,
+    ok,
+    recsys,
+    start,
+    stream_batches,
+    wait_for,
+)
+from tests.spark.helpers import files_holding, raw_line, write_lines
 
 pytestmark = [pytest.mark.faults, pytest.mark.spark]
+
+
+def _drop(folder: Path, name: str, lines: list[str]) -> None:
+    """Write ``lines`` beside ``folder`` and rename the file in (atomic, as producers must)."""
+    staging = folder.with_name(folder.name + "-staging")
+    write_lines(staging, name, lines)
+    folder.mkdir(parents=True, exist_ok=True)
+    (staging / name).rename(folder / name)
+
+
+def _new_events(home: Path) -> int:
+    return sum(b["new_events"] for b in stream_batches(home))
 
 
 def _most_active(landing: Path) -> str:
@@ -52,8 +74,22 @@ def test_a_forget_killed_twice_completes_on_the_next_run(spark, tmp_path):
     for point in ("forget_after_deletes", "forget_before_purge"):
         killed = recsys(home, "forget", "--user", person, fault=point)
         assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
-    summary = tmp_path / "forget.json"
-    ok(recsys(home, "forget", "--user", person, "--summary-json", str(summary)))
+    live, log = tmp_path / "live", tmp_path / "stream.log"
+    _drop(live, "before.jsonl", [raw_line(f"live-{n}", "someone-else", "view", "2024-01-02T12:00:00Z")
+                                 for n in range(3)])
+    stream = start(home, "stream", "--input", str(live), "--trigger", "0.5s", log=log)
+    try:
+        wait_for("the stream's first batch", lambda: _new_events(home) == 3, log)
+        summary = tmp_path / "forget.json"
+        ok(recsys(home, "forget", "--user", person, "--summary-json", str(summary)))
+        _drop(live, "after.jsonl", [raw_line(f"late-{n}", person if n < 2 else "someone-else", "click",
+                                             "2024-01-02T13:00:00Z") for n in range(4)])
+        wait_for("a batch after the forget", lambda: _new_events(home) == 5, log)
+        assert sum(b["forgotten"] for b in stream_batches(home)) == 2  # the person's late events, dropped
+        assert stream.poll() is None  # the stream ran through the forget
+    finally:
+        stream.send_signal(signal.SIGKILL)
+        stream.wait(timeout=60)
     done = json.loads(summary.read_text())
     assert done["rows_deleted"]["events"] == 0  # the first killed run deleted them; this one found none left
 

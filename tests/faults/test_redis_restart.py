@@ -11,15 +11,21 @@ a full refresh.
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from recsys_lib.core.config import load_config
 from recsys_lib.lake import open_lake
-from recsys_lib.streaming.job import last_batches
-from tests.faults.helpers import assert_features_match_recomputation, generate, ok, recsys, start
+from tests.faults.helpers import (
+    assert_features_match_recomputation,
+    generate,
+    ok,
+    recsys,
+    start,
+    stream_batches,
+    wait_for,
+)
 from tests.redis_server import RedisServer, need_redis
 
 pytestmark = [pytest.mark.faults, pytest.mark.spark, pytest.mark.serving]
@@ -30,17 +36,6 @@ def _drop(raw: Path, landing: Path) -> None:
     folder = sorted(raw.glob("date=*"))[0]
     landing.mkdir(parents=True, exist_ok=True)
     folder.rename(landing / folder.name)
-
-
-def _batches(home: Path) -> list[dict]:
-    return last_batches(load_config(overrides=[f"home={home}"]), limit=1000)
-
-
-def _wait(what: str, check, log: Path, seconds: float = 240) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log.read_text()[-3000:]}"
-        time.sleep(0.5)
 
 
 @pytest.mark.timeout(900)
@@ -57,15 +52,15 @@ def test_redis_restarted_mid_stream(spark, tmp_path):
     stream = start(home, "stream", "--input", str(landing), "--trigger", "0.5s", log=log, extra=online)
     try:
         _drop(raw, landing)
-        _wait("the first batch", lambda: any(b["new_events"] for b in _batches(home)), log)
-        assert _batches(home)[-1]["online"]["failures"] == 0
+        wait_for("the first batch", lambda: any(b["new_events"] for b in stream_batches(home)), log)
+        assert stream_batches(home)[-1]["online"]["failures"] == 0
 
         redis.stop()  # its data is gone: persistence is off
         _drop(raw, landing)
-        _wait("a batch while Redis is down", lambda: _batches(home)[-1]["online"]["failures"] > 0, log)
+        wait_for("a batch while Redis is down", lambda: stream_batches(home)[-1]["online"]["failures"] > 0, log)
         redis.start()  # same port, empty
         _drop(raw, landing)
-        _wait("the store to be rebuilt", lambda: recsys(home, "online", "verify", extra=online).returncode == 0,
+        wait_for("the store to be rebuilt", lambda: recsys(home, "online", "verify", extra=online).returncode == 0,
               log)
         assert stream.poll() is None  # the stream never stopped
     finally:

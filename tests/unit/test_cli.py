@@ -119,3 +119,11 @@ def test_seeds_below_one_is_a_usage_error_before_spark(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["evaluate", "--seeds", "0", "--set", f"home={tmp_path}"])
     assert exited.value.code == 2 and "--seeds: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_continuous_training_takes_a_positive_cycle_count(capsys):
+    args = build_parser().parse_args(["train", "--continuous", "--cycles", "2"])
+    assert args.continuous and args.cycles == 2
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["train", "--continuous", "--cycles", "x"])
+    assert exited.value.code == 2 and "'x' is not a whole number" in capsys.readouterr().err
