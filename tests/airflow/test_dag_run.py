@@ -17,7 +17,7 @@ def test_recsys_daily_runs_end_to_end(airflow_db, dagbag, tmp_path):
     from airflow.utils.state import DagRunState
 
     landing, home = tmp_path / "landing", tmp_path / "home"
-    manifest = generate(GeneratorSpec(users=400, items=200, days=8, events=40_000, seed=5), landing)
+    manifest = generate(GeneratorSpec(users=300, items=200, days=8, events=12_000, seed=5), landing)
     dag = dagbag.dags["recsys_daily"]
     for t in dag.tasks:
         t.retries = 0  # a failure should fail the test now, not after back-off
