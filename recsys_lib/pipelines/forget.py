@@ -55,10 +55,10 @@ from recsys_lib.features.definitions import USER_CATEGORY
 from recsys_lib.ingest import tombstones
 from recsys_lib.ingest.corrupt import INGEST_TABLES
 from recsys_lib.ingest.landing import scrub_landing
-from recsys_lib.lake import Lake, TableSpec
+from recsys_lib.lake import Lake, LakeError, TableSpec
 from recsys_lib.lake.files import spark_to_arrow
 from recsys_lib.models.scrub import bundle_folders
-from recsys_lib.online import key_of, open_store
+from recsys_lib.online import OnlineStore, key_of, open_store
 from recsys_lib.pipelines.features import run_refresh
 from recsys_lib.pipelines.serve import RECOMMENDATIONS_TABLE
 from recsys_lib.pipelines.training import TRAINING_TABLE
@@ -82,6 +82,8 @@ NOT_REACHED = ("raw files outside ingest.landing_dir; MLflow artifact stores tha
                "of their events on the model's shared weights (gone at the next retrain)")
 #: Tables that hold a ``user_id`` column and are deleted from (features are recomputed instead).
 _BY_USER = (EVENTS_TABLE, TRAINING_TABLE, RECOMMENDATIONS_TABLE)
+#: Refreshes tried before giving up when stream batches keep landing between the refresh and the purge.
+_REFRESH_TRIES = 3
 
 
 @dataclass
@@ -134,27 +136,25 @@ def run_forget(spark: SparkSession, lake: Lake, cfg: RecsysConfig, users: Sequen
             summary.online_removed = store.forget(keys, ids)
         finally:
             store.close()
-    if lake.exists(EVENTS_TABLE):
-        refreshed = run_refresh(spark, lake, cfg)
-        summary.rows_deleted.update({t: 0 for t in refreshed.tables})  # recomputed: no user row is left
-    fault_point("forget_before_purge")
-    if cfg.online.enabled:
-        store = open_store(cfg)
+    for _attempt in range(_REFRESH_TRIES):
+        if lake.exists(EVENTS_TABLE):
+            refreshed = run_refresh(spark, lake, cfg)
+            summary.rows_deleted.update({t: 0 for t in refreshed.tables})  # recomputed: no user row is left
+        fault_point("forget_before_purge")
+        online = open_store(cfg) if cfg.online.enabled else None
         try:
-            tables = [e.table for e in entities(cfg.features).values() if lake.exists(e.table)]
-            before = {t: (store.applied_version(t), lake.version(t)) for t in tables}
-            bought = (store.purchases_version(), lake.version(EVENTS_TABLE) if lake.exists(EVENTS_TABLE) else -2)
-            summary.files_removed, summary.versions = _purge(lake, cfg, run_id)
-            # the purge's commits change no row: a store that was up to date stays so (its change feed is gone)
-            for table, (applied, version) in before.items():
-                if applied == version:
-                    store.set_applied(table, lake.version(table))
-            if bought[0] == bought[1]:
-                store.add_purchases([], lake.version(EVENTS_TABLE))
+            purged = _purge(lake, cfg, run_id, online)
         finally:
-            store.close()
+            if online is not None:
+                online.close()
+        if purged is not None:
+            summary.files_removed, summary.versions = purged
+            break
+        log.warning("%s: events changed between the refresh and the history purge (a stream batch landed); "
+                    "refreshing again", run_id)
     else:
-        summary.files_removed, summary.versions = _purge(lake, cfg, run_id)
+        raise LakeError(f"{run_id}: events kept changing between the refresh and the history purge "
+                        f"({_REFRESH_TRIES} tries); run `recsys forget` again (it resumes)")
     summary.rows_deleted["model_bundles"] = _scrub_models(cfg, ids)
     landing = scrub_landing(Path(cfg.landing_dir), set(users))
     summary.rows_deleted["landing_lines"] = landing.lines_removed
@@ -228,17 +228,42 @@ def _raw_line_of(user: str) -> str:
     return f"regexp_like(raw, {_quoted(pattern)})"
 
 
-def _purge(lake: Lake, cfg: RecsysConfig, run_id: str) -> tuple[int, dict[str, int]]:
-    """Purge every table that held the people's rows; features keep their coverage metadata."""
+def _purge(lake: Lake, cfg: RecsysConfig, run_id: str, store: OnlineStore | None) -> tuple[int, dict[str, int]] | None:
+    """Purge every table that held the people's rows, under every writer lease.
+
+    Returns None, purging nothing, when a feature table does not cover the latest ``events``
+    version (a stream batch landed after the refresh): the caller refreshes again. Otherwise
+    ``events`` is purged first, and each feature table's coverage is carried forward to the
+    version its purge ended at: the purge's commits add no row, and the stream, which folds
+    ``events`` from the version after its coverage, must not ask for a removed log entry.
+    An online store that was up to date is marked so at the new versions (its change feed
+    is gone).
+    """
     features = [e.table for e in entities(cfg.features).values()]
     wanted = [*_BY_USER, *features, *([] if cfg.privacy.pseudonymize else [QUARANTINE_TABLE])]
-    removed, versions = 0, {}
+    removed, versions = 0, dict[str, int]()
     with lake.writing([*wanted, *INGEST_TABLES], run_id):
-        for table in (t for t in wanted if lake.exists(t)):
-            carry = lake.job_commit(table, "events_version") if table in features else None
-            done = lake.purge_history(table, carry=carry)
+        present = [t for t in wanted if lake.exists(t)]
+        events_at = lake.version(EVENTS_TABLE) if EVENTS_TABLE in present else None
+        covers = {t: dict(lake.job_commit(t, "events_version") or {}) for t in present if t in features}
+        if events_at is not None and any(int(c.get("events_version", -1)) != events_at or c.get("until")
+                                         for c in covers.values()):
+            return None
+        applied = {t: (store.applied_version(t), lake.version(t)) for t in covers} if store else {}
+        bought = store.purchases_version() if store else None
+        for table in present:  # events first (_BY_USER leads)
+            carry = None
+            if table in covers:
+                carry = covers[table] | ({"events_version": versions[EVENTS_TABLE]} if events_at is not None else {})
+            done = lake.purge_history(table, carry=carry or None)
             removed += int(done["files_removed"])
             versions[table] = int(done["version"])
+        if store is not None:
+            for table, (was, version) in applied.items():
+                if was == version:
+                    store.set_applied(table, lake.version(table))
+            if events_at is not None and bought == events_at:
+                store.add_purchases([], lake.version(EVENTS_TABLE))
     return removed, versions
 
 
