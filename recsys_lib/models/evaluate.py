@@ -38,12 +38,17 @@ def evaluate(scorer: Scorer, holdout: Holdout, ks: Sequence[int], *, filter_purc
 def ranked(scorer: Scorer, holdout: Holdout, k: int, *, filter_purchased: bool, filter_seen: bool = False,
            block: int = 2048) -> np.ndarray:
     """Every holdout user's top ``k`` catalogue indices by ``scorer``, with the filters of :func:`evaluate`."""
-    n_users = len(holdout.truth)
+    return _top_in_blocks(scorer, len(holdout.truth), k, block,
+                          lambda users: holdout.exclusions(users, purchased=filter_purchased, seen=filter_seen))
+
+
+def _top_in_blocks(scorer: Scorer, n_users: int, k: int, block: int,
+                   exclusions: Callable[[np.ndarray], list[list[int]] | None] | None = None) -> np.ndarray:
+    """Top ``k`` per user row 0..``n_users``-1, scored ``block`` users at a time (bounded memory)."""
     tops = []
     for start in range(0, n_users, block):
         users = np.arange(start, min(start + block, n_users))
-        exclude = holdout.exclusions(users, purchased=filter_purchased, seen=filter_seen)
-        tops.append(top_k(scorer(users), k, exclude))
+        tops.append(top_k(scorer(users), k, exclusions(users) if exclusions else None))
     return np.concatenate(tops) if tops else np.zeros((0, k), dtype=int)
 
 
@@ -89,10 +94,7 @@ def tune(make: Callable[[Any, InnerSplit], Scorer], grid: Sequence[Any], split: 
     scores: dict[str, float] = {}
     best, best_score = grid[0], -1.0
     for value in grid:
-        scorer = make(value, split)
-        blocks = [top_k(scorer(np.arange(a, min(a + block, len(split.users)))), k)
-                  for a in range(0, len(split.users), block)]
-        top = np.concatenate(blocks) if blocks else np.zeros((0, k), dtype=int)
+        top = _top_in_blocks(make(value, split), len(split.users), k, block)
         got = ranking_metrics(top, split.truth, [min(k, n_items)], n_items).get(metric, 0.0)
         scores[str(value)] = got
         if got > best_score:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,9 +102,8 @@ def _swap(fresh: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _replace(path: Path, write: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".npz":  # np.savez appends .npz to a name without it
-        tmp = path.with_name("tmp." + path.name)
-    write(tmp)  # type: ignore[operator]
+def _replace(path: Path, write: Callable[[Path], object]) -> None:
+    """Write ``path`` through ``write`` into a sibling file, then rename it over ``path``."""
+    tmp = path.with_name("tmp." + path.name)  # (keeps the suffix: np.savez appends .npz to a name without it)
+    write(tmp)
     os.replace(tmp, path)

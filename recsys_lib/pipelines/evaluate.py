@@ -43,10 +43,8 @@ def run_evaluate(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version:
     from recsys_lib.models import tracking
     from recsys_lib.models.bundle import Bundle
     from recsys_lib.models.evaluate import (
-        baseline_scorers,
         beats,
         comparison_table,
-        evaluate,
         recall_plot,
         write_report,
     )
@@ -65,9 +63,7 @@ def run_evaluate(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version:
         results["two_tower"] = holdout_metrics(Bundle(chosen.bundle).model, holdout, cfg)
     tuned: dict[str, Any] = {}
     if baselines:
-        for name, scorer in baseline_scorers(spark, holdout, cfg.evaluate, cfg.train.seed, tuned=tuned).items():
-            results[name] = evaluate(scorer, holdout, cfg.evaluate.ks, filter_purchased=cfg.evaluate.filter_purchased,
-                                     filter_seen=cfg.evaluate.filter_seen)
+        results |= baseline_results(spark, holdout, cfg, tuned=tuned)
     if tuned:
         say(f"baselines tuned on the {cfg.evaluate.tune_days} day(s) before the cutoff "
             f"({tuned['inner_split_users']:,} users, {tuned['metric']}): popularity half-life "
@@ -91,14 +87,14 @@ def run_evaluate(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version:
     return {"models": results, **extra}
 
 
-def score_baselines(spark: SparkSession, holdout: Holdout, cfg: RecsysConfig, metric: str) -> dict[str, float]:
-    """Every baseline's ``metric`` on ``holdout``, tuned as ``recsys evaluate`` tunes them."""
+def baseline_results(spark: SparkSession, holdout: Holdout, cfg: RecsysConfig,
+                     tuned: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+    """Every baseline's metrics on ``holdout``, tuned on the inner split (``tuned`` receives the settings)."""
     from recsys_lib.models.evaluate import baseline_scorers, evaluate
 
     ec = cfg.evaluate
-    return {name: evaluate(scorer, holdout, ec.ks, filter_purchased=ec.filter_purchased,
-                           filter_seen=ec.filter_seen)[metric]
-            for name, scorer in baseline_scorers(spark, holdout, ec, cfg.train.seed).items()}
+    return {name: evaluate(scorer, holdout, ec.ks, filter_purchased=ec.filter_purchased, filter_seen=ec.filter_seen)
+            for name, scorer in baseline_scorers(spark, holdout, ec, cfg.train.seed, tuned=tuned).items()}
 
 
 def run_promote(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version: str | None = None,
@@ -135,7 +131,7 @@ def run_promote(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version: 
                                                   scores["champion"][metric] if champion else None,
                                                   cfg.evaluate.promote_margin)
     if promote and cfg.evaluate.gate_baselines:
-        baseline_scores = score_baselines(spark, holdout, cfg, metric)
+        baseline_scores = {n: m[metric] for n, m in baseline_results(spark, holdout, cfg).items()}
         scores |= {f"baseline:{n}": {metric: v} for n, v in baseline_scores.items()}
         promote, against = tracking.baseline_decision(metric, scores["candidate"][metric], baseline_scores)
         reason = f"{reason}; {against}" if promote else against
