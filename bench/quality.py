@@ -8,6 +8,10 @@ seeds, warm and cold users, and the paired bootstrap 95% interval of the differe
 baseline, for recall@50 and NDCG@10. Real data sets are read from ../shared/datasets (their
 licences stay there); a missing one is reported as skipped.
 
+With ``--tune TRIALS`` each data set first runs ``recsys tune`` (:func:`recsys_lib.pipelines.tune.run_tune`)
+on its inner time split, and the comparison trains with the written overlay; the tuning minutes and
+the chosen settings are reported with the results.
+
 Writes bench/results/quality.json.
 """
 
@@ -66,12 +70,26 @@ def build(name: str, home: Path, master: str, events: int) -> dict[str, Any] | N
     return {"built_seconds": round(time.monotonic() - t0, 1)}
 
 
-def compare(name: str, home: Path, master: str, seeds: int) -> dict[str, Any]:
+def tune(name: str, home: Path, master: str, trials: int) -> dict[str, Any]:
+    """``recsys tune`` on the data set's inner split; the overlay lands in ``home``/tuning/train.yaml."""
+    from recsys_lib.core.config import load_config
+    from recsys_lib.pipelines.context import start
+    from recsys_lib.pipelines.tune import run_tune
+
+    cfg = load_config(CONF[name], [f"home={home}", f"spark.master={master}", *OVERRIDES[name]])
+    ctx = start(cfg)
+    try:
+        return run_tune(ctx.spark, ctx.lake, cfg, trials=trials)
+    finally:
+        ctx.stop()
+
+
+def compare(name: str, home: Path, master: str, seeds: int, extra_conf: list[str]) -> dict[str, Any]:
     from recsys_lib.core.config import load_config
     from recsys_lib.pipelines.compare import run_seeds
     from recsys_lib.pipelines.context import start
 
-    cfg = load_config(CONF[name], [f"home={home}", f"spark.master={master}", *OVERRIDES[name]])
+    cfg = load_config(CONF[name] + extra_conf, [f"home={home}", f"spark.master={master}", *OVERRIDES[name]])
     ctx = start(cfg)
     try:
         return run_seeds(ctx.spark, ctx.lake, cfg, seeds)
@@ -84,6 +102,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(CONF), choices=list(CONF))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--events", type=int, default=200_000, help="synthetic events (the demo's default)")
+    parser.add_argument("--tune", type=int, default=0, metavar="TRIALS",
+                        help="first tune the two-tower on the inner split with this many trials, then compare")
     args = parser.parse_args()
     os.environ.setdefault("RECSYS_ID_KEY", "bench-quality-key-0123456789-0123456789")
     results: dict[str, Any] = {}
@@ -95,11 +115,15 @@ def main() -> None:
             continue
         t0 = time.monotonic()
         try:
-            compared = compare(name, home, args.master, args.seeds)
+            tuned = tune(name, home, args.master, args.tune) if args.tune else None
+            compared = compare(name, home, args.master, args.seeds, [tuned["overlay"]] if tuned else [])
         except ValueError as exc:  # e.g. too little data for the configured batch: reported, the others go on
             results[name] = built | {"failed": f"{type(exc).__name__}: {exc}"}
             continue
         results[name] = built | compared | {"compare_seconds": round(time.monotonic() - t0, 1)}
+        if tuned:
+            results[name]["tuning"] = {k: tuned[k] for k in ("best", "value", "metric", "baselines", "minutes",
+                                                              "inner_cutoff", "trials")}
         print(name, {m: results[name]["models"]["two_tower"][m]["mean"] for m in ("recall@50", "ndcg@10")},
               flush=True)
     write_result(args.out, "quality", args.master, seeds=args.seeds, datasets=results)
@@ -114,8 +138,10 @@ def markdown(results: dict[str, Any]) -> list[str]:
             lines += [f"**{name}**: {res.get('skipped') or res.get('failed')}", ""]
             continue
         u = res["users"]
+        t = res.get("tuning")
         lines += [f"**{name}** ({len(res['seeds'])} seeds; {u['holdout']:,} holdout users, {u['warm']:,} warm, "
-                  f"{u['cold']:,} cold)", "",
+                  f"{u['cold']:,} cold" + (f"; tuned in {t['minutes']:.1f} min, {len(t['trials'])} trials: "
+                                           f"{t['best']}" if t else "") + ")", "",
                   "| model | recall@50 | NDCG@10 | two-tower minus it, recall@50 [95% CI] | same, NDCG@10 |",
                   "|---|---|---|---|---|"]
         for model, row in res["models"].items():

@@ -1,7 +1,9 @@
 """The ``recsys`` command line: a thin face over :mod:`recsys_lib.pipelines`.
 
 Every command takes ``--conf FILE`` (repeatable) and ``--set dotted.key=value``
-(repeatable). Exit codes: 0 ok, 1 the job failed, 2 bad usage or config.
+(repeatable). Exit codes are :data:`recsys_lib.cli_help.EXIT_CODES`: 0 ok, 1 the job failed,
+2 bad usage or config, 3 a gate said no, 141 stdout closed early. Help text and examples live
+in :mod:`recsys_lib.cli_help`.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
 from recsys_lib import __version__
+from recsys_lib.cli_help import GATE_SAID_NO, completion_script, decorate
 from recsys_lib.cli_models import COMMANDS as MODEL_COMMANDS
 from recsys_lib.cli_models import add_model_commands, flag_overrides, run_model_command
 from recsys_lib.cli_online import COMMANDS as ONLINE_COMMANDS
@@ -30,14 +34,16 @@ def _common() -> argparse.ArgumentParser:
                        help="YAML config overlay (repeatable; later files win)")
     group.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                        help="override one dotted config key, e.g. spark.master=local[2] (repeatable)")
-    group.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    loud = group.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_true", help="log at INFO level, tracebacks on failure")
+    loud.add_argument("-q", "--quiet", action="store_true", help="log errors only (no warnings)")
     return common
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by the ``jobs/`` entry points)."""
     common = _common()
-    parser = argparse.ArgumentParser(prog="recsys", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="recsys")
     parser.add_argument("--version", action="version", version=f"recsys {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -123,11 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_commands(sub, common)
     add_online_commands(sub, common)
 
+    status = sub.add_parser("status", parents=[common],
+                            help="tables, stream, champion, index, online store and data quality on one screen")
+    status.add_argument("--json", action="store_true", help="print the same as JSON, for machines")
+    status.add_argument("--max-stream-lag", type=parse_duration, default=300.0, metavar="DURATION",
+                        help="unprocessed input older than this makes the stream stale (default 5m)")
     sub.add_parser("config", parents=[common], help="print the resolved config")
     demo = sub.add_parser("demo", parents=[common], help="generate a sample and run the suite end to end")
     demo.add_argument("--events", type=int, default=200_000)
     demo.add_argument("--stream-seconds", type=float, default=60.0, help="how long the live streaming part runs")
-    return parser
+    comp = sub.add_parser("completion", help="print a shell completion script")
+    comp.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    return decorate(parser)
 
 
 def _timestamp(text: str) -> datetime:
@@ -137,12 +150,22 @@ def _timestamp(text: str) -> datetime:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the process exit code."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.INFO if getattr(args, "verbose", False) else \
+        logging.ERROR if getattr(args, "quiet", False) else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "completion":
+            print(completion_script(parser, args.shell))
+            return 0
         cfg = load_config(getattr(args, "conf", []), [*getattr(args, "overrides", []), *flag_overrides(args)])
         return _dispatch(args, cfg)
+    except BrokenPipeError:
+        # the reader went away (`recsys config | head`): stop quietly, as Unix tools do on SIGPIPE
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except ConfigError as exc:
         print(f"recsys: config error: {exc}", file=sys.stderr)
         return 2
@@ -162,6 +185,12 @@ def _dispatch(args: argparse.Namespace, cfg: RecsysConfig) -> int:
         return 0
     if args.command == "generate":
         return _generate(args)
+    if args.command == "status":
+        from recsys_lib.pipelines.status import format_status, run_status
+
+        report = run_status(cfg, max_stream_lag=args.max_stream_lag)
+        print(json.dumps(report, indent=2, default=str) if args.json else "\n".join(format_status(report)))
+        return 0
     if args.command == "adapt":
         from recsys_lib.pipelines.data import run_adapt
 
@@ -285,10 +314,17 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
                 write_json(args.summary_json, built)
             return 0
         if args.command == "features":
+            from recsys_lib.features.quality import DataQualityError
             from recsys_lib.pipelines.features import format_refresh, run_refresh
             from recsys_lib.pipelines.ingest import write_json
 
-            refreshed = run_refresh(ctx.spark, ctx.lake, cfg, until=args.until)
+            try:
+                refreshed = run_refresh(ctx.spark, ctx.lake, cfg, until=args.until)
+            except DataQualityError as exc:
+                print(f"recsys features: {exc}", file=sys.stderr)
+                if args.summary_json:
+                    write_json(args.summary_json, {"dq": [r.to_json() for r in exc.results]})
+                return GATE_SAID_NO
             print(format_refresh(refreshed))
             if args.summary_json:
                 write_json(args.summary_json, refreshed.to_json())

@@ -1,4 +1,4 @@
-"""The model commands of the ``recsys`` CLI: train, evaluate, promote, export, recommend, recommendations."""
+"""The model commands of the ``recsys`` CLI: train, tune, evaluate, promote, export, recommend, recommendations."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import argparse
 import json
 from typing import Any
 
+from recsys_lib.cli_help import GATE_SAID_NO
 from recsys_lib.pipelines.context import JobContext
 
-COMMANDS = ("train", "evaluate", "promote", "export", "recommend", "recommendations")
+COMMANDS = ("train", "tune", "evaluate", "promote", "export", "recommend", "recommendations")
 
 
 def add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -23,6 +24,13 @@ def add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     train.add_argument("--cycles", type=_at_least_one, metavar="N",
                        help="with --continuous: stop after N cycles (default: run until interrupted)")
 
+    tune = sub.add_parser("tune", parents=[common],
+                          help="search train settings on the inner time split (Optuna, each trial an MLflow run) "
+                               "and write the best as a config overlay")
+    tune.add_argument("--trials", type=_at_least_one, metavar="N", help="how many trials (default: tune.trials)")
+    tune.add_argument("--out", metavar="FILE", help="the overlay to write (default: <home>/tuning/train.yaml)")
+    tune.add_argument("--summary-json", help="also write every trial's settings and score here")
+
     ev = sub.add_parser("evaluate", parents=[common], help="holdout metrics of the model and the baselines")
     ev.add_argument("--version", help="model version (default: the champion, else the latest)")
     ev.add_argument("--report-json", help='write {"models": {name: metrics}} here')
@@ -36,6 +44,9 @@ def add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     promote = sub.add_parser("promote", parents=[common],
                              help="move the champion alias if the candidate beats it on the holdout")
     promote.add_argument("--version", help="candidate version (default: the latest)")
+    promote.add_argument("--ok-if-not-promoted", action="store_true",
+                         help="exit 0 when the gate says no (default: exit 3), e.g. in a DAG whose next step "
+                              "exports the champion either way")
 
     sub.add_parser("export", parents=[common],
                    help="champion's item embeddings and ANN index over the current items, for serving")
@@ -86,6 +97,13 @@ def run_model_command(args: argparse.Namespace, ctx: JobContext) -> int:
         if args.summary_json:
             write_json(args.summary_json, out)
         return 0
+    if args.command == "tune":
+        from recsys_lib.pipelines.tune import run_tune
+
+        tuned = run_tune(spark, lake, cfg, trials=args.trials, out=args.out)
+        if args.summary_json:
+            write_json(args.summary_json, tuned)
+        return 0
     if args.command == "evaluate" and args.seeds is not None:
         from recsys_lib.pipelines.compare import run_seeds
 
@@ -100,8 +118,9 @@ def run_model_command(args: argparse.Namespace, ctx: JobContext) -> int:
     if args.command == "promote":
         from recsys_lib.pipelines.evaluate import run_promote
 
-        run_promote(spark, lake, cfg, version=args.version)
-        return 0
+        decided = run_promote(spark, lake, cfg, version=args.version)
+        return 0 if decided["promoted"] or args.ok_if_not_promoted or decided["reason"] == "already champion" \
+            else GATE_SAID_NO
     if args.command == "export":
         from recsys_lib.pipelines.serve import run_export
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from recsys_lib.cli_help import GATE_SAID_NO
 from recsys_lib.core.config import RecsysConfig
 
 COMMANDS = ("online", "serve")
@@ -42,7 +43,7 @@ def run_online_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
         for line in mismatches:
             print(line)
         print(f"online verify: {compared:,} rows compared, {len(mismatches)} mismatch line(s)")
-        return 1 if mismatches else 0
+        return GATE_SAID_NO if mismatches else 0
     print(json.dumps(jobs.run_stats(cfg), indent=2, default=str))
     return 0
 

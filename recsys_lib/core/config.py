@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recsys_lib.core.durations import parse_duration
 
@@ -115,6 +115,18 @@ class FeaturesConfig(_Strict):
     #: Feature tables are partitioned by a hash bucket of the key, so merges touch few files.
     key_buckets: int = Field(16, ge=1, le=4096)
     hll_lg_k: int = Field(12, ge=4, le=21)
+
+
+class DqConfig(_Strict):
+    """The data-quality gate of the full refresh (recsys_lib/features/quality.py)."""
+
+    enabled: bool = True
+    #: A table whose row count moved more than this fraction from its last passing check fails.
+    max_row_change: float = Field(0.5, gt=0)
+    #: ... once that check saw at least this many rows (small tables swing by more as a matter of course).
+    min_rows: int = Field(1000, ge=0)
+    #: ``as_of`` may be this far ahead of the checking machine's clock (event clocks are not ours).
+    max_clock_skew: Duration = 300.0
 
 
 class StreamingConfig(_Strict):
@@ -218,6 +230,68 @@ class EvaluateConfig(_Strict):
     als_alpha: float = Field(10.0, gt=0)
 
 
+class SearchRange(_Strict):
+    """One setting's search space in ``recsys tune``: ``choices``, or a ``low``..``high`` range."""
+
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    #: Sample the range on a log scale (learning rates, temperatures).
+    log: bool = False
+    #: Sample whole numbers in the range.
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchRange:
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("give either a non-empty 'choices' list or 'low' and 'high', not both")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError("a range needs 'low' < 'high' (or give 'choices')")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log range needs 'low' > 0")
+        return self
+
+
+#: The ``train`` settings ``recsys tune`` may search (each changes the model or how it is fitted).
+TUNABLE = ("temperature", "embedding_dim", "learning_rate", "batch_size", "batching", "sampling_window",
+           "user_id_embedding", "affinity_smoothing", "oov_buckets")
+
+
+class TuneConfig(_Strict):
+    """``recsys tune``: an Optuna search of ``train`` settings, scored on the inner time split.
+
+    The inner split is the evaluation's (``evaluate.tune_days`` before the holdout's cutoff), so
+    nothing from the holdout is seen. Each trial trains up to ``max_epochs`` epochs and stops after
+    ``patience`` epochs without improvement (early stopping on the inner split); its best epoch
+    count becomes ``train.epochs`` in the written overlay.
+    """
+
+    trials: int = Field(12, ge=1)
+    #: Start no new trial after this long (null: run every trial).
+    timeout: Duration | None = None
+    max_epochs: int = Field(10, ge=1)
+    patience: int = Field(2, ge=1)
+    #: Trials scoring below the median of earlier trials at the same epoch stop early (Optuna's pruner).
+    prune: bool = True
+    space: dict[str, SearchRange] = Field(default_factory=lambda: {
+        "temperature": SearchRange(low=0.05, high=1.0, log=True),
+        "embedding_dim": SearchRange(choices=(16, 32, 64)),
+        "learning_rate": SearchRange(low=0.0005, high=0.02, log=True),
+        "batch_size": SearchRange(choices=(128, 256, 512, 1024)),
+    })
+
+    @field_validator("space")
+    @classmethod
+    def _known(cls, space: dict[str, SearchRange]) -> dict[str, SearchRange]:
+        unknown = sorted(set(space) - set(TUNABLE))
+        if unknown:
+            raise ValueError(f"cannot tune {unknown}: tunable train settings are {list(TUNABLE)}")
+        if not space:
+            raise ValueError("the search space is empty")
+        return space
+
+
 class MlflowConfig(_Strict):
     """Tracking and registry. null locations: SQLite and an artifact folder under <home>/mlflow."""
 
@@ -294,9 +368,11 @@ class RecsysConfig(_Strict):
     lake: LakeConfig = LakeConfig()
     ingest: IngestConfig = IngestConfig()
     features: FeaturesConfig = FeaturesConfig()
+    dq: DqConfig = DqConfig()
     streaming: StreamingConfig = StreamingConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    tune: TuneConfig = TuneConfig()
     mlflow: MlflowConfig = MlflowConfig()
     serve: ServeConfig = ServeConfig()
     online: OnlineConfig = OnlineConfig()

@@ -33,6 +33,9 @@ LOCAL_LISTING_THRESHOLD = 100_000
 #: JVM flag per ``spark.gc`` choice: throughput (parallel) or short pauses (G1).
 _GC_FLAGS = {"parallel": "-XX:+UseParallelGC", "g1": "-XX:+UseG1GC"}
 
+#: The JVMs' log4j2 configuration: Spark's defaults without messages an operator cannot act on.
+LOG4J2_CONFIG = Path(__file__).with_name("log4j2.properties")
+
 #: JVM flag that Spark 4.2 workers add for Java 23+, which Java 17 refuses.
 _NEW_JVM_FLAG = "--sun-misc-unsafe-memory-access=allow"
 
@@ -90,10 +93,12 @@ def java_options(cfg: SparkConfig, streaming: bool = False) -> str:
     ``auto`` picks the parallel collector for batch jobs (measured 9% faster for a 10M-event
     ingest here) and G1 for the stream, whose freshness a long full collection would hurt.
     Only JVMs this builder launches get them: under spark-submit, pass them to spark-submit.
+    Logging comes from :data:`LOG4J2_CONFIG` (Spark's defaults without the noise).
     """
     gc = cfg.gc if cfg.gc != "auto" else ("g1" if streaming else "parallel")
     jit = "-XX:-DontCompileHugeMethods" + ("" if streaming else " -XX:CompileThresholdScaling=4")
-    return f"-Duser.timezone=UTC {jit} {_GC_FLAGS[gc]}"
+    logs = f" -Dlog4j2.configurationFile={LOG4J2_CONFIG.as_uri()}" if LOG4J2_CONFIG.is_file() else ""
+    return f"-Duser.timezone=UTC {jit} {_GC_FLAGS[gc]}{logs}"
 
 
 def under_spark_submit() -> bool:

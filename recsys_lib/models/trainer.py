@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +88,8 @@ class _EpochLog(tf.keras.callbacks.Callback):
 
 def fit(spec: ModelSpec, make_chunks: Callable[[int, int], Callable[[], Iterator[Chunk]]], rows: int,
         tc: TrainConfig, *, epochs: int | None = None, init_weights: dict[str, Any] | None = None,
-        on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> FitResult:
     """Train a model on ``rows`` examples.
 
     Args:
@@ -99,6 +100,7 @@ def fit(spec: ModelSpec, make_chunks: Callable[[int, int], Callable[[], Iterator
         epochs: Overrides ``tc.epochs`` (warm start trains fewer).
         init_weights: Saved weights to start from (warm start); embeddings may have grown.
         on_epoch: Called with (epoch, metrics) after each epoch, e.g. to log to MLflow.
+        callbacks: More Keras callbacks, run after ``on_epoch`` (e.g. early stopping on a validation split).
 
     Raises:
         ValueError: If there are fewer rows than one global batch.
@@ -139,9 +141,10 @@ def fit(spec: ModelSpec, make_chunks: Callable[[int, int], Callable[[], Iterator
     n_epochs = epochs or tc.epochs
     started = time.monotonic()
     try:
-        model.fit(data, epochs=n_epochs, steps_per_epoch=steps, verbose=0, callbacks=[_EpochLog(log, on_epoch)])
+        model.fit(data, epochs=n_epochs, steps_per_epoch=steps, verbose=0,
+                  callbacks=[_EpochLog(log, on_epoch), *callbacks])
     finally:
         if cache_dir is not None:
             cache_dir.cleanup()
     seconds = time.monotonic() - started
-    return FitResult(model=model, epochs=log, examples=steps * global_batch * n_epochs, seconds=seconds)
+    return FitResult(model=model, epochs=log, examples=steps * global_batch * len(log), seconds=seconds)

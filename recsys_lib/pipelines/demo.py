@@ -49,7 +49,7 @@ def prepare_sample(cfg: RecsysConfig, *, events: int = 50_000, users: int = 1_00
 
 def run_demo(cfg: RecsysConfig, *, events: int = 200_000, seed: int = 7, stream_seconds: float = 60.0,
              say: Callable[[str], None] = print) -> IngestSummary:
-    """Generate, ingest, refresh, train, evaluate, promote, recommend, then stream live events (see README)."""
+    """Generate, ingest, refresh, train, evaluate, promote, recommend, then stream live events (README)."""
     from recsys_lib.core.privacy import stored_id
     from recsys_lib.pipelines.demo_live import live_stream
     from recsys_lib.pipelines.evaluate import run_evaluate, run_promote

@@ -24,6 +24,7 @@ from recsys_lib.features import USER, USER_CATEGORY, Entity, entities, fold
 from recsys_lib.features.decay import event_bounds
 from recsys_lib.features.generations import GENERATIONS_TABLE, record_generation
 from recsys_lib.features.layers import table_spec
+from recsys_lib.features.quality import DQ_TABLE, ensure_constraints
 from recsys_lib.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class RefreshSummary:
     seconds: float = 0.0
     #: The ``feature_generations`` version that recorded this refresh as complete.
     generation_version: int = -1
+    #: Each table's data-quality outcome (empty with ``dq.enabled: false``).
+    dq: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The summary as a JSON-able dict."""
@@ -77,8 +80,11 @@ def run_refresh(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, until: da
     summary = RefreshSummary(events_version=events_version, watermark=_iso(watermark), until=_iso(until))
     todo = {n: e for n, e in entities(cfg.features).items() if not only or n in only}
     refresh_id = f"{stamp:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    with lake.writing([*(e.table for e in todo.values()), GENERATIONS_TABLE], f"features refresh {refresh_id}"):
+    with lake.writing([*(e.table for e in todo.values()), GENERATIONS_TABLE, DQ_TABLE],
+                      f"features refresh {refresh_id}"):
         _refresh_tables(lake, cfg, events, todo, summary, stamp, span, refresh_id)
+        if cfg.dq.enabled:
+            _quality_gate(lake, cfg, todo, summary, refresh_id)
         # the manifest, committed last: until it lands, batch readers stay on the previous complete refresh
         summary.generation_version = record_generation(
             lake, refresh_id, {t: int(info["version"]) for t, info in summary.tables.items()}, events_version,
@@ -87,6 +93,27 @@ def run_refresh(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, until: da
         summary.online = _publish_online(lake, cfg)
     summary.seconds = round(time.monotonic() - started, 2)
     return summary
+
+
+def _quality_gate(lake: Lake, cfg: RecsysConfig, todo: dict[str, Entity], summary: RefreshSummary,
+                  refresh_id: str) -> None:
+    """Check every refreshed table, record the results, and stop before publishing if one failed.
+
+    Raises:
+        DataQualityError: If a table failed an expectation (nothing after the tables is committed).
+
+    """
+    from recsys_lib.features.quality import DataQualityError, check_table, record
+
+    results = []
+    for entity in todo.values():
+        info = summary.tables[entity.table]
+        results.append(check_table(lake, entity, int(info["version"]), int(info["rows"]), cfg.dq))
+        info["dq"] = "passed" if results[-1].passed else results[-1].failures
+    record(lake, results, refresh_id, "features_refresh")
+    summary.dq = [r.to_json() for r in results]
+    if not all(r.passed for r in results):
+        raise DataQualityError(results)
 
 
 def _publish_online(lake: Lake, cfg: RecsysConfig) -> dict[str, Any]:
@@ -130,6 +157,9 @@ def _refresh_tables(lake: Lake, cfg: RecsysConfig, events: DataFrame, todo: dict
                 "until": summary.until, "refresh_id": refresh_id}
         if summary.tables:
             fault_point("between_refresh_tables")  # a table is overwritten, the next is not yet
+        if cfg.dq.enabled:  # before the overwrite, so the refresh's commit stays the table's newest
+            lake.create(table_spec(entity))
+            ensure_constraints(lake, entity)
         result = lake.overwrite(table_spec(entity), states, metadata=meta)
         if name == USER_CATEGORY:
             category_states = lake.read(entity.table, version=result.version)

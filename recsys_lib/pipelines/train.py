@@ -27,7 +27,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_lib.core.config import RecsysConfig
+from recsys_lib.core.config import RecsysConfig, TrainConfig
 from recsys_lib.core.schema import EVENTS_TABLE
 from recsys_lib.lake import Lake
 from recsys_lib.lake.snapshot import snapshot
@@ -70,13 +70,23 @@ def pinned_inputs(spark: SparkSession, lake: Lake, cfg: RecsysConfig) -> tuple[i
         events, cutoff
 
 
-def prepare(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, base_spec: Any = None) -> Prepared:
-    """Everything the TensorFlow side needs (see the module docstring); ``base_spec`` means warm start."""
+def prepare(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, base_spec: Any = None,
+            inner_days: int | None = None) -> Prepared:
+    """Everything the TensorFlow side needs (see the module docstring); ``base_spec`` means warm start.
+
+    ``inner_days`` prepares the inner time split instead, for tuning: events from the holdout's cutoff
+    on are dropped, and the cutoff moves ``inner_days`` earlier (its holdout is the inner split's).
+    """
     tc = cfg.train
     training_version, events_version, events, cutoff = pinned_inputs(spark, lake, cfg)
     since = cutoff - timedelta(days=tc.warm_start_days) if base_spec is not None else None
     try:
-        holdout = build_holdout(events, list(tc.label_types), cutoff, cfg.features)
+        if inner_days is not None:
+            visible = events.where(F.col("event_ts") < F.lit(cutoff))
+            cutoff -= timedelta(days=inner_days)
+            holdout = build_holdout(visible, list(tc.label_types), cutoff, cfg.features)
+        else:
+            holdout = build_holdout(events, list(tc.label_types), cutoff, cfg.features)
     finally:
         events.unpersist()  # the holdout is collected; a notebook session keeps running after this
     rows_df = lake.read(TRAINING_TABLE, version=training_version).where(
@@ -121,15 +131,19 @@ def _prepared(cfg: RecsysConfig, rows_df: DataFrame, holdout: Holdout, base_spec
                          query_std=[stats[c][1] for c in query_numeric],
                          item_mean=[stats[c][0] for c in item_numeric], item_std=[stats[c][1] for c in item_numeric],
                          recent_len=cfg.features.recent_items, top_categories=cfg.features.affinity_top_k,
-                         embedding_dim=tc.embedding_dim,
-                         tower_layers=list(tc.tower_layers), oov_buckets=tc.oov_buckets,
-                         price_buckets=list(tc.price_buckets), temperature=tc.temperature,
-                         user_id_embedding=tc.user_id_embedding, affinity_smoothing=tc.affinity_smoothing)
+                         **model_settings(tc))
     snap = snapshot(lake.uri(TRAINING_TABLE), training_version, cfg.lake.storage_options)
     first = since.date().isoformat() if since else ""
     files = [f.uri for f in snap.files if first <= (f.partition.get("label_date") or "") < cutoff.date().isoformat()]
     return Prepared(cutoff=cutoff, since=since, events_version=events_version, training_version=training_version,
                     files=files, rows=rows, spec=spec, prior=ItemPrior.from_counts(counts), holdout=holdout)
+
+
+def model_settings(tc: TrainConfig) -> dict[str, Any]:
+    """The :class:`~recsys_lib.models.two_tower.ModelSpec` fields that come from ``train`` settings."""
+    return {"embedding_dim": tc.embedding_dim, "tower_layers": list(tc.tower_layers), "oov_buckets": tc.oov_buckets,
+            "price_buckets": list(tc.price_buckets), "temperature": tc.temperature,
+            "user_id_embedding": tc.user_id_embedding, "affinity_smoothing": tc.affinity_smoothing}
 
 
 def _log_stats(df: DataFrame, columns: list[str]) -> dict[str, tuple[float, float]]:

@@ -50,5 +50,8 @@ def test_sigkill_after_each_ingest_commit(spark, tmp_path, landing, recomputed, 
     lake = open_lake(spark, load_config(overrides=[f"home={home}"]))
     partial = ingested(lake)
     assert {t for t, rows in partial.items() if rows == recomputed[t]} == COMPLETE_AT[point]
-    ok(recsys(home, "ingest", "--input", str(landing)))  # the re-run takes over the killed run's lease at once
+    rerun = recsys(home, "ingest", "--input", str(landing))  # takes over the killed run's lease at once
+    ok(rerun)
     assert ingested(lake) == recomputed
+    # Spark's JVM noise is quiet by default (recsys_lib/core/log4j2.properties)
+    assert "NativeCodeLoader" not in rerun.stderr and "default log4j profile" not in rerun.stderr, rerun.stderr

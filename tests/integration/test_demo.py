@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -43,3 +44,31 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "data" / "lake" / "training_examples" / "_delta_log").is_dir()
     assert (tmp_path / "data" / "lake" / "recommendations" / "_delta_log").is_dir()
     assert (tmp_path / "data" / "mlflow" / "mlflow.db").is_file()
+
+    # `recsys status --json` on the demo's home: every part read, and it agrees with the lake and the registry
+    status = subprocess.run([str(Path(sys.executable).with_name("recsys")), "status", "--json"], env=env,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert status.returncode == 0, status.stderr[-3000:]
+    _check_status(json.loads(status.stdout), tmp_path / "data")
+
+
+def _check_status(report: dict, home: Path) -> None:
+    import pyarrow as pa
+    from deltalake import DeltaTable, QueryBuilder
+
+    from recsys_lib.core.config import load_config
+    from recsys_lib.models import tracking
+
+    for name in ("events", "user_features", "item_features", "training_examples", "recommendations"):
+        table = DeltaTable(str(home / "lake" / name))
+        assert report["tables"][name]["version"] == table.version(), name
+        counted = pa.table(QueryBuilder().register("t", table).execute("SELECT count(*) AS n FROM t").read_all())
+        assert report["tables"][name]["rows"] == counted.column("n")[0].as_py(), name  # log statistics = a scan
+        assert report["tables"][name]["age_s"] >= 0
+    assert report["tables"]["events"]["rows"] >= 20_000  # the batch's events, then the stream's
+    cfg = load_config(overrides=[f"home={home}"])
+    champion = tracking.model_version(tracking.configure(cfg), cfg.mlflow.registered_model, alias=tracking.CHAMPION)
+    assert report["model"]["version"] == champion.version and 0 < report["model"]["metrics"]["recall@50"] <= 1
+    assert report["index"]["model_version"] == champion.version and report["index"]["items"] > 0
+    assert report["online"]["generation"] >= 1 and set(report["online"]["behind"].values()) == {0}
+    assert report["stream"]["status"] == "dead" and report["stream"]["last_batch"]["batch_id"] >= 0

@@ -98,3 +98,41 @@ def test_the_update_loop_runs_one_at_a_time_and_never_promotes_a_worse_model(spa
     else:  # the worse (or equal) model stays unserved
         assert "does not beat" in second["reason"] and second["exported"] is None
         assert champion.version == exported == first["version"]
+
+
+@pytest.mark.timeout(900)
+def test_tune_scores_trials_on_the_inner_split_and_writes_an_overlay_that_loads(spark, small_lake, tmp_path):
+    from datetime import timedelta
+
+    from recsys_lib.core.config import SearchRange, TuneConfig
+    from recsys_lib.pipelines.train import pinned_inputs
+    from recsys_lib.pipelines.tune import run_tune
+
+    cfg, lake = small_lake
+    space = {"temperature": SearchRange(choices=(0.1, 1.0)),
+             "learning_rate": SearchRange(low=0.001, high=0.01, log=True)}
+    tcfg = cfg.model_copy(update={"tune": TuneConfig(trials=2, max_epochs=2, patience=1, prune=False, space=space)})
+    tuned = run_tune(spark, lake, tcfg, out=str(tmp_path / "tuned.yaml"), say=lambda _m: None)
+
+    _, _, events, cutoff = pinned_inputs(spark, lake, cfg)
+    events.unpersist()
+    assert tuned["inner_cutoff"] == (cutoff - timedelta(days=cfg.evaluate.tune_days)).isoformat()
+    overlay = load_config([tmp_path / "tuned.yaml"]).train
+    assert overlay.temperature in (0.1, 1.0) and 0.001 <= overlay.learning_rate <= 0.01
+    assert overlay.epochs in (1, 2)
+    assert set(tuned["baselines"]) == {"popularity", "cooccurrence", "item_knn", "ease", "als"}
+
+    # every trial is an MLflow run under the tune run; the overlay is the best run's settings and best epoch
+    client = mlflow.tracking.MlflowClient()
+    children = client.search_runs([client.get_run(tuned["run_id"]).info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{tuned['run_id']}'")
+    assert len(children) == 2
+    best = {}
+    for run in children:
+        history = [m.value for m in client.get_metric_history(run.info.run_id, "recall_at_50")]
+        assert 1 <= len(history) <= 2
+        if max(history) > best.get("value", -1.0):
+            best = {"value": max(history), "epoch": history.index(max(history)) + 1, "params": run.data.params}
+    assert best["value"] == pytest.approx(tuned["value"])
+    assert overlay.epochs == best["epoch"]
+    assert float(best["params"]["train.temperature"]) == overlay.temperature

@@ -1,4 +1,4 @@
-"""The README's spark-submit line on local-cluster[2,1,1024] through jobs/ and --py-files:
+"""The spark-submit line of docs/deploy.md on local-cluster[2,1,1024] through jobs/ and --py-files:
 ingest, full refresh and training-set build give the same tables as `recsys` on local[2]."""
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def test_until_excludes_later_events_and_each_refresh_is_a_new_version(spark, la
     assert counted == expected
     assert users.agg(F.max("as_of")).first()[0] <= cut.replace(tzinfo=None)
     second = run_refresh(spark, lake, cfg)
-    assert second.tables["user_features"]["version"] == first.tables["user_features"]["version"] + 1
+    assert second.tables["user_features"]["version"] > first.tables["user_features"]["version"]
     old = load_features(spark, "user", cfg=cfg, version=first.tables["user_features"]["version"])
     assert old.agg(F.max("as_of")).first()[0] <= cut.replace(tzinfo=None)
 
@@ -103,7 +103,7 @@ def test_a_refresh_that_dies_between_tables_leaves_readers_on_the_last_complete_
         run_refresh(spark, lake, cfg)
     monkeypatch.undo()
     (half,) = done
-    assert lake.version(half) == first.tables[half]["version"] + 1  # that table holds the second refresh
+    assert lake.version(half) > first.tables[half]["version"]  # that table holds the second refresh
     for entity in entities(cfg.features).values():  # every reader sees the first refresh, the half one too
         pinned = by_rows(read_states(lake, entity, cfg.features), entity)
         assert pinned == by_rows(lake.read(entity.table, version=first.tables[entity.table]["version"]), entity)

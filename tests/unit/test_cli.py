@@ -127,3 +127,54 @@ def test_continuous_training_takes_a_positive_cycle_count(capsys):
     with pytest.raises(SystemExit) as exited:
         build_parser().parse_args(["train", "--continuous", "--cycles", "x"])
     assert exited.value.code == 2 and "'x' is not a whole number" in capsys.readouterr().err
+
+
+def _help_of(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_every_command_has_plain_help_with_an_example(capsys):
+    from recsys_lib.cli_help import EXAMPLES, commands
+
+    paths = [" ".join(path) for path, _, _ in commands(build_parser())]
+    assert set(paths) <= set(EXAMPLES), f"commands without an example: {sorted(set(paths) - set(EXAMPLES))}"
+    top = _help_of([], capsys)
+    assert "exit codes:" in top and "3    a gate said no" in top
+    for path in paths:
+        out = _help_of(path.split(), capsys)
+        assert "``" not in out and ":mod:" not in out and ":func:" not in out, (path, out)
+        assert f"example:\n  {EXAMPLES[path]}" in out, path
+
+
+def test_a_closed_pipe_stops_the_command_quietly():
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    # `recsys completion zsh | head -c 1`: the reader leaves after one byte; no BrokenPipeError traceback, exit 141
+    read, write = os.pipe()
+    fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, 4096)  # far below the 30 kB script: the writer is still writing at close
+    cmd = [sys.executable, "-c", "import sys; from recsys_lib.cli import main; sys.exit(main(['completion', 'zsh']))"]
+    proc = subprocess.Popen(cmd, stdout=write, stderr=subprocess.PIPE)
+    os.close(write)
+    with os.fdopen(read, "rb") as reader:
+        assert reader.read(1) == b"#"
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr is not None and proc.stderr.read() == b""
+
+
+def test_completion_scripts_know_the_commands_and_their_flags(capsys):
+    assert main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    assert "tune" in script and "--warm-start" in script and "--ok-if-not-promoted" in script
+
+
+def test_quiet_and_verbose_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["config", "-q", "-v"])
+    assert exc.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.unit
 PACKAGE = Path(recsys_lib.__file__).parent
 #: Rank of each top-level part of the package; a module may import only parts of its own rank or lower.
 RANKS = {"core": 0, "lake": 1, "online": 1, "ingest": 2, "features": 2, "streaming": 2, "models": 2, "datagen": 2,
-         "serving": 2.5, "pipelines": 3, "cli": 4, "cli_models": 4, "cli_online": 4, "api": 4}
+         "serving": 2.5, "pipelines": 3, "cli": 4, "cli_models": 4, "cli_online": 4, "cli_help": 4,
+         "api": 4}
 
 
 def part_of(module: str) -> str:
@@ -60,3 +61,10 @@ def test_an_upward_import_is_reported(tmp_path):
     (tmp_path / "lake").mkdir()
     (tmp_path / "lake" / "ok.py").write_text("import recsys_lib.core.config\n")
     assert upward_imports(tmp_path) == ["core/bad.py -> pipelines"]
+
+
+def test_the_readme_picture_shows_every_layer_below_the_faces():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    diagram = readme.split("```mermaid", 1)[1].split("```", 1)[0]
+    below_faces = {p for p, rank in RANKS.items() if rank < 4}
+    assert {p for p in below_faces if p not in diagram} == set(), "draw these layers in the README's diagram"

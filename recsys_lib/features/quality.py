@@ -1,0 +1,141 @@
+"""The data-quality gate of a full refresh: check each new table version, record the result.
+
+For each refreshed table, on the version just written (base rows):
+
+* every rule of :mod:`recsys_lib.features.expectations`, through pandera's PySpark backend;
+* the row count within ``dq.max_row_change`` (a fraction) of the newest *passing* check of
+  the same table, once that check saw ``dq.min_rows`` rows, so a refresh that lost half the
+  users is stopped.
+
+Each table's outcome is one row of the ``dq_results`` Delta table (also read by
+``recsys status``). The refresh publishes (manifest, online store) only when every table
+passes; otherwise it raises :class:`DataQualityError` and the CLI exits 3. Readers stay on
+the previous complete generation (:mod:`recsys_lib.features.generations`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake.exceptions import DeltaError
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from recsys_lib.core.config import DqConfig
+from recsys_lib.features.definitions import BUCKET, Entity
+from recsys_lib.features.expectations import constraints, pandera_schema, with_derived
+from recsys_lib.lake import Lake, TableSpec
+from recsys_lib.lake.files import spark_to_arrow
+
+log = logging.getLogger(__name__)
+DQ_TABLE = "dq_results"
+DQ_SCHEMA = T.StructType([
+    T.StructField("checked_at", T.TimestampType(), False),
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("job", T.StringType(), False),
+    T.StructField("table", T.StringType(), False),
+    T.StructField("version", T.LongType(), False),
+    T.StructField("rows", T.LongType(), False),
+    T.StructField("passed", T.BooleanType(), False),
+    T.StructField("failures", T.StringType(), False),  # JSON list of messages
+])
+DQ_SPEC = TableSpec(DQ_TABLE, DQ_SCHEMA, ())
+
+
+class DataQualityError(RuntimeError):
+    """A data-quality gate failed: the refresh was not published."""
+
+    def __init__(self, results: list[TableCheck]) -> None:
+        failed = [r for r in results if not r.passed]
+        super().__init__("data-quality gate failed, refresh not published: " + "; ".join(
+            f"{r.table} v{r.version}: {', '.join(r.failures[:3])}" + (" ..." if len(r.failures) > 3 else "")
+            for r in failed))
+        self.results = results
+
+
+@dataclass
+class TableCheck:
+    """One table version's outcome."""
+
+    table: str
+    version: int
+    rows: int
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """No rule failed."""
+        return not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        """As a JSON-able dict."""
+        return asdict(self) | {"passed": self.passed}
+
+
+def check_table(lake: Lake, entity: Entity, version: int, rows: int, dc: DqConfig,
+                now: datetime | None = None) -> TableCheck:
+    """Check ``entity``'s table at ``version`` (``rows`` base rows) against every expectation."""
+    now = now or datetime.now(UTC)
+    df = lake.read(entity.table, version=version).where(F.col(BUCKET) >= 0)
+    checked = pandera_schema(entity, now + timedelta(seconds=dc.max_clock_skew)).validate(with_derived(df, entity))
+    out = TableCheck(entity.table, version, rows)
+    for kind, errors in dict(checked.pandera.errors).items():
+        for reason, items in errors.items():
+            out.failures += [f"{i.get('column') or 'table'}: {i.get('check')} ({reason.lower()}, {kind.lower()})"
+                             for i in items]
+    previous = last_passing_rows(lake, entity.table)
+    if previous and previous >= dc.min_rows and abs(rows - previous) > dc.max_row_change * previous:
+        out.failures.append(f"rows: {rows:,} is more than {dc.max_row_change:.0%} away from the last passing "
+                            f"check's {previous:,} (dq.max_row_change)")
+    return out
+
+
+def last_passing_rows(lake: Lake, table: str) -> int | None:
+    """Rows of ``table`` at its newest passing check (None before the first)."""
+    if not lake.exists(DQ_TABLE):
+        return None
+    done = lake.read_arrow(DQ_TABLE)
+    mine = done.filter(pc.and_(pc.equal(done["table"], table), done["passed"]))
+    if mine.num_rows == 0:
+        return None
+    return int(mine.take(pc.sort_indices(mine, [("checked_at", "descending")]))["rows"][0].as_py())
+
+
+def record(lake: Lake, results: list[TableCheck], run_id: str, job: str) -> int:
+    """Append ``results`` to ``dq_results``; returns its version."""
+    at = datetime.now(UTC)
+    rows = pa.table({"checked_at": [at] * len(results), "run_id": [run_id] * len(results),
+                     "job": [job] * len(results), "table": [r.table for r in results],
+                     "version": [r.version for r in results], "rows": [r.rows for r in results],
+                     "passed": [r.passed for r in results],
+                     "failures": [json.dumps(r.failures) for r in results]}).cast(spark_to_arrow(DQ_SCHEMA))
+    return lake.append_arrow(DQ_SPEC, rows).version
+
+
+def ensure_constraints(lake: Lake, entity: Entity) -> list[str]:
+    """Add the Delta CHECK constraints ``entity``'s table lacks; returns the names added.
+
+    They are added in one commit. A table whose rows violate one cannot take them (delta-rs
+    checks the existing rows): that is logged at WARNING and left to the data-quality gate,
+    which reports the rule the rows break; the next refresh tries again.
+    """
+    from deltalake import DeltaTable
+
+    table = DeltaTable(lake.uri(entity.table), storage_options=getattr(lake, "storage_options", None) or None)
+    have = {k.removeprefix("delta.constraints.") for k in table.metadata().configuration
+            if k.startswith("delta.constraints.")}
+    missing = {name: sql for name, sql in constraints(entity).items() if name not in have}
+    if not missing:
+        return []
+    try:
+        table.alter.add_constraint(missing)  # one commit for all of them
+    except DeltaError as exc:
+        log.warning("cannot add the constraints %s to %s: %s", sorted(missing), entity.table, exc)
+        return []
+    return sorted(missing)
