@@ -262,7 +262,7 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
         from recsys_lib.pipelines.maintenance import vacuum_retention
 
         args.retention_hours = vacuum_retention(cfg, args.retention_hours, force=args.force)
-    ctx = start(cfg, streaming=args.command == "stream")
+    ctx = start(cfg, streaming=args.command == "stream", progress=not getattr(args, "quiet", False))
     try:
         if args.command in MODEL_COMMANDS:
             return run_model_command(args, ctx)

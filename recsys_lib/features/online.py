@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.core.faults import fault_point
+from recsys_lib.core.progress import Progress
 from recsys_lib.core.schema import EVENTS_TABLE
 from recsys_lib.features.definitions import BUCKET, Entity, entities
 from recsys_lib.features.generations import pinned_versions
@@ -255,11 +256,13 @@ def load_generation(store: OnlineStore, lake: Lake, cfg: RecsysConfig) -> dict[s
     for entity, version, rows, t0 in _read_ahead(lake, [e for e in entities(cfg.features).values()
                                                         if lake.exists(e.table)], pinned):
         written = 0
-        for layer, part in zip((Layer.BASE, Layer.PENDING), _layers(rows), strict=True):
-            for start in range(0, part.num_rows, cfg.online.write_batch):
-                written += store.write(entity.table, layer,
-                                       writes(part.slice(start, cfg.online.write_batch), entity, cfg),
-                                       version, generation=gen, fresh=True)
+        with Progress(f"online load {entity.table}", rows.num_rows, unit="rows") as progress:
+            for layer, part in zip((Layer.BASE, Layer.PENDING), _layers(rows), strict=True):
+                for start in range(0, part.num_rows, cfg.online.write_batch):
+                    batch = part.slice(start, cfg.online.write_batch)
+                    written += store.write(entity.table, layer, writes(batch, entity, cfg), version, generation=gen,
+                                           fresh=True)
+                    progress.update(batch.num_rows)
         store.set_applied(entity.table, version, gen)
         _raise_watermark(store, rows)
         report["tables"][entity.table] = {"version": version, "rows": written,

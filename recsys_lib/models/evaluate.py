@@ -190,3 +190,18 @@ def recall_plot(results: Mapping[str, Mapping[str, float]], ks: Sequence[int], p
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def loss_plot(epochs: Sequence[Mapping[str, float]], path: str | Path) -> None:
+    """PNG of the training loss per epoch (the object API, like :func:`recall_plot`)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(range(1, len(epochs) + 1), [e.get("loss", np.nan) for e in epochs], marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

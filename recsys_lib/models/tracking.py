@@ -65,11 +65,52 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         return pd.DataFrame({"item_ids": [list(ids[row]) for row in idx], "scores": [list(s) for s in scores]})
 
 
+#: Distributions a loaded bundle imports (pinned to the versions installed here when it is logged).
+SERVING_DISTRIBUTIONS = ("tensorflow", "tf-keras", "tensorflow-recommenders", "numpy", "pandas", "pyarrow",
+                         "pyspark", "deltalake", "pydantic", "pyyaml", "mlflow")
+
+
+def pinned_requirements(index_kind: str) -> list[str]:
+    """``name==version`` for every distribution the pyfunc model needs (ScaNN only for a ScaNN index)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = [*SERVING_DISTRIBUTIONS, *(["scann"] if index_kind == "scann" else [])]
+    out = []
+    for name in names:
+        try:
+            out.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            out.append(name)  # not installed here: unpinned, so pip still finds one
+    return out
+
+
+def input_example(spec: Any) -> pd.DataFrame:
+    """One made-up query row shaped like the model's input (no real person's data)."""
+    row: dict[str, Any] = {"user_id": ["example-user"]}
+    row |= {c: [0.0] for c in spec.query_numeric}
+    row["u_recent_items"] = [list(spec.items[:2])]
+    row["u_top_categories"] = [[{"category_id": c, "weight": 1.0} for c in spec.categories[:2]]]
+    return pd.DataFrame(row)
+
+
 def log_bundle(bundle_dir: Path, registered_model: str) -> str:
-    """Log the bundle as a pyfunc model of the active run and register it; returns the new version."""
+    """Log the bundle as a pyfunc model of the active run and register it; returns the new version.
+
+    The model carries this package as ``code_paths`` (it loads without an installed ``recsys``),
+    pinned requirements, a signature inferred from a made-up input example, and a ``k`` parameter.
+    """
+    import recsys_lib
+    from recsys_lib.models.bundle import Bundle
+
+    face = RecommenderModel()
+    face.bundle = Bundle(bundle_dir)
+    example = input_example(face.bundle.spec)
+    signature = mlflow.models.infer_signature(example, face.predict(None, example), params={"k": 10})
     info = mlflow.pyfunc.log_model(name="recommender", python_model=RecommenderModel(),
                                    artifacts={"bundle": str(bundle_dir)}, registered_model_name=registered_model,
-                                   pip_requirements=["recsys", "tensorflow", "tensorflow-recommenders"])
+                                   code_paths=[str(Path(recsys_lib.__file__).parent)],
+                                   pip_requirements=pinned_requirements(face.bundle.index.kind),
+                                   signature=signature, input_example=example)
     return str(info.registered_model_version)
 
 

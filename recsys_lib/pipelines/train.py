@@ -204,14 +204,20 @@ def run_train(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, warm_start:
     with mlflow.start_run(run_name="warm-start" if warm_start else "train") as run:
         mlflow.log_params({f"train.{k}": v for k, v in tc.model_dump().items()} | {
             "rows": prep.rows, "users_vocab": len(prep.spec.users), "items_vocab": len(prep.spec.items)})
+        _log_inputs(lake, prep)
         mlflow.set_tags({"events_version": prep.events_version, "training_examples_version": prep.training_version,
                          "git_commit": tracking.git_commit() or "unknown", "cutoff": prep.cutoff.isoformat(),
                          "warm_start": warm_start, "base_version": base.version if base else ""})
 
+        n_epochs = tc.warm_start_epochs if warm_start else tc.epochs
+        spent: list[float] = []
+
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=epoch)
-            say(f"  epoch {epoch + 1}: loss {metrics.get('loss', float('nan')):.1f} "
-                f"({metrics['epoch_seconds']:.1f}s)")
+            spent.append(metrics["epoch_seconds"])
+            left = (n_epochs - epoch - 1) * sum(spent) / len(spent)
+            say(f"  epoch {epoch + 1}/{n_epochs}: loss {metrics.get('loss', float('nan')):.1f} "
+                f"({metrics['epoch_seconds']:.1f}s" + (f", ETA {left:.0f}s)" if left else ")"))
 
         chunks = chunk_source(prep.files, prep.spec, prep.prior, tc)
         result = fit(prep.spec, chunks, prep.rows, tc, epochs=tc.warm_start_epochs if warm_start else None,
@@ -223,7 +229,7 @@ def run_train(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, warm_start:
             f"({result.examples_per_second:,.0f} examples/s)")
         with tempfile.TemporaryDirectory() as tmp:
             bundle_dir = export_bundle(spark, lake, cfg, result.model, prep, metrics, Path(tmp) / "bundle")
-            _log_report(metrics, cfg, Path(tmp))
+            _log_report(metrics, cfg, Path(tmp), result.epochs)
             version = tracking.log_bundle(bundle_dir, cfg.mlflow.registered_model)
     say(f"registered '{cfg.mlflow.registered_model}' version {version} (run {run.info.run_id})")
     return {"version": version, "run_id": run.info.run_id, "metrics": metrics, "rows": prep.rows,
@@ -250,12 +256,25 @@ def export_bundle(spark: SparkSession, lake: Lake, cfg: RecsysConfig, model: Any
     return save_bundle(folder, model, items.to_pandas(), np.asarray(embeddings), index, meta)
 
 
-def _log_report(metrics: dict[str, float], cfg: RecsysConfig, tmp: Path) -> None:
+def _log_inputs(lake: Lake, prep: Prepared) -> None:
+    """Record the Delta versions read as the run's MLflow dataset inputs (the Datasets panel of the UI)."""
+    import mlflow
+    from mlflow.data.delta_dataset_source import DeltaDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for table, version, context in ((TRAINING_TABLE, prep.training_version, "training"),
+                                    (EVENTS_TABLE, prep.events_version, "holdout")):
+        source = DeltaDatasetSource(path=lake.uri(table), delta_table_version=version)
+        mlflow.log_input(MetaDataset(source, name=table, digest=f"v{version}"), context=context)
+
+
+def _log_report(metrics: dict[str, float], cfg: RecsysConfig, tmp: Path, epochs: list[dict[str, float]]) -> None:
     import mlflow
 
-    from recsys_lib.models.evaluate import recall_plot, write_report
+    from recsys_lib.models.evaluate import loss_plot, recall_plot, write_report
 
     write_report({"two_tower": metrics}, tmp / "evaluation.json")
     recall_plot({"two_tower": metrics}, cfg.evaluate.ks, tmp / "recall_at_k.png")
-    mlflow.log_artifact(str(tmp / "evaluation.json"), "evaluation")
-    mlflow.log_artifact(str(tmp / "recall_at_k.png"), "evaluation")
+    loss_plot(epochs, tmp / "loss.png")
+    for name in ("evaluation.json", "recall_at_k.png", "loss.png"):
+        mlflow.log_artifact(str(tmp / name), "evaluation")

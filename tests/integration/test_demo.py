@@ -50,6 +50,7 @@ def test_demo_runs_end_to_end(tmp_path):
                             capture_output=True, text=True, timeout=300, check=False)
     assert status.returncode == 0, status.stderr[-3000:]
     _check_status(json.loads(status.stdout), tmp_path / "data")
+    _check_servable_model(tmp_path / "data", tmp_path)
 
 
 def _check_status(report: dict, home: Path) -> None:
@@ -72,3 +73,45 @@ def _check_status(report: dict, home: Path) -> None:
     assert report["index"]["model_version"] == champion.version and report["index"]["items"] > 0
     assert report["online"]["generation"] >= 1 and set(report["online"]["behind"].values()) == {0}
     assert report["stream"]["status"] == "dead" and report["stream"]["last_batch"]["batch_id"] >= 0
+
+
+#: Loads the champion as MLflow pyfunc in a process that cannot import the installed ``recsys_lib``: site-packages
+#: is on the path without its .pth files, so the editable install's finder is absent and only the model's own
+#: ``code_paths`` copy can serve the import.
+_LOAD_OUTSIDE = """
+import importlib.util, json, sys
+sys.path.append(sys.argv[2])
+assert importlib.util.find_spec("recsys_lib") is None, "recsys_lib must come from the model, not the checkout"
+import mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model("models:/recsys-two-tower@champion")
+example = model.input_example
+out = model.predict(example, params={"k": 3})
+print(json.dumps({"inputs": list(model.metadata.get_input_schema().input_names()), "k": len(out["item_ids"][0]),
+                  "rows": len(out)}), flush=True)
+import os
+os._exit(0)  # TensorFlow's and delta-rs's threads can abort the interpreter's teardown (seen once in 4 runs)
+"""
+
+
+def _check_servable_model(home: Path, tmp_path: Path) -> None:
+    import sysconfig
+
+    from mlflow.artifacts import download_artifacts
+
+    uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    proc = subprocess.run([sys.executable, "-S", "-c", _LOAD_OUTSIDE, uri, sysconfig.get_paths()["purelib"]],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+                          env={**os.environ, "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert loaded["k"] == 3 and loaded["rows"] == 1
+    assert "user_id" in loaded["inputs"] and "u_recent_items" in loaded["inputs"]
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    requirements = Path(download_artifacts(artifact_uri="models:/recsys-two-tower@champion/requirements.txt",
+                                           dst_path=str(tmp_path / "req"))).read_text().split()
+    assert "recsys" not in requirements  # an unrelated PyPI package of that name
+    assert any(r.startswith("tensorflow-recommenders==") for r in requirements)
+    assert any(r.startswith("tensorflow==") for r in requirements)

@@ -41,3 +41,24 @@ def test_local_session_lists_files_on_the_driver(spark, tmp_path):
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
     assert sorted(r.x for r in df.collect()) == list(range(40))
+
+
+def test_spark_progress_reports_the_running_stage(spark):
+    import threading
+    import time
+
+    from recsys_lib.core.progress import SparkProgress
+
+    def slow(rows):
+        time.sleep(3)
+        return rows
+
+    job = threading.Thread(target=lambda: spark.sparkContext.parallelize(range(4), 2).mapPartitions(slow).count())
+    job.start()
+    watcher, lines = SparkProgress(spark), []
+    deadline = time.monotonic() + 60
+    while not lines and time.monotonic() < deadline:
+        lines = watcher.lines()
+        time.sleep(0.05)
+    job.join()
+    assert lines and "/2 tasks done" in lines[0], lines
