@@ -36,8 +36,10 @@ def cfg(tmp_path: Path):
 
     # Pseudonyms off: expectations are written by hand with raw ids (u1, i2). tests/spark/test_privacy.py
     # and the CLI-driven tests (faults, integration, demo) run with the default, pseudonyms on.
+    # dq.log_to_mlflow off: an MLflow store per test home would cost seconds each (tests/spark/test_quality_gate.py
+    # turns it on where it checks it)
     return load_config(overrides=[f"home={tmp_path / 'home'}", "spark.master=local[2]",
-                                  "lake.retry_backoff=1ms", "privacy.pseudonymize=false"])
+                                  "lake.retry_backoff=1ms", "privacy.pseudonymize=false", "dq.log_to_mlflow=false"])
 
 
 @pytest.fixture

@@ -127,6 +127,8 @@ class DqConfig(_Strict):
     min_rows: int = Field(1000, ge=0)
     #: ``as_of`` may be this far ahead of the checking machine's clock (event clocks are not ours).
     max_clock_skew: Duration = 300.0
+    #: Also log each refresh's outcome as an MLflow run (``dq-<job>``) in ``mlflow.experiment``.
+    log_to_mlflow: bool = True
 
 
 class StreamingConfig(_Strict):

@@ -139,3 +139,4 @@ def ensure_constraints(lake: Lake, entity: Entity) -> list[str]:
         log.warning("cannot add the constraints %s to %s: %s", sorted(missing), entity.table, exc)
         return []
     return sorted(missing)
+

@@ -24,7 +24,7 @@ from recsys_lib.features import USER, USER_CATEGORY, Entity, entities, fold
 from recsys_lib.features.decay import event_bounds
 from recsys_lib.features.generations import GENERATIONS_TABLE, record_generation
 from recsys_lib.features.layers import table_spec
-from recsys_lib.features.quality import DQ_TABLE, ensure_constraints
+from recsys_lib.features.quality import DQ_TABLE, TableCheck, ensure_constraints
 from recsys_lib.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -111,9 +111,34 @@ def _quality_gate(lake: Lake, cfg: RecsysConfig, todo: dict[str, Entity], summar
         results.append(check_table(lake, entity, int(info["version"]), int(info["rows"]), cfg.dq))
         info["dq"] = "passed" if results[-1].passed else results[-1].failures
     record(lake, results, refresh_id, "features_refresh")
+    if cfg.dq.log_to_mlflow:
+        _log_dq_to_mlflow(cfg, results, refresh_id, "features_refresh")
     summary.dq = [r.to_json() for r in results]
     if not all(r.passed for r in results):
         raise DataQualityError(results)
+
+
+def _log_dq_to_mlflow(cfg: RecsysConfig, results: list[TableCheck], run_id: str, job: str) -> str | None:
+    """One MLflow run per check (``dq-<job>``): per-table rows and pass/fail as metrics, the failures as JSON.
+
+    Returns the MLflow run id, or None when MLflow is not installed (the ``dq_results`` rows stay the
+    record; the cause is logged at WARNING).
+    """
+    try:
+        import mlflow
+    except ImportError as exc:
+        log.warning("data-quality results not logged to MLflow (%s); they are in %s", exc, DQ_TABLE)
+        return None
+    from recsys_lib.models import tracking
+
+    tracking.configure(cfg)
+    with mlflow.start_run(run_name=f"dq-{job}") as run:
+        mlflow.set_tags({"job": job, "refresh_id": run_id, "dq_passed": all(r.passed for r in results)})
+        mlflow.log_metrics({f"{r.table}.{k}": v for r in results
+                            for k, v in (("rows", float(r.rows)), ("passed", float(r.passed)),
+                                         ("version", float(r.version)))})
+        mlflow.log_dict({"results": [r.to_json() for r in results]}, "dq/results.json")
+        return str(run.info.run_id)
 
 
 def _publish_online(lake: Lake, cfg: RecsysConfig) -> dict[str, Any]:

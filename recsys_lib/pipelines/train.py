@@ -265,7 +265,8 @@ def _log_inputs(lake: Lake, prep: Prepared) -> None:
     for table, version, context in ((TRAINING_TABLE, prep.training_version, "training"),
                                     (EVENTS_TABLE, prep.events_version, "holdout")):
         source = DeltaDatasetSource(path=lake.uri(table), delta_table_version=version)
-        mlflow.log_input(MetaDataset(source, name=table, digest=f"v{version}"), context=context)
+        mlflow.log_input(MetaDataset(source, name=table, digest=f"v{version}"),  # type: ignore[abstract]
+                         context=context)
 
 
 def _log_report(metrics: dict[str, float], cfg: RecsysConfig, tmp: Path, epochs: list[dict[str, float]]) -> None:

@@ -199,3 +199,38 @@ def test_the_server_polls_for_a_new_export_when_configured(served):
             assert "recsys_model_version 7.0" in client.get("/metrics").text
         finally:
             export_untrained(served.lake, served.cfg, version="1")  # leave the session's export as it was
+
+
+def test_two_replicas_on_one_store_answer_alike_and_both_see_a_write(served):
+    """Serving is stateless: two servers on one store give the same answers and both see a new write."""
+    import pyarrow.compute as pc
+
+    from recsys_lib.features import USER, entities
+    from recsys_lib.features.online import writes
+    from recsys_lib.online import Layer
+
+    cfg = served.cfg.model_copy(update={"serve": served.cfg.serve.model_copy(update={"reload_poll": None})})
+    entity = entities(cfg.features)[USER]
+    user = _users(served)[0]
+    with ApiServer(create_app(cfg)) as one, ApiServer(create_app(cfg)) as two, httpx.Client(timeout=30) as client:
+        def both(path: str) -> tuple[dict, dict]:
+            return client.get(one.url + path).json(), client.get(two.url + path).json()
+
+        first, second = both(f"/recommendations/{user}?k=10")
+        assert first["items"] == second["items"] and first["source"] == "model"
+        before = both(f"/features/user/{user}")[0]["view_count"]
+
+        # what the stream does after a micro-batch: a pending row for the user, at a newer version
+        rows = served.lake.read_arrow(entity.table)
+        row = rows.filter(pc.equal(rows["user_id"], user)).slice(0, 1)
+        row = row.set_column(row.schema.get_field_index("view_count"), "view_count", pc.add(row["view_count"], 5))
+        version = served.lake.version(entity.table)
+        store = open_store(cfg)
+        try:
+            store.write(entity.table, Layer.PENDING, writes(row, entity, cfg), version + 1)
+            seen = both(f"/features/user/{user}")
+            assert seen[0]["view_count"] == seen[1]["view_count"] == 2 * before + 5  # base + pending, merged
+        finally:  # the session's store, restored: the pending row tombstoned at a newer version
+            store.write(entity.table, Layer.PENDING, [(user, None, None)], version + 2)
+            store.close()
+        assert both(f"/features/user/{user}")[1]["view_count"] == before

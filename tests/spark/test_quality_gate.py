@@ -70,10 +70,22 @@ def test_broken_rows_fail_the_rule_they_break(spark, lake, cfg, refreshed):
 
 def test_a_refresh_that_lost_most_users_is_not_published(spark, lake, cfg, refreshed):
     generations = lake.version(GENERATIONS_TABLE)
-    small = cfg.model_copy(update={"dq": cfg.dq.model_copy(update={"min_rows": 10})})  # the tables hold 30-100 rows
+    # the tables hold 30-100 rows; this test also checks the MLflow record
+    small = cfg.model_copy(update={"dq": cfg.dq.model_copy(update={"min_rows": 10, "log_to_mlflow": True})})
     with pytest.raises(DataQualityError, match="more than 50% away from the last passing check") as err:
         run_refresh(spark, lake, small, until=datetime(2024, 1, 1, 1, tzinfo=UTC))  # the first hour only
     assert lake.version(GENERATIONS_TABLE) == generations  # no new manifest: readers stay on the last refresh
     failed = [r for r in lake.read_arrow(DQ_TABLE).to_pylist() if not r["passed"]]
     assert {r["table"] for r in failed} == {r.table for r in err.value.results if not r.passed}
     assert all("rows:" in json.loads(r["failures"])[0] for r in failed)
+
+    import mlflow
+
+    from recsys_lib.models import tracking
+
+    tracking.configure(small)
+    runs = mlflow.search_runs(experiment_names=[small.mlflow.experiment],
+                              filter_string="run_name = 'dq-features_refresh'")
+    assert len(runs) == 1 and runs["tags.dq_passed"][0] == "False"
+    failed_tables = {r.table for r in err.value.results if not r.passed}
+    assert {t for t in failed_tables if runs[f"metrics.{t}.passed"][0] == 0.0} == failed_tables
