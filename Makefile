@@ -8,15 +8,24 @@ PYTEST := $(BIN)/pytest
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install demo test test-unit test-spark test-tf test-airflow test-serving test-faults test-notebook test-slow \
+.PHONY: install lock install-sizes demo test test-unit test-spark test-tf test-airflow test-serving test-faults test-notebook test-slow \
         lint typecheck check bench bench-features bench-floors bench-streaming bench-microbatch bench-serving bench-faults bench-privacy bench-forget bench-quality bench-train bench-index dist clean
 
-$(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
+# requirements.lock pins every package with its hashes (pip checks them); `make lock` regenerates it from
+# requirements.txt (the known-good stack) and requirements-dev.txt.
+$(STAMP): requirements.lock setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+lock: $(STAMP)  ## re-pin requirements.lock (with hashes) from requirements.txt and requirements-dev.txt
+	$(BIN)/uv pip compile requirements.txt requirements-dev.txt --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+install-sizes: $(STAMP)  ## install each extra alone into a scratch venv and report its size (bench/results/install_sizes.json)
+	$(PY) bench/install_sizes.py
 
 install: $(STAMP)  ## create the venv and install the suite
 
