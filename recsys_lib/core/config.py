@@ -121,9 +121,9 @@ class DqConfig(_Strict):
     """The data-quality gate of the full refresh (recsys_lib/features/quality.py)."""
 
     enabled: bool = True
-    #: A table whose row count moved more than this fraction from its last passing check fails.
+    #: A refreshed table whose row count moved more than this fraction from the version it replaces fails.
     max_row_change: float = Field(0.5, gt=0)
-    #: ... once that check saw at least this many rows (small tables swing by more as a matter of course).
+    #: ... once that version held at least this many keys (small tables swing by more as a matter of course).
     min_rows: int = Field(1000, ge=0)
     #: ``as_of`` may be this far ahead of the checking machine's clock (event clocks are not ours).
     max_clock_skew: Duration = 300.0

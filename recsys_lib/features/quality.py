@@ -3,9 +3,9 @@
 For each refreshed table, on the version just written (base rows):
 
 * every rule of :mod:`recsys_lib.features.expectations`, through pandera's PySpark backend;
-* the row count within ``dq.max_row_change`` (a fraction) of the newest *passing* check of
-  the same table, once that check saw ``dq.min_rows`` rows, so a refresh that lost half the
-  users is stopped.
+* the row count within ``dq.max_row_change`` (a fraction) of the keys in the version the refresh
+  replaces (what readers had, the stream's new keys included), once that held ``dq.min_rows``
+  keys, so a refresh that lost half the users is stopped.
 
 Each table's outcome is one row of the ``dq_results`` Delta table (also read by
 ``recsys status``). The refresh publishes (manifest, online store) only when every table
@@ -22,7 +22,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from deltalake.exceptions import DeltaError
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -78,9 +77,13 @@ class TableCheck:
         return asdict(self) | {"passed": self.passed}
 
 
-def check_table(lake: Lake, entity: Entity, version: int, rows: int, dc: DqConfig,
-                now: datetime | None = None) -> TableCheck:
-    """Check ``entity``'s table at ``version`` (``rows`` base rows) against every expectation."""
+def check_table(lake: Lake, entity: Entity, version: int, rows: int, dc: DqConfig, *,
+                previous_version: int | None = None, now: datetime | None = None) -> TableCheck:
+    """Check ``entity``'s table at ``version`` (``rows`` base rows) against every expectation.
+
+    ``previous_version`` is the version the refresh replaced: the row-count rule compares ``rows``
+    with its number of keys (stream updates included), once that is at least ``dq.min_rows``.
+    """
     now = now or datetime.now(UTC)
     df = lake.read(entity.table, version=version).where(F.col(BUCKET) >= 0)
     checked = pandera_schema(entity, now + timedelta(seconds=dc.max_clock_skew)).validate(with_derived(df, entity))
@@ -89,22 +92,16 @@ def check_table(lake: Lake, entity: Entity, version: int, rows: int, dc: DqConfi
         for reason, items in errors.items():
             out.failures += [f"{i.get('column') or 'table'}: {i.get('check')} ({reason.lower()}, {kind.lower()})"
                              for i in items]
-    previous = last_passing_rows(lake, entity.table)
+    previous = None if previous_version is None else key_count(lake, entity, previous_version)
     if previous and previous >= dc.min_rows and abs(rows - previous) > dc.max_row_change * previous:
-        out.failures.append(f"rows: {rows:,} is more than {dc.max_row_change:.0%} away from the last passing "
-                            f"check's {previous:,} (dq.max_row_change)")
+        out.failures.append(f"rows: {rows:,} is more than {dc.max_row_change:.0%} away from the {previous:,} keys of "
+                            f"the version it replaces, v{previous_version} (dq.max_row_change)")
     return out
 
 
-def last_passing_rows(lake: Lake, table: str) -> int | None:
-    """Rows of ``table`` at its newest passing check (None before the first)."""
-    if not lake.exists(DQ_TABLE):
-        return None
-    done = lake.read_arrow(DQ_TABLE)
-    mine = done.filter(pc.and_(pc.equal(done["table"], table), done["passed"]))
-    if mine.num_rows == 0:
-        return None
-    return int(mine.take(pc.sort_indices(mine, [("checked_at", "descending")]))["rows"][0].as_py())
+def key_count(lake: Lake, entity: Entity, version: int) -> int:
+    """Distinct keys of ``entity``'s table at ``version`` (base and pending rows; key columns only are read)."""
+    return int(lake.read(entity.table, version=version).select(*entity.keys).distinct().count())
 
 
 def record(lake: Lake, results: list[TableCheck], run_id: str, job: str) -> int:

@@ -108,7 +108,8 @@ def _quality_gate(lake: Lake, cfg: RecsysConfig, todo: dict[str, Entity], summar
     results = []
     for entity in todo.values():
         info = summary.tables[entity.table]
-        results.append(check_table(lake, entity, int(info["version"]), int(info["rows"]), cfg.dq))
+        results.append(check_table(lake, entity, int(info["version"]), int(info["rows"]), cfg.dq,
+                                   previous_version=info.get("replaced")))
         info["dq"] = "passed" if results[-1].passed else results[-1].failures
     record(lake, results, refresh_id, "features_refresh")
     if cfg.dq.log_to_mlflow:
@@ -182,13 +183,14 @@ def _refresh_tables(lake: Lake, cfg: RecsysConfig, events: DataFrame, todo: dict
                 "until": summary.until, "refresh_id": refresh_id}
         if summary.tables:
             fault_point("between_refresh_tables")  # a table is overwritten, the next is not yet
+        replaced = lake.version(entity.table) if lake.exists(entity.table) else None
         if cfg.dq.enabled:  # before the overwrite, so the refresh's commit stays the table's newest
             lake.create(table_spec(entity))
             ensure_constraints(lake, entity)
         result = lake.overwrite(table_spec(entity), states, metadata=meta)
         if name == USER_CATEGORY:
             category_states = lake.read(entity.table, version=result.version)
-        summary.tables[entity.table] = {"version": result.version, "rows": result.rows,
+        summary.tables[entity.table] = {"version": result.version, "rows": result.rows, "replaced": replaced,
                                         "files": result.files, "seconds": round(time.monotonic() - t0, 2)}
 
 
