@@ -115,12 +115,19 @@ def main() -> None:
             continue
         t0 = time.monotonic()
         try:
-            tuned = tune(name, home, args.master, args.tune) if args.tune else None
+            tuned, skipped = None, None
+            if args.tune:
+                try:
+                    tuned = tune(name, home, args.master, args.tune)
+                except ValueError as exc:  # too little data to tune on: the defaults are compared, and it says why
+                    skipped = f"{type(exc).__name__}: {exc}"
             compared = compare(name, home, args.master, args.seeds, [tuned["overlay"]] if tuned else [])
         except ValueError as exc:  # e.g. too little data for the configured batch: reported, the others go on
             results[name] = built | {"failed": f"{type(exc).__name__}: {exc}"}
             continue
         results[name] = built | compared | {"compare_seconds": round(time.monotonic() - t0, 1)}
+        if skipped:
+            results[name]["tuning"] = {"skipped": skipped}
         if tuned:
             results[name]["tuning"] = {k: tuned[k] for k in ("best", "value", "metric", "baselines", "minutes",
                                                               "inner_cutoff", "trials")}
@@ -138,7 +145,7 @@ def markdown(results: dict[str, Any]) -> list[str]:
             lines += [f"**{name}**: {res.get('skipped') or res.get('failed')}", ""]
             continue
         u = res["users"]
-        t = res.get("tuning")
+        t = res.get("tuning") if "best" in res.get("tuning", {}) else None
         lines += [f"**{name}** ({len(res['seeds'])} seeds; {u['holdout']:,} holdout users, {u['warm']:,} warm, "
                   f"{u['cold']:,} cold" + (f"; tuned in {t['minutes']:.1f} min, {len(t['trials'])} trials: "
                                            f"{t['best']}" if t else "") + ")", "",

@@ -60,8 +60,8 @@ def run_tune(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, trials: int 
         The best settings and value, every trial's value, the baselines' scores and the minutes spent.
 
     Raises:
-        ValueError: If the inner split has no validation users, or ``evaluate.promote_metric`` is not a
-            computed metric.
+        ValueError: If the inner split has fewer than ``tune.min_validation_users`` validation users, or no
+            trial finished.
 
     """
     import mlflow
@@ -76,9 +76,11 @@ def run_tune(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, trials: int 
     n_trials = trials or tu.trials
     prep = prepare(spark, lake, cfg, inner_days=days)
     split = prep.holdout
-    if not split.truth:
-        raise ValueError(f"the inner split (the {days} day(s) of evaluate.tune_days before the holdout) has no "
-                         "validation users: lower evaluate.tune_days or add data")
+    if len(split.truth) < tu.min_validation_users:
+        raise ValueError(f"the inner split (the {days} day(s) of evaluate.tune_days before the holdout) has "
+                         f"{len(split.truth)} validation user(s), fewer than tune.min_validation_users="
+                         f"{tu.min_validation_users}: settings chosen on so few would be noise; widen "
+                         "evaluate.tune_days or add data")
     say(f"tuning on {prep.rows:,} labels before {prep.cutoff:%Y-%m-%d}; validation: {len(split.truth):,} users "
         f"labelled in the {days} day(s) after, scored by {metric}")
     baselines = {n: m[metric] for n, m in baseline_results(spark, split, cfg).items() if metric in m}

@@ -111,7 +111,8 @@ def test_tune_scores_trials_on_the_inner_split_and_writes_an_overlay_that_loads(
     cfg, lake = small_lake
     space = {"temperature": SearchRange(choices=(0.1, 1.0)),
              "learning_rate": SearchRange(low=0.001, high=0.01, log=True)}
-    tcfg = cfg.model_copy(update={"tune": TuneConfig(trials=2, max_epochs=2, patience=1, prune=False, space=space)})
+    tcfg = cfg.model_copy(update={"tune": TuneConfig(trials=2, max_epochs=2, patience=1, prune=False, space=space,
+                                                     min_validation_users=5)})
     tuned = run_tune(spark, lake, tcfg, out=str(tmp_path / "tuned.yaml"), say=lambda _m: None)
 
     _, _, events, cutoff = pinned_inputs(spark, lake, cfg)
@@ -136,3 +137,9 @@ def test_tune_scores_trials_on_the_inner_split_and_writes_an_overlay_that_loads(
     assert best["value"] == pytest.approx(tuned["value"])
     assert overlay.epochs == best["epoch"]
     assert float(best["params"]["train.temperature"]) == overlay.temperature
+
+    # too few validation users to tune on: refused, naming the setting (the 150-user lake has far fewer than 10**6)
+    few = cfg.model_copy(update={"tune": TuneConfig(trials=1, space=space, min_validation_users=10**6)})
+    with pytest.raises(ValueError, match="fewer than tune.min_validation_users=1000000"):
+        run_tune(spark, lake, few, out=str(tmp_path / "never.yaml"), say=lambda _m: None)
+    assert not (tmp_path / "never.yaml").exists()
