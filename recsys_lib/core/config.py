@@ -201,6 +201,24 @@ class TrainConfig(_Strict):
     update_every: Duration = Field(3600.0, gt=0)
 
 
+class RankingConfig(_Strict):
+    """The ranking stage (recsys_lib/models/ranking.py): DCN-v2 re-scoring the retrieval's top candidates."""
+
+    #: Train a ranker with every `recsys train` and store it in the bundle beside the retrieval model.
+    enabled: bool = False
+    #: How many retrieval candidates it re-scores (evaluation and serving).
+    candidates: int = Field(200, ge=1)
+    #: Hard negatives per training label, drawn from the retrieval's top ``candidates``.
+    negatives: int = Field(4, ge=1)
+    #: Train on the labels of the last this many days before the holdout's cutoff.
+    days: int = Field(7, ge=1)
+    cross_layers: int = Field(2, ge=1)
+    deep_layers: tuple[int, ...] = (64, 32)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(1024, ge=2)
+    learning_rate: float = Field(0.001, gt=0)
+
+
 class EvaluateConfig(_Strict):
     """Offline evaluation and the promotion gate."""
 
@@ -376,6 +394,7 @@ class RecsysConfig(_Strict):
     dq: DqConfig = DqConfig()
     streaming: StreamingConfig = StreamingConfig()
     train: TrainConfig = TrainConfig()
+    ranking: RankingConfig = RankingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tune: TuneConfig = TuneConfig()
     mlflow: MlflowConfig = MlflowConfig()

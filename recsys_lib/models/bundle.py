@@ -7,7 +7,8 @@ Layout of a bundle folder:
 * ``query_tower/``: the query tower as a SavedModel (``serving_default``);
 * ``items.parquet``: the catalogue at export (id, category, price) and each item's embedding;
 * ``index/``: the ANN index over those embeddings;
-* ``meta.json``: cutoff, input table versions, metrics, index kind and its recall.
+* ``meta.json``: cutoff, input table versions, metrics, index kind and its recall;
+* ``ranker/`` (with ``ranking.enabled``): the DCN-v2 ranking stage, and its report in ``meta.json``.
 """
 
 from __future__ import annotations

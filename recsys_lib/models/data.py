@@ -159,6 +159,15 @@ def _chunk(table: pa.Table, spec: ModelSpec, mask_label_item: bool) -> Chunk:
     return chunk
 
 
+def read_rows(files: Sequence[str], spec: ModelSpec, label_types: Sequence[str], *, since: str = "") -> pa.Table:
+    """Training rows of ``label_types`` from the files whose ``label_date=`` folder is ``since`` or later."""
+    wanted = pa.array(list(label_types))
+    parts = [pa.Table.from_batches([b]) for f in files
+             if (m := _LABEL_DATE.search(f)) is None or m.group(1) >= since
+             for b in _read(f, _columns(spec), wanted, 65536) if b.num_rows]
+    return pa.concat_tables(parts) if parts else pa.table({})
+
+
 def training_chunks(files: Sequence[str], spec: ModelSpec, prior: ItemPrior, *, worker: int = 0, workers: int = 1,
                     label_types: Sequence[str] | None = None, batch_rows: int = 8192,
                     mask_label_item: bool = True, seed: int = 0) -> Callable[[], Iterator[Chunk]]:

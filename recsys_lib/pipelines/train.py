@@ -227,20 +227,44 @@ def run_train(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, warm_start:
                            | {"train_seconds": result.seconds, "examples_per_second": result.examples_per_second})
         say(f"  holdout recall@50 {metrics.get('recall@50', 0):.4f}, ndcg@10 {metrics.get('ndcg@10', 0):.4f} "
             f"({result.examples_per_second:,.0f} examples/s)")
+        ranker, ranking = _ranking_stage(result.model, prep, cfg, say)
         with tempfile.TemporaryDirectory() as tmp:
-            bundle_dir = export_bundle(spark, lake, cfg, result.model, prep, metrics, Path(tmp) / "bundle")
+            bundle_dir = export_bundle(spark, lake, cfg, result.model, prep, metrics, Path(tmp) / "bundle",
+                                       ranker=ranker, ranking=ranking)
             _log_report(metrics, cfg, Path(tmp), result.epochs)
             version = tracking.log_bundle(bundle_dir, cfg.mlflow.registered_model)
     say(f"registered '{cfg.mlflow.registered_model}' version {version} (run {run.info.run_id})")
-    return {"version": version, "run_id": run.info.run_id, "metrics": metrics, "rows": prep.rows,
+    return {"version": version, "run_id": run.info.run_id, "metrics": metrics, "rows": prep.rows, "ranking": ranking,
             "epochs": result.epochs, "train_seconds": round(result.seconds, 2),
             "examples_per_second": round(result.examples_per_second, 1), "warm_start": warm_start,
             "cutoff": prep.cutoff.isoformat(), "seconds": round(time.monotonic() - started, 2)}
 
 
+def _ranking_stage(model: Any, prep: Prepared, cfg: RecsysConfig, say: Say) -> tuple[Any, dict[str, Any] | None]:
+    """With ``ranking.enabled``: the ranker and its report, logged to the active MLflow run (else None, None)."""
+    if not cfg.ranking.enabled:
+        return None, None
+    import mlflow
+
+    from recsys_lib.pipelines.ranking import train_ranker
+
+    ranker, report = train_ranker(model, prep, cfg)
+    mlflow.log_metrics({f"ranked_{k}".replace("@", "_at_"): v for k, v in report["retrieval_and_ranking"].items()}
+                       | {"ranker_examples_per_second": report["examples_per_second"]})
+    metric = report["metric"]
+    say(f"  ranking stage on {report['pairs']:,} pairs ({report['examples_per_second']:,.0f} examples/s): "
+        f"{metric} {report['retrieval'][metric]:.4f} by retrieval alone, "
+        f"{report['retrieval_and_ranking'][metric]:.4f} re-ranked: " + ("used" if report["used"] else "not used"))
+    return ranker, report
+
+
 def export_bundle(spark: SparkSession, lake: Lake, cfg: RecsysConfig, model: Any, prep: Prepared,
-                  metrics: dict[str, float], folder: Path) -> Path:
-    """Item embeddings from the current item features, the ANN index and the query tower, into ``folder``."""
+                  metrics: dict[str, float], folder: Path, *, ranker: Any = None,
+                  ranking: dict[str, Any] | None = None) -> Path:
+    """Item embeddings from the current item features, the ANN index and the query tower, into ``folder``.
+
+    A ``ranker`` goes into ``folder/ranker`` and its report into the meta's ``ranking``.
+    """
     from recsys_lib.models.bundle import save_bundle
     from recsys_lib.models.data import encode, query_chunk
     from recsys_lib.pipelines.serve import index_current_items
@@ -253,7 +277,14 @@ def export_bundle(spark: SparkSession, lake: Lake, cfg: RecsysConfig, model: Any
             "training_examples_version": prep.training_version, "metrics": metrics,
             "index_recall_at_100": recall, "popular": popular, "items": len(embeddings),
             "exported_at": datetime.now().astimezone().isoformat()}
-    return save_bundle(folder, model, items.to_pandas(), np.asarray(embeddings), index, meta)
+    if ranking is not None:
+        meta["ranking"] = {k: v for k, v in ranking.items() if k != "epochs"}
+    saved = save_bundle(folder, model, items.to_pandas(), np.asarray(embeddings), index, meta)
+    if ranker is not None:
+        from recsys_lib.models.ranking import save_ranker
+
+        save_ranker(ranker, saved / "ranker")
+    return saved
 
 
 def _log_inputs(lake: Lake, prep: Prepared) -> None:

@@ -143,3 +143,27 @@ def test_tune_scores_trials_on_the_inner_split_and_writes_an_overlay_that_loads(
     with pytest.raises(ValueError, match="fewer than tune.min_validation_users=1000000"):
         run_tune(spark, lake, few, out=str(tmp_path / "never.yaml"), say=lambda _m: None)
     assert not (tmp_path / "never.yaml").exists()
+
+
+@pytest.mark.timeout(900)
+def test_train_with_the_ranking_stage_reports_both_and_keeps_the_ranker_in_the_bundle(spark, small_lake, tmp_path):
+    from recsys_lib.models import tracking
+    from recsys_lib.models.bundle import Bundle
+    from recsys_lib.models.ranking import load_ranker
+    from recsys_lib.pipelines.train import run_train
+
+    cfg, lake = small_lake
+    ranked = cfg.model_copy(update={"ranking": cfg.ranking.model_copy(update={
+        "enabled": True, "candidates": 50, "epochs": 1, "batch_size": 256, "days": 3})})
+    out = run_train(spark, lake, ranked, say=lambda _m: None)
+    report = out["ranking"]
+    assert report["pairs"] == report["labels"] * (1 + ranked.ranking.negatives)  # 200 items: always 4 to draw
+    # retrieval alone, in the report, is the model's own holdout score (same holdout, filters and metrics)
+    assert report["retrieval"]["recall@50"] == pytest.approx(out["metrics"]["recall@50"], abs=1e-3)
+    assert report["used"] == (report["retrieval_and_ranking"]["recall@50"] > report["retrieval"]["recall@50"])
+    bundle = Bundle(tracking.model_version(tracking.configure(ranked), ranked.mlflow.registered_model,
+                                           version=out["version"]).bundle)
+    assert bundle.meta["ranking"]["used"] == report["used"]
+    reloaded = load_ranker(bundle.path / "ranker").spec  # the registered model version carries the ranker
+    assert (reloaded.cross_layers, reloaded.deep_layers) == (ranked.ranking.cross_layers,
+                                                            list(ranked.ranking.deep_layers))

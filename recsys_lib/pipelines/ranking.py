@@ -1,0 +1,80 @@
+"""Training and judging the ranking stage inside ``recsys train`` (``ranking.enabled``).
+
+1. Rows: the training labels of the last ``ranking.days`` before the holdout's cutoff, with
+   their point-in-time query features (the retrieval model's training rows).
+2. Pairs: each label a positive, ``ranking.negatives`` hard negatives from the trained
+   retrieval model's top ``ranking.candidates`` for the same query; features from
+   :func:`recsys_lib.models.ranking.pair_features` (embeddings from the retrieval model just
+   trained, items as in the holdout's catalogue).
+3. Fit the DCN-v2 ranker; then on the holdout, score the retrieval's top candidates alone and
+   re-ranked, with the same filters and metrics as every other model.
+
+The bundle keeps the ranker with ``used`` true only when re-ranking beat retrieval alone on
+``evaluate.promote_metric``; otherwise it is kept for inspection and serving ignores it.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from recsys_lib.core.config import RecsysConfig
+from recsys_lib.pipelines.train import Prepared
+
+
+def train_ranker(model: Any, prep: Prepared, cfg: RecsysConfig) -> tuple[Any, dict[str, Any]]:
+    """Fit the ranker for ``model`` (see the module docstring); returns it and its report.
+
+    Raises:
+        ValueError: If the ranking window holds no labels of a catalogue item.
+
+    """
+    from recsys_lib.models.data import candidate_chunk, encode, numeric, query_chunk, read_rows
+    from recsys_lib.models.evaluate import embedding_scorer, ranked
+    from recsys_lib.models.metrics import ranking_metrics
+    from recsys_lib.models.ranking import RankerSpec, fit_ranker, normalised, pair_features, rerank, training_pairs
+
+    rc, ec, spec, holdout = cfg.ranking, cfg.evaluate, prep.spec, prep.holdout
+    since = (prep.cutoff - timedelta(days=rc.days)).date().isoformat()
+    rows = read_rows(prep.files, spec, list(cfg.train.label_types), since=since)
+    catalogue = pa.Table.from_pandas(holdout.items, preserve_index=False)
+    positives = holdout.item_ids.get_indexer(rows.column("item_id").to_pylist()) if rows.num_rows else np.zeros(0)
+    keep = np.flatnonzero(positives >= 0)
+    if len(keep) == 0:
+        raise ValueError(f"ranking: no labels of catalogue items since {since} (ranking.days={rc.days})")
+    rows = rows.take(pa.array(keep))
+    queries = encode(model.query, query_chunk(rows, spec))
+    items = encode(model.candidate, candidate_chunk(catalogue, spec))
+    q_num = normalised(numeric(rows, spec.query_numeric), spec.query_mean, spec.query_std)
+    i_num = normalised(numeric(catalogue, spec.item_numeric), spec.item_mean, spec.item_std)
+    at, item, labels = training_pairs(queries, positives[keep], items, negatives=rc.negatives,
+                                      candidates=rc.candidates, seed=cfg.train.seed)
+    features = pair_features(queries[at], items[item], q_num[at], i_num[item])
+    started = time.monotonic()
+    ranker, epochs = fit_ranker(features, labels, RankerSpec(features.shape[1], rc.cross_layers,
+                                                             list(rc.deep_layers)),
+                                epochs=rc.epochs, batch_size=rc.batch_size, learning_rate=rc.learning_rate,
+                                seed=cfg.train.seed)
+    seconds = time.monotonic() - started
+
+    h_queries = encode(model.query, query_chunk(holdout.users, spec))
+    h_num = normalised(numeric(holdout.users, spec.query_numeric), spec.query_mean, spec.query_std)
+    k = max(ec.ks)
+    top = ranked(embedding_scorer(h_queries, items), holdout, max(rc.candidates, k),
+                 filter_purchased=ec.filter_purchased, filter_seen=ec.filter_seen)
+    n_items = len(holdout.items)
+    alone = ranking_metrics(top[:, :k], holdout.truth, ec.ks, n_items)
+    excluded = holdout.exclusions(np.arange(len(holdout.truth)), purchased=ec.filter_purchased,
+                                  seen=ec.filter_seen)
+    reranked = ranking_metrics(rerank(ranker, top, h_queries, h_num, items, i_num, excluded)[:, :k], holdout.truth,
+                               ec.ks, n_items)
+    metric = ec.promote_metric
+    return ranker, {"used": reranked.get(metric, 0.0) > alone.get(metric, 0.0), "metric": metric,
+                    "retrieval": alone, "retrieval_and_ranking": reranked, "labels": int(len(keep)),
+                    "pairs": int(len(labels)), "since": since, "epochs": epochs,
+                    "train_seconds": round(seconds, 2),
+                    "examples_per_second": round(len(labels) * rc.epochs / seconds, 1) if seconds else 0.0}
