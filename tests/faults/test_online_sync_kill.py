@@ -45,7 +45,7 @@ def test_sigkill_during_a_full_load_keeps_the_previous_generation(tmp_path, raw)
     ok(recsys(home, "ingest", "--input", str(raw[1])))
     ok(recsys(home, "features", "refresh", extra=OFFLINE))
     stale = recsys(home, "online", "verify")
-    assert stale.returncode == 1 and "the store is at version" in stale.stdout
+    assert stale.returncode == 3 and "the store is at version" in stale.stdout  # 3: the verify gate said no
 
     # the refresh overwrote the tables: a full load, killed between two tables, then (re-run) before the switch
     for point in ("online_between_tables", "online_before_switch"):
@@ -67,7 +67,7 @@ def test_sigkill_before_a_catch_up_records_its_version(tmp_path, raw):
     killed = recsys(home, "online", "sync", fault="online_before_applied")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     stale = recsys(home, "online", "verify")
-    assert stale.returncode == 1 and "the store is at version" in stale.stdout  # rows written, version not
+    assert stale.returncode == 3 and "the store is at version" in stale.stdout  # rows written, version not (3: the verify gate said no)
     synced = ok(recsys(home, "online", "sync"))
     assert '"from_version"' in synced  # caught up incrementally, not reloaded
     verified = recsys(home, "online", "verify")

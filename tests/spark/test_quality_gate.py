@@ -23,14 +23,23 @@ from recsys_lib.pipelines.ingest import run_ingest
 pytestmark = pytest.mark.spark
 
 
-@pytest.fixture
-def refreshed(spark, lake, cfg, tmp_path):
-    generate(GeneratorSpec(users=40, items=30, days=3, events=1_500, seed=5), tmp_path / "raw")
-    run_ingest(spark, lake, cfg, str(tmp_path / "raw"), now=datetime(2024, 6, 1, tzinfo=UTC))
-    return run_refresh(spark, lake, cfg)
+@pytest.fixture(scope="module")
+def home(spark, tmp_path_factory):
+    """One refreshed lake for the module (the tests run in order: read-only checks, then a failed refresh)."""
+    from recsys_lib.core.config import load_config
+    from recsys_lib.lake import open_lake
+
+    root = tmp_path_factory.mktemp("dq")
+    cfg = load_config(overrides=[f"home={root / 'home'}", "spark.master=local[2]", "lake.retry_backoff=1ms",
+                                 "privacy.pseudonymize=false", "dq.log_to_mlflow=false"])
+    lake = open_lake(spark, cfg, engine="delta-rs")
+    generate(GeneratorSpec(users=40, items=30, days=3, events=1_500, seed=5), root / "raw")
+    run_ingest(spark, lake, cfg, str(root / "raw"), now=datetime(2024, 6, 1, tzinfo=UTC))
+    return cfg, lake, run_refresh(spark, lake, cfg)
 
 
-def test_a_clean_refresh_passes_records_its_results_and_adds_the_constraints(lake, cfg, refreshed):
+def test_a_clean_refresh_passes_records_its_results_and_adds_the_constraints(home):
+    cfg, lake, refreshed = home
     assert {(d["table"], d["passed"]) for d in refreshed.dq} == {
         ("user_category_features", True), ("item_features", True), ("user_features", True)}
     recorded = lake.read_arrow(DQ_TABLE).to_pylist()
@@ -47,9 +56,10 @@ def test_a_clean_refresh_passes_records_its_results_and_adds_the_constraints(lak
         write_deltalake(lake.uri("user_features"), bad, mode="append")
 
 
-def test_broken_rows_fail_the_rule_they_break(spark, lake, cfg, refreshed):
+def test_broken_rows_fail_the_rule_they_break(home):
+    cfg, lake, _ = home
     entity = entities(cfg.features)[USER]
-    users = lake.read(entity.table)
+    users = lake.read(entity.table, version=lake.version(entity.table))
     first, second, third = [r["user_id"] for r in users.orderBy("user_id").limit(3).collect()]
     broken = (users
               .withColumn("view_count", F.when(F.col("user_id") == first, F.lit(-1)).otherwise(F.col("view_count")))
@@ -59,7 +69,10 @@ def test_broken_rows_fail_the_rule_they_break(spark, lake, cfg, refreshed):
                           .otherwise(F.col("as_of")))
               .unionByName(users.where(F.col("user_id") == first)))  # a duplicated key
     written = lake.overwrite(table_spec(entity), broken)
-    got = check_table(lake, entity, written.version, written.rows, cfg.dq)
+    try:
+        got = check_table(lake, entity, written.version, written.rows, cfg.dq)
+    finally:  # the module's lake back to the refresh's rows
+        lake.overwrite(table_spec(entity), users)
     assert not got.passed
     text = " | ".join(got.failures)
     for expected in ("view_count: greater_than_or_equal_to(0)", "click_decayed_1h__over_click_count: less_than",
@@ -68,7 +81,8 @@ def test_broken_rows_fail_the_rule_they_break(spark, lake, cfg, refreshed):
     assert "rows" not in text  # 41 rows against 40 is within max_row_change
 
 
-def test_a_refresh_that_lost_most_users_is_not_published(spark, lake, cfg, refreshed):
+def test_a_refresh_that_lost_most_users_is_not_published(spark, home):
+    cfg, lake, _ = home
     generations = lake.version(GENERATIONS_TABLE)
     # the tables hold 30-100 rows; this test also checks the MLflow record
     small = cfg.model_copy(update={"dq": cfg.dq.model_copy(update={"min_rows": 10, "log_to_mlflow": True})})
