@@ -118,9 +118,13 @@ class FeaturesConfig(_Strict):
 
 
 class DqConfig(_Strict):
-    """The data-quality gate of the full refresh (recsys_lib/features/quality.py)."""
+    """The data-quality gate of the full refresh (recsys_lib/features/quality.py).
 
-    enabled: bool = True
+    Off by default for now: pandera's PySpark backend runs one Spark job per check, which added
+    about 50 s to a refresh of 20k events on 2 cores (measured 2026-12-07).
+    """
+
+    enabled: bool = False
     #: A refreshed table whose row count moved more than this fraction from the version it replaces fails.
     max_row_change: float = Field(0.5, gt=0)
     #: ... once that version held at least this many keys (small tables swing by more as a matter of course).

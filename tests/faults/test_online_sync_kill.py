@@ -67,7 +67,7 @@ def test_sigkill_before_a_catch_up_records_its_version(tmp_path, raw):
     killed = recsys(home, "online", "sync", fault="online_before_applied")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     stale = recsys(home, "online", "verify")
-    assert stale.returncode == 3 and "the store is at version" in stale.stdout  # rows written, version not (3: the verify gate said no)
+    assert stale.returncode == 3 and "the store is at version" in stale.stdout  # rows written, version not
     synced = ok(recsys(home, "online", "sync"))
     assert '"from_version"' in synced  # caught up incrementally, not reloaded
     verified = recsys(home, "online", "verify")

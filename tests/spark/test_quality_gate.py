@@ -31,7 +31,8 @@ def home(spark, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("dq")
     cfg = load_config(overrides=[f"home={root / 'home'}", "spark.master=local[2]", "lake.retry_backoff=1ms",
-                                 "privacy.pseudonymize=false", "dq.log_to_mlflow=false"])
+                                 "privacy.pseudonymize=false", "dq.enabled=true",
+                                 "dq.log_to_mlflow=false"])
     lake = open_lake(spark, cfg, engine="delta-rs")
     generate(GeneratorSpec(users=40, items=30, days=3, events=1_500, seed=5), root / "raw")
     run_ingest(spark, lake, cfg, str(root / "raw"), now=datetime(2024, 6, 1, tzinfo=UTC))
