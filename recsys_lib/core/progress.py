@@ -11,11 +11,14 @@ Both write to stderr, so stdout stays the command's result (safe to pipe).
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
 from types import TracebackType
 from typing import Any, TextIO
+
+log = logging.getLogger(__name__)
 
 
 class Progress:
@@ -110,7 +113,8 @@ class SparkProgress:
         while not self._stop.wait(self.every):
             try:
                 lines = self.lines()
-            except (Py4JError, AttributeError, RuntimeError, ValueError):  # the session is stopping
+            except (Py4JError, AttributeError, RuntimeError, ValueError) as exc:  # the session is stopping
+                log.debug("spark progress reports end: %s", exc)
                 return
             for line in lines:
                 print(line, file=self.stream, flush=True)
