@@ -12,7 +12,8 @@ def test_batch_session_runs_the_parallel_collector(spark):
     jvm = spark.sparkContext._jvm
     names = {bean.getName() for bean in jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()}
     assert names == {"PS Scavenge", "PS MarkSweep"}, names
-    assert spark.sparkContext.getConf().get("spark.driver.extraJavaOptions").endswith("-XX:+UseParallelGC")
+    options = spark.sparkContext.getConf().get("spark.driver.extraJavaOptions").split()
+    assert "-XX:+UseParallelGC" in options and "-XX:+UseG1GC" not in options, options
 
 
 def test_session_jit_compiles_huge_methods(spark):
