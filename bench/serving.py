@@ -212,6 +212,9 @@ def main() -> None:
     parser.add_argument("--stream-rate", type=int, default=2000)
     parser.add_argument("--trigger", default=None, help="the stream's trigger (default: streaming.trigger)")
     parser.add_argument("--only-freshness", action="store_true", help="run the event -> served part alone")
+    parser.add_argument("--backends", nargs="+", default=["sqlite", "redis", "redis-cluster"],
+                        choices=["sqlite", "redis", "redis-cluster"],
+                        help="online stores to measure (redis-cluster: 3 masters on loopback)")
     parser.add_argument("--serve-set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config for the server and the store, e.g. serve.batch_wait=0s")
     args = parser.parse_args()
@@ -227,16 +230,23 @@ def main() -> None:
         print(json.dumps(api_freshness(Path(args.work), home / "serving" / "current", args.stream_rate,
                                        args.freshness_seconds, args.master, trigger)))
         return
-    backends = {"sqlite": measure_backend(home, ["online.backend=sqlite", *extra], args.reads, rates, args.seconds)}
-    from tests.redis_server import RedisServer
+    from tests.redis_server import RedisCluster, RedisServer
 
-    redis_server = RedisServer(home / "redis")
-    redis_server.start()
-    try:
-        backends["redis"] = measure_backend(home, ["online.backend=redis", f"online.redis_url={redis_server.url}",
-                                                   *extra], args.reads, rates, args.seconds)
-    finally:
-        redis_server.stop()
+    backends = {}
+    for backend in args.backends:
+        if backend == "sqlite":
+            backends[backend] = measure_backend(home, ["online.backend=sqlite", *extra], args.reads, rates,
+                                                args.seconds)
+            continue
+        server = (RedisCluster(home / "redis-cluster") if backend == "redis-cluster"
+                  else RedisServer(home / "redis"))
+        server.start()
+        try:
+            backends[backend] = measure_backend(
+                home, ["online.backend=redis", f"online.redis_url={server.url}",
+                       f"online.redis_cluster={backend == 'redis-cluster'}", *extra], args.reads, rates, args.seconds)
+        finally:
+            server.stop()
     fresh = (api_freshness(Path(args.work), home / "serving" / "current", args.stream_rate,
                            args.freshness_seconds, args.master, trigger) if args.freshness_seconds else None)
     user = "u1"
@@ -245,7 +255,8 @@ def main() -> None:
                           "--set", f"home={home}", "--set", f"spark.master={args.master}", "--set", RAW_IDS],
                          env=bench_env(), capture_output=True, text=True, check=False)
     old_seconds = time.monotonic() - t
-    api_p50 = backends["sqlite"]["recommendations"]["p50_ms"] / 1000
+    first = next(iter(backends.values()))
+    api_p50 = first["recommendations"]["p50_ms"] / 1000
     write_result(args.out, "serving", args.master, users=args.users, items=args.items, events=args.events,
                  server_config=extra, event_to_served=fresh,
                  backends=backends, old_way={"command": "recsys recommend", "seconds": round(old_seconds, 2),

@@ -365,6 +365,8 @@ class OnlineConfig(_Strict):
     sqlite_path: str | None = None
     #: null: $RECSYS_REDIS_URL, else redis://127.0.0.1:6379/0
     redis_url: str | None = None
+    #: true: ``redis_url`` names a node of a Redis Cluster (redis-py ``RedisCluster`` finds the others).
+    redis_cluster: bool = False
     #: Prefix of every Redis key, so several deployments can share a server.
     namespace: str = Field("recsys", pattern=r"^[A-Za-z0-9_.-]+$")
     #: Per feature table: a row whose newest event (``as_of``) is older than this reads as absent.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_server import RedisServer, free_port, need_redis
+from tests.redis_server import RedisCluster, RedisServer, free_port, need_redis
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +22,18 @@ def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster on loopback for the session (namespaces isolate the tests)."""
+    need_redis()
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def own_redis(tmp_path) -> Iterator[RedisServer]:
     """A Redis server of the test's own (which the test may stop and restart)."""
@@ -32,9 +44,9 @@ def own_redis(tmp_path) -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def store(request, tmp_path):
-    """An empty online store of each backend."""
+    """An empty online store of each backend: SQLite, one Redis server, a Redis Cluster."""
     if request.param == "sqlite":
         from recsys_lib.online.sqlite import SqliteStore
 
@@ -42,8 +54,9 @@ def store(request, tmp_path):
     else:
         from recsys_lib.online.redis import RedisStore
 
-        server = request.getfixturevalue("redis_server")
-        made = RedisStore(server.url, namespace=f"t{uuid.uuid4().hex[:8]}", grace=0.0)
+        cluster = request.param == "redis-cluster"
+        server = request.getfixturevalue("redis_cluster" if cluster else "redis_server")
+        made = RedisStore(server.url, namespace=f"t{uuid.uuid4().hex[:8]}", grace=0.0, cluster=cluster)
     yield made
     made.clear()
     made.close()
