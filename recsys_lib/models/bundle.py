@@ -5,7 +5,7 @@ Layout of a bundle folder:
 * ``spec.json``: vocabularies, feature names, normalisation and sizes;
 * ``weights.npz``: every trainable variable by name (warm start and reloads);
 * ``query_tower/``: the query tower as a SavedModel (``serving_default``);
-* ``items.parquet``: the catalogue at export (id, category, price) and each item's embedding;
+* ``items.parquet``: the catalogue at export (id, category, price, the numeric inputs) and each item's embedding;
 * ``index/``: the ANN index over those embeddings;
 * ``meta.json``: cutoff, input table versions, metrics, index kind and its recall;
 * ``ranker/`` (with ``ranking.enabled``): the DCN-v2 ranking stage, and its report in ``meta.json``.
@@ -35,7 +35,10 @@ def save_bundle(folder: Path, model: TwoTower, items: pd.DataFrame, item_embeddi
     model.spec.save(folder / "spec.json")
     np.savez(str(folder / "weights.npz"), **weight_arrays(model))  # type: ignore[arg-type]
     export_query_tower(model, folder / "query_tower")
-    table = items[["item_id", "category_id", "price"]].assign(embedding=list(item_embeddings.astype(np.float32)))
+    # the items' numeric inputs go too: a served ranker reads them (recsys_lib.serving.model)
+    numerics = [c for c in model.spec.item_numeric if c in items.columns]
+    table = items[["item_id", "category_id", "price", *numerics]].assign(
+        embedding=list(item_embeddings.astype(np.float32)))
     table.to_parquet(folder / "items.parquet", index=False)
     index.save(folder / "index")
     (folder / "meta.json").write_text(json.dumps(meta | {"index": index.kind}, indent=2, default=str))

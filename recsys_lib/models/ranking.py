@@ -43,14 +43,6 @@ class RankerSpec:
         return cls(**json.loads(path.read_text()))
 
 
-def normalised(raw: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
-    """``(log1p(max(x, 0)) - mean) / std`` per column, as the retrieval towers normalise numerics."""
-    if raw.shape[1] == 0:
-        return raw.astype(np.float32)
-    return ((np.log1p(np.maximum(raw, 0.0)) - np.asarray(mean)) / np.maximum(np.asarray(std), 1e-6)).astype(
-        np.float32)
-
-
 def pair_features(queries: np.ndarray, items: np.ndarray, q_numeric: np.ndarray,
                   i_numeric: np.ndarray) -> np.ndarray:
     """One row per (query, candidate) pair: ``[q, c, q*c, q·c, query numerics, candidate numerics]``.
@@ -150,16 +142,22 @@ def scores(model: Ranker, features: np.ndarray, batch: int = 65536) -> np.ndarra
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
+def rank_logits(model: Ranker, top: np.ndarray, queries: np.ndarray, q_numeric: np.ndarray,
+                item_embeddings: np.ndarray, i_numeric: np.ndarray) -> np.ndarray:
+    """The ranker's logit for each of ``top``'s candidates (rows: queries; item indices, all valid)."""
+    users = np.repeat(np.arange(top.shape[0]), top.shape[1])
+    flat = top.reshape(-1)
+    return scores(model, pair_features(queries[users], item_embeddings[flat], q_numeric[users],
+                                       i_numeric[flat])).reshape(top.shape).astype(np.float64)
+
+
 def rerank(model: Ranker, top: np.ndarray, queries: np.ndarray, q_numeric: np.ndarray, item_embeddings: np.ndarray,
            i_numeric: np.ndarray, exclude: list[list[int]] | None = None) -> np.ndarray:
     """Each row of ``top`` (retrieval's candidates, item indices) reordered by the ranker's score.
 
     ``exclude[u]`` items (e.g. already bought) go last whatever their score, as retrieval put them.
     """
-    users = np.repeat(np.arange(top.shape[0]), top.shape[1])
-    flat = top.reshape(-1)
-    logits = scores(model, pair_features(queries[users], item_embeddings[flat], q_numeric[users],
-                                         i_numeric[flat])).reshape(top.shape).astype(np.float64)
+    logits = rank_logits(model, top, queries, q_numeric, item_embeddings, i_numeric)
     if exclude is not None:
         for u, items in enumerate(exclude):
             if len(items):

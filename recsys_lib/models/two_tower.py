@@ -221,6 +221,11 @@ def _normalise(raw: tf.Tensor, mean: tf.Tensor, std: tf.Tensor) -> tf.Tensor:
     return (tf.math.log1p(tf.maximum(tf.cast(raw, tf.float32), 0.0)) - mean) / std
 
 
+def normalise_numeric(raw: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+    """The towers' numeric normalisation (:func:`_normalise` with :func:`_stats`) on a NumPy array of rows."""
+    return _normalise(tf.constant(raw, tf.float32), *_stats(mean, std)).numpy()
+
+
 def input_signature(spec: ModelSpec, side: str) -> dict[str, tf.TensorSpec]:
     """The feature tensors one side of the model reads (batch dimension first)."""
     if side == "query":

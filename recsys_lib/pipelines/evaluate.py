@@ -17,7 +17,8 @@ from pyspark.sql import SparkSession
 from recsys_lib.core.config import RecsysConfig
 from recsys_lib.lake import Lake
 from recsys_lib.models.holdout import Holdout, build_holdout
-from recsys_lib.pipelines.train import holdout_metrics, pinned_inputs
+from recsys_lib.pipelines.ranking import served_metrics
+from recsys_lib.pipelines.train import pinned_inputs
 
 Say = Callable[[str], None]
 
@@ -60,7 +61,7 @@ def run_evaluate(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version:
     if version and chosen is None:
         raise ValueError(f"model '{cfg.mlflow.registered_model}' has no version {version}")
     if chosen is not None:
-        results["two_tower"] = holdout_metrics(Bundle(chosen.bundle).model, holdout, cfg)
+        results["two_tower"] = served_metrics(Bundle(chosen.bundle), holdout, cfg)
     tuned: dict[str, Any] = {}
     if baselines:
         results |= baseline_results(spark, holdout, cfg, tuned=tuned)
@@ -101,6 +102,8 @@ def run_promote(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version: 
                 say: Say = print) -> dict[str, Any]:
     """Move the ``champion`` alias to ``version`` (default: the latest) if it beats the champion on the holdout.
 
+    Each version is judged as it is served: re-ranked when its ranking stage is used (:func:`served_metrics`).
+
     With ``evaluate.gate_baselines`` it must also beat the strongest baseline; the reason names it.
 
     Raises:
@@ -121,9 +124,9 @@ def run_promote(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, version: 
         return {"promoted": False, "reason": "already champion", "candidate": candidate.version,
                 "champion": champion.version}
     holdout = current_holdout(spark, lake, cfg)
-    scores = {"candidate": holdout_metrics(Bundle(candidate.bundle).model, holdout, cfg)}
+    scores = {"candidate": served_metrics(Bundle(candidate.bundle), holdout, cfg)}
     if champion is not None:
-        scores["champion"] = holdout_metrics(Bundle(champion.bundle).model, holdout, cfg)
+        scores["champion"] = served_metrics(Bundle(champion.bundle), holdout, cfg)
     if metric not in scores["candidate"]:
         raise ValueError(f"evaluate.promote_metric: {metric!r} is not a computed metric "
                          f"(have {sorted(scores['candidate'])})")

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from recsys_lib.core.config import RecsysConfig
+from recsys_lib.models.holdout import Holdout
 from recsys_lib.pipelines.train import Prepared
 
 
@@ -34,9 +35,8 @@ def train_ranker(model: Any, prep: Prepared, cfg: RecsysConfig) -> tuple[Any, di
 
     """
     from recsys_lib.models.data import candidate_chunk, encode, numeric, query_chunk, read_rows
-    from recsys_lib.models.evaluate import embedding_scorer, ranked
-    from recsys_lib.models.metrics import ranking_metrics
-    from recsys_lib.models.ranking import RankerSpec, fit_ranker, normalised, pair_features, rerank, training_pairs
+    from recsys_lib.models.ranking import RankerSpec, fit_ranker, pair_features, training_pairs
+    from recsys_lib.models.two_tower import normalise_numeric as normalised
 
     rc, ec, spec, holdout = cfg.ranking, cfg.evaluate, prep.spec, prep.holdout
     since = (prep.cutoff - timedelta(days=rc.days)).date().isoformat()
@@ -61,20 +61,56 @@ def train_ranker(model: Any, prep: Prepared, cfg: RecsysConfig) -> tuple[Any, di
                                 seed=cfg.train.seed)
     seconds = time.monotonic() - started
 
-    h_queries = encode(model.query, query_chunk(holdout.users, spec))
-    h_num = normalised(numeric(holdout.users, spec.query_numeric), spec.query_mean, spec.query_std)
-    k = max(ec.ks)
-    top = ranked(embedding_scorer(h_queries, items), holdout, max(rc.candidates, k),
-                 filter_purchased=ec.filter_purchased, filter_seen=ec.filter_seen)
-    n_items = len(holdout.items)
-    alone = ranking_metrics(top[:, :k], holdout.truth, ec.ks, n_items)
-    excluded = holdout.exclusions(np.arange(len(holdout.truth)), purchased=ec.filter_purchased,
-                                  seen=ec.filter_seen)
-    reranked = ranking_metrics(rerank(ranker, top, h_queries, h_num, items, i_num, excluded)[:, :k], holdout.truth,
-                               ec.ks, n_items)
+    alone, reranked = reranked_metrics(model, ranker, holdout, cfg, rc.candidates)
     metric = ec.promote_metric
     return ranker, {"used": reranked.get(metric, 0.0) > alone.get(metric, 0.0), "metric": metric,
                     "retrieval": alone, "retrieval_and_ranking": reranked, "labels": int(len(keep)),
+                    "candidates": rc.candidates,
                     "pairs": int(len(labels)), "since": since, "epochs": epochs,
                     "train_seconds": round(seconds, 2),
                     "examples_per_second": round(len(labels) * rc.epochs / seconds, 1) if seconds else 0.0}
+
+
+def reranked_metrics(model: Any, ranker: Any, holdout: Holdout, cfg: RecsysConfig,
+                     candidates: int) -> tuple[dict[str, float], dict[str, float]]:
+    """``model``'s holdout metrics alone and with its top ``candidates`` re-ranked by ``ranker``.
+
+    The same filters and metrics as every other model (``evaluate.*``).
+    """
+    from recsys_lib.models.data import candidate_chunk, encode, numeric, query_chunk
+    from recsys_lib.models.evaluate import embedding_scorer, ranked
+    from recsys_lib.models.metrics import ranking_metrics
+    from recsys_lib.models.ranking import rerank
+    from recsys_lib.models.two_tower import normalise_numeric
+
+    ec, spec = cfg.evaluate, model.spec
+    catalogue = pa.Table.from_pandas(holdout.items, preserve_index=False)
+    items = encode(model.candidate, candidate_chunk(catalogue, spec))
+    i_num = normalise_numeric(numeric(catalogue, spec.item_numeric), spec.item_mean, spec.item_std)
+    queries = encode(model.query, query_chunk(holdout.users, spec))
+    q_num = normalise_numeric(numeric(holdout.users, spec.query_numeric), spec.query_mean, spec.query_std)
+    k = max(ec.ks)
+    top = ranked(embedding_scorer(queries, items), holdout, max(candidates, k),
+                 filter_purchased=ec.filter_purchased, filter_seen=ec.filter_seen)
+    n_items = len(holdout.items)
+    alone = ranking_metrics(top[:, :k], holdout.truth, ec.ks, n_items)
+    excluded = holdout.exclusions(np.arange(len(holdout.truth)), purchased=ec.filter_purchased, seen=ec.filter_seen)
+    reranked = ranking_metrics(rerank(ranker, top, queries, q_num, items, i_num, excluded)[:, :k], holdout.truth,
+                               ec.ks, n_items)
+    return alone, reranked
+
+
+def served_metrics(bundle: Any, holdout: Holdout, cfg: RecsysConfig) -> dict[str, float]:
+    """The holdout metrics of what serving answers with ``bundle``: re-ranked if its ranker is used.
+
+    The promotion gate and ``recsys evaluate`` judge a model version by these.
+    """
+    from recsys_lib.models.ranking import load_ranker
+    from recsys_lib.pipelines.train import holdout_metrics
+
+    ranking = bundle.meta.get("ranking") or {}
+    if not ranking.get("used"):
+        return holdout_metrics(bundle.model, holdout, cfg)
+    ranker = load_ranker(bundle.path / "ranker")
+    candidates = int(ranking.get("candidates", cfg.ranking.candidates))
+    return reranked_metrics(bundle.model, ranker, holdout, cfg, candidates)[1]

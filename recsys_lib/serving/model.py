@@ -4,6 +4,10 @@
 written by ``recsys export``) when it holds the registry's champion, else the
 champion's own bundle. :class:`ServedModel` is immutable once loaded, so a hot
 swap replaces the whole object and in-flight requests finish on the old one.
+
+A bundle whose ranking stage beat retrieval alone (``meta.ranking.used``, see
+:mod:`recsys_lib.pipelines.ranking`) is served with its ranker: the index's top
+``ranking.candidates`` are re-scored by it, and the answer's scores are the ranker's logits.
 """
 
 from __future__ import annotations
@@ -97,6 +101,10 @@ class ServedModel:
     popular: list[str]
     by_category: dict[str, np.ndarray] = field(default_factory=dict)
     position: dict[str, int] = field(default_factory=dict)
+    #: The ranking stage, when the bundle's ranker beat retrieval alone; else None.
+    ranker: Any = None
+    item_numeric: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    rank_candidates: int = 0
     loaded_at: float = 0.0
     load_seconds: float = 0.0
 
@@ -131,6 +139,7 @@ class ServedModel:
                         index=index, popular=[str(i) for i in bundle.meta.get("popular", [])],
                         by_category={c: np.asarray(v) for c, v in by_category.items()},
                         position={str(i): n for n, i in enumerate(ids)})
+            model._load_ranker(items)
             model.encode([{"user_id": "", "recent_item_ids": [], "top_categories": []}])  # warm the tower
         except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile, _tf_error()) as exc:
             raise ModelLoadError(f"cannot load the model bundle at {source.path}: {type(exc).__name__}: {exc}") \
@@ -139,33 +148,91 @@ class ServedModel:
         model.load_seconds = round(time.monotonic() - started, 3)
         return model
 
-    def encode(self, users: list[dict[str, Any]]) -> np.ndarray:
-        """Query embeddings for finalised user states (``user_id``, numeric features, recent items, top categories)."""
+    def _load_ranker(self, items: Any) -> None:
+        """The bundle's ranker and the items' normalised numerics, if its ranking stage was used."""
+        ranking = self.bundle.meta.get("ranking") or {}
+        if not ranking.get("used"):
+            return
+        from recsys_lib.models.data import numeric
+        from recsys_lib.models.ranking import load_ranker
+        from recsys_lib.models.two_tower import normalise_numeric
+
+        spec = self.bundle.spec
+        missing = [c for c in spec.item_numeric if c not in items.columns]
+        if missing:  # a bundle saved before items kept their numerics: retrieval alone, and say why
+            log.warning("bundle %s: its ranker is not served, as items.parquet lacks the numeric inputs %s "
+                        "(export it again with this version)", self.source.path, missing)
+            return
+        self.ranker = load_ranker(self.source.path / "ranker")
+        self.item_numeric = normalise_numeric(numeric(pa.Table.from_pandas(items, preserve_index=False),
+                                                      spec.item_numeric), spec.item_mean, spec.item_std)
+        self.rank_candidates = int(ranking.get("candidates", 200))
+
+    def _query_table(self, users: list[dict[str, Any]]) -> pa.Table:
         spec = self.bundle.spec
         columns: dict[str, Any] = {"user_id": pa.array([u["user_id"] for u in users], pa.string())}
         for name in spec.query_numeric:
             columns[name] = pa.array([_number(u.get(name[2:])) for u in users], pa.float64())
         columns["u_recent_items"] = pa.array([u.get("recent_item_ids") or [] for u in users], pa.list_(pa.string()))
         columns["u_top_categories"] = pa.array([u.get("top_categories") or [] for u in users], _TOP)
-        return self.bundle.encode_queries(pa.table(columns))
+        return pa.table(columns)
 
-    def search(self, queries: np.ndarray, k: int, exclude: list[set[str]],
-               category: str | None = None) -> list[list[tuple[int, float]]]:
-        """Top-``k`` (item position, score) per query, best first, without each query's ``exclude`` items."""
+    def encode(self, users: list[dict[str, Any]]) -> np.ndarray:
+        """Query embeddings for finalised user states (``user_id``, numeric features, recent items, top categories)."""
+        return self.bundle.encode_queries(self._query_table(users))
+
+    def recommend(self, users: list[dict[str, Any]], k: int, exclude: list[set[str]],
+                  category: str | None = None) -> list[list[tuple[int, float]]]:
+        """:meth:`search` for finalised user states, re-ranked when the bundle serves a ranker."""
+        table = self._query_table(users)
+        queries = self.bundle.encode_queries(table)
+        if self.ranker is None:
+            return self.search(queries, k, exclude, category)
+        from recsys_lib.models.data import numeric
+        from recsys_lib.models.two_tower import normalise_numeric
+
+        spec = self.bundle.spec
+        q_numeric = normalise_numeric(numeric(table, spec.query_numeric), spec.query_mean, spec.query_std)
+        return self.search(queries, k, exclude, category, q_numeric=q_numeric)
+
+    def search(self, queries: np.ndarray, k: int, exclude: list[set[str]], category: str | None = None,
+               q_numeric: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+        """Top-``k`` (item position, score) per query, best first, without each query's ``exclude`` items.
+
+        With ``q_numeric`` (the queries' normalised numerics) and a ranker, the top
+        ``rank_candidates`` of retrieval are re-scored by the ranker first.
+        """
+        ranked = self.ranker is not None and q_numeric is not None
         if category is not None:
             subset = self.by_category.get(category, np.zeros(0, np.int64))
             scores = queries @ self.embeddings[subset].T
             order = np.argsort(-scores, axis=1, kind="stable")
             idx, top = subset[order], np.take_along_axis(scores, order, axis=1)
+            if ranked:
+                idx, top = idx[:, :max(self.rank_candidates, k)], top[:, :max(self.rank_candidates, k)]
         else:
             extra = max((len(e) for e in exclude), default=0)
-            idx, top = self.index.search(queries, min(k + extra, len(self.item_ids)))
+            want = max(self.rank_candidates, k + extra) if ranked else k + extra
+            idx, top = self.index.search(queries, min(want, len(self.item_ids)))
+        if ranked and idx.size:
+            idx, top = self._rerank(idx, queries, q_numeric)
         out = []
         for row, banned in enumerate(exclude):
             picks = [(int(i), float(s)) for i, s in zip(idx[row], top[row], strict=True)
                      if i >= 0 and self.item_ids[i] not in banned]
             out.append(picks[:k])
         return out
+
+    def _rerank(self, idx: np.ndarray, queries: np.ndarray, q_numeric: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates reordered by the ranker's logits (an index's -1 padding stays last)."""
+        from recsys_lib.models.ranking import rank_logits
+
+        valid = idx >= 0
+        logits = rank_logits(self.ranker, np.where(valid, idx, 0), queries, q_numeric, self.embeddings,
+                             self.item_numeric)
+        logits[~valid] = -np.inf
+        order = np.argsort(-logits, axis=1, kind="stable")
+        return np.take_along_axis(idx, order, axis=1), np.take_along_axis(logits, order, axis=1)
 
 
 def _tf_error() -> type[Exception]:

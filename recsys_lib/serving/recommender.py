@@ -193,8 +193,8 @@ class Recommender:
             states.append(None if state is None else
                           finalise_state(state, self.entities[USER], self.cfg.features, at) | {"user_id": user})
         known = [s for s in states if s is not None]
-        picks = iter(model.search(model.encode(known), k, [bought.get(s["user_id"], set()) for s in known],
-                                  category) if known else [])
+        picks = iter(model.recommend(known, k, [bought.get(s["user_id"], set()) for s in known], category)
+                     if known else [])
         out = []
         for user, key, state in zip(users, stored, states, strict=True):
             if state is None:
@@ -203,7 +203,7 @@ class Recommender:
             items = [self._item(model, i, s) for i, s in next(picks)]
             self.counters.sources["model"] += 1
             out.append({"user_id": user, "items": items, "source": "model", "model_version": model.version,
-                        "features_as_of": _iso(state["as_of"])})
+                        "ranked": model.ranker is not None, "features_as_of": _iso(state["as_of"])})
         return out
 
     def _stored(self, user: str) -> str:
@@ -216,7 +216,7 @@ class Recommender:
                   and (category is None or model.item_category[model.position[i]] == category)][:k]
         self.counters.sources[source] += 1
         return {"user_id": user, "items": [self._item(model, model.position[i], None) for i in chosen],
-                "source": source, "model_version": model.version, "features_as_of": _iso(as_of)}
+                "source": source, "model_version": model.version, "ranked": False, "features_as_of": _iso(as_of)}
 
     @staticmethod
     def _item(model: ServedModel, i: int, score: float | None) -> dict[str, Any]:

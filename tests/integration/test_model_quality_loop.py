@@ -167,3 +167,13 @@ def test_train_with_the_ranking_stage_reports_both_and_keeps_the_ranker_in_the_b
     reloaded = load_ranker(bundle.path / "ranker").spec  # the registered model version carries the ranker
     assert (reloaded.cross_layers, reloaded.deep_layers) == (ranked.ranking.cross_layers,
                                                             list(ranked.ranking.deep_layers))
+
+    # the gate and `recsys evaluate` judge the version as it is served: after a save and reload, re-ranked
+    # exactly when the ranker is used, and scoring what training reported
+    from recsys_lib.pipelines.evaluate import current_holdout
+    from recsys_lib.pipelines.ranking import served_metrics
+
+    judged = served_metrics(bundle, current_holdout(spark, lake, ranked), ranked)
+    expected = report["retrieval_and_ranking"] if report["used"] else report["retrieval"]
+    for metric in ("recall@50", "ndcg@10"):
+        assert judged[metric] == pytest.approx(expected[metric], abs=1e-3)

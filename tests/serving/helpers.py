@@ -57,7 +57,7 @@ def export_untrained(lake: Lake, cfg: RecsysConfig, *, version: str = "1", seed:
     shutil.rmtree(staging, ignore_errors=True)
     meta = {"model_version": version, "popular": popular, "exported_at": datetime.now(UTC).isoformat(),
             "items": len(embeddings)}
-    save_bundle(staging, model, table.select(["item_id", "category_id", "price"]).to_pandas(),
+    save_bundle(staging, model, table.to_pandas(),
                 np.asarray(embeddings), build_index(np.asarray(embeddings), index), meta)
     (staging / "meta.json").write_text(json.dumps(json.loads((staging / "meta.json").read_text()) | meta))
     if target.exists():
