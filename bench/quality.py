@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000, help="synthetic events (the demo's default)")
     parser.add_argument("--tune", type=int, default=0, metavar="TRIALS",
                         help="first tune the two-tower on the inner split with this many trials, then compare")
+    parser.add_argument("--conf", action="append", default=[], metavar="FILE",
+                        help="an overlay stacked on each data set's config for the comparison (e.g. tuned settings)")
     args = parser.parse_args()
     os.environ.setdefault("RECSYS_ID_KEY", "bench-quality-key-0123456789-0123456789")
     results: dict[str, Any] = {}
@@ -121,11 +123,13 @@ def main() -> None:
                     tuned = tune(name, home, args.master, args.tune)
                 except ValueError as exc:  # too little data to tune on: the defaults are compared, and it says why
                     skipped = f"{type(exc).__name__}: {exc}"
-            compared = compare(name, home, args.master, args.seeds, [tuned["overlay"]] if tuned else [])
+            compared = compare(name, home, args.master, args.seeds,
+                               [*args.conf, tuned["overlay"]] if tuned else list(args.conf))
         except ValueError as exc:  # e.g. too little data for the configured batch: reported, the others go on
             results[name] = built | {"failed": f"{type(exc).__name__}: {exc}"}
             continue
-        results[name] = built | compared | {"compare_seconds": round(time.monotonic() - t0, 1)}
+        results[name] = built | compared | {"compare_seconds": round(time.monotonic() - t0, 1),
+                                            "overlays": list(args.conf)}
         if skipped:
             results[name]["tuning"] = {"skipped": skipped}
         if tuned:
