@@ -1,5 +1,8 @@
 """The spark-submit line of docs/deploy.md on local-cluster[2,1,1024] through jobs/ and --py-files:
-ingest, full refresh and training-set build give the same tables as `recsys` on local[2]."""
+ingest, full refresh and training-set build give the same tables as the same pipelines on local[2].
+
+local-cluster starts two executor JVMs with their own Python workers, which catches code that only
+works when everything runs in the driver; the local[2] side runs in the test's own session."""
 
 from __future__ import annotations
 
@@ -39,13 +42,19 @@ def _submit(archive: str, landing: Path, home: Path, cwd: Path) -> None:
         assert proc.returncode == 0, f"{job}: {proc.stderr[-3000:]}"
 
 
-def _local(landing: Path, home: Path) -> None:
-    for command in (["ingest", "--input", str(landing)], ["features", "refresh"],
-                    ["training-set", "build", "--label-types", "purchase,add_to_cart,click"]):
-        proc = subprocess.run([str(VENV_BIN / "recsys"), *command, "--set", "spark.master=local[2]",
-                               "--set", "spark.driver_memory=1g"], env=_env(home), capture_output=True, text=True,
-                              timeout=900, check=False)
-        assert proc.returncode == 0, f"{command}: {proc.stderr[-3000:]}"
+def _local(spark, landing: Path, home: Path) -> None:
+    """What `recsys ingest`, `features refresh` and `training-set build` run, in this session (local[2])."""
+    from recsys_lib.core.config import load_config
+    from recsys_lib.lake import open_lake
+    from recsys_lib.pipelines.features import run_refresh
+    from recsys_lib.pipelines.ingest import run_ingest
+    from recsys_lib.pipelines.training import run_training_set
+
+    cfg = load_config(overrides=[f"home={home}"])
+    lake = open_lake(spark, cfg)
+    run_ingest(spark, lake, cfg, str(landing))
+    run_refresh(spark, lake, cfg)
+    run_training_set(spark, lake, cfg, ["purchase", "add_to_cart", "click"])
 
 
 def test_spark_submit_on_local_cluster_equals_local_mode(spark, tmp_path, shared_id_key):
@@ -57,7 +66,7 @@ def test_spark_submit_on_local_cluster_equals_local_mode(spark, tmp_path, shared
     manifest = json.loads((landing / "_manifest.json").read_text())
     archive = shutil.make_archive(str(tmp_path / "recsys_lib"), "zip", ROOT, "recsys_lib")
     _submit(archive, landing, tmp_path / "cluster", tmp_path)
-    _local(landing, tmp_path / "local")
+    _local(spark, landing, tmp_path / "local")
     summary = json.loads((tmp_path / "cluster" / "summary.json").read_text())
     assert summary["balanced"] and summary["valid"] == manifest["valid_events"]
     assert summary["input_records"] == manifest["lines"]

@@ -11,8 +11,8 @@ pytestmark = pytest.mark.notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 PARAMS = {
-    "01_explore_events_and_features": {"SAMPLE_EVENTS": 15_000},
-    "02_train_and_evaluate_two_tower": {"SAMPLE_EVENTS": 30_000, "EPOCHS": 2},
+    "01_explore_events_and_features": {"SAMPLE_EVENTS": 15_000, "CURVE_POINTS": 6},
+    "02_train_and_evaluate_two_tower": {"SAMPLE_EVENTS": 20_000, "EPOCHS": 2},
     "03_incremental_vs_full_refresh": {"SAMPLE_EVENTS": 12_000, "DAYS": 4},
 }
 
