@@ -35,7 +35,7 @@ import tensorflow as tf
 import recsys_lib.models  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow loads
 from recsys_lib.core.config import TrainConfig
 from recsys_lib.lake.files import filesystem_for
-from recsys_lib.models.two_tower import PAD, ModelSpec, input_signature
+from recsys_lib.models.two_tower import PAD, ModelSpec, input_signature, normalise_numeric
 
 Chunk = dict[str, np.ndarray]
 
@@ -107,6 +107,13 @@ def numeric(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
     if not columns:
         return np.zeros((table.num_rows, 0), np.float32)
     return np.stack([_filled(table.column(c), 0).to_numpy().astype(np.float32) for c in columns], axis=1)
+
+
+def normalised_numeric(table: pa.Table, spec: ModelSpec, side: str) -> np.ndarray:
+    """One side's (``query`` or ``item``) numeric inputs of ``table``, normalised as that tower normalises them."""
+    if side == "query":
+        return normalise_numeric(numeric(table, spec.query_numeric), spec.query_mean, spec.query_std)
+    return normalise_numeric(numeric(table, spec.item_numeric), spec.item_mean, spec.item_std)
 
 
 def text(table: pa.Table, column: str) -> np.ndarray:

@@ -34,9 +34,8 @@ def train_ranker(model: Any, prep: Prepared, cfg: RecsysConfig) -> tuple[Any, di
         ValueError: If the ranking window holds no labels of a catalogue item.
 
     """
-    from recsys_lib.models.data import candidate_chunk, encode, numeric, query_chunk, read_rows
+    from recsys_lib.models.data import candidate_chunk, encode, normalised_numeric, query_chunk, read_rows
     from recsys_lib.models.ranking import RankerSpec, fit_ranker, pair_features, training_pairs
-    from recsys_lib.models.two_tower import normalise_numeric as normalised
 
     rc, ec, spec, holdout = cfg.ranking, cfg.evaluate, prep.spec, prep.holdout
     since = (prep.cutoff - timedelta(days=rc.days)).date().isoformat()
@@ -49,8 +48,8 @@ def train_ranker(model: Any, prep: Prepared, cfg: RecsysConfig) -> tuple[Any, di
     rows = rows.take(pa.array(keep))
     queries = encode(model.query, query_chunk(rows, spec))
     items = encode(model.candidate, candidate_chunk(catalogue, spec))
-    q_num = normalised(numeric(rows, spec.query_numeric), spec.query_mean, spec.query_std)
-    i_num = normalised(numeric(catalogue, spec.item_numeric), spec.item_mean, spec.item_std)
+    q_num = normalised_numeric(rows, spec, "query")
+    i_num = normalised_numeric(catalogue, spec, "item")
     at, item, labels = training_pairs(queries, positives[keep], items, negatives=rc.negatives,
                                       candidates=rc.candidates, seed=cfg.train.seed)
     features = pair_features(queries[at], items[item], q_num[at], i_num[item])
@@ -77,18 +76,17 @@ def reranked_metrics(model: Any, ranker: Any, holdout: Holdout, cfg: RecsysConfi
 
     The same filters and metrics as every other model (``evaluate.*``).
     """
-    from recsys_lib.models.data import candidate_chunk, encode, numeric, query_chunk
+    from recsys_lib.models.data import candidate_chunk, encode, normalised_numeric, query_chunk
     from recsys_lib.models.evaluate import embedding_scorer, ranked
     from recsys_lib.models.metrics import ranking_metrics
     from recsys_lib.models.ranking import rerank
-    from recsys_lib.models.two_tower import normalise_numeric
 
     ec, spec = cfg.evaluate, model.spec
     catalogue = pa.Table.from_pandas(holdout.items, preserve_index=False)
     items = encode(model.candidate, candidate_chunk(catalogue, spec))
-    i_num = normalise_numeric(numeric(catalogue, spec.item_numeric), spec.item_mean, spec.item_std)
+    i_num = normalised_numeric(catalogue, spec, "item")
     queries = encode(model.query, query_chunk(holdout.users, spec))
-    q_num = normalise_numeric(numeric(holdout.users, spec.query_numeric), spec.query_mean, spec.query_std)
+    q_num = normalised_numeric(holdout.users, spec, "query")
     k = max(ec.ks)
     top = ranked(embedding_scorer(queries, items), holdout, max(candidates, k),
                  filter_purchased=ec.filter_purchased, filter_seen=ec.filter_seen)

@@ -153,9 +153,8 @@ class ServedModel:
         ranking = self.bundle.meta.get("ranking") or {}
         if not ranking.get("used"):
             return
-        from recsys_lib.models.data import numeric
+        from recsys_lib.models.data import normalised_numeric
         from recsys_lib.models.ranking import load_ranker
-        from recsys_lib.models.two_tower import normalise_numeric
 
         spec = self.bundle.spec
         missing = [c for c in spec.item_numeric if c not in items.columns]
@@ -164,8 +163,7 @@ class ServedModel:
                         "(export it again with this version)", self.source.path, missing)
             return
         self.ranker = load_ranker(self.source.path / "ranker")
-        self.item_numeric = normalise_numeric(numeric(pa.Table.from_pandas(items, preserve_index=False),
-                                                      spec.item_numeric), spec.item_mean, spec.item_std)
+        self.item_numeric = normalised_numeric(pa.Table.from_pandas(items, preserve_index=False), spec, "item")
         self.rank_candidates = int(ranking.get("candidates", 200))
 
     def _query_table(self, users: list[dict[str, Any]]) -> pa.Table:
@@ -188,11 +186,9 @@ class ServedModel:
         queries = self.bundle.encode_queries(table)
         if self.ranker is None:
             return self.search(queries, k, exclude, category)
-        from recsys_lib.models.data import numeric
-        from recsys_lib.models.two_tower import normalise_numeric
+        from recsys_lib.models.data import normalised_numeric
 
-        spec = self.bundle.spec
-        q_numeric = normalise_numeric(numeric(table, spec.query_numeric), spec.query_mean, spec.query_std)
+        q_numeric = normalised_numeric(table, self.bundle.spec, "query")
         return self.search(queries, k, exclude, category, q_numeric=q_numeric)
 
     def search(self, queries: np.ndarray, k: int, exclude: list[set[str]], category: str | None = None,
