@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
 from recsys_lib import __version__
-from recsys_lib.cli_help import GATE_SAID_NO, completion_script, decorate
+from recsys_lib.cli_help import GATE_SAID_NO, completion_script, decorate, finish, keep
 from recsys_lib.cli_models import COMMANDS as MODEL_COMMANDS
 from recsys_lib.cli_models import add_model_commands, flag_overrides, run_model_command
 from recsys_lib.cli_online import COMMANDS as ONLINE_COMMANDS
@@ -34,6 +34,8 @@ def _common() -> argparse.ArgumentParser:
                        help="YAML config overlay (repeatable; later files win)")
     group.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                        help="override one dotted config key, e.g. spark.master=local[2] (repeatable)")
+    group.add_argument("--summary-json", metavar="FILE",
+                       help="also write the command's summary here as JSON, with its exit code (and error)")
     loud = group.add_mutually_exclusive_group()
     loud.add_argument("-v", "--verbose", action="store_true", help="log at INFO level, tracebacks on failure")
     loud.add_argument("-q", "--quiet", action="store_true", help="log errors only (no warnings)")
@@ -62,7 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     ing = sub.add_parser("ingest", parents=[common], help="validate raw logs into the events Delta table")
     ing.add_argument("--input", help="raw landing folder (default: ingest.landing_dir)")
-    ing.add_argument("--summary-json", help="also write the reconciliation summary here")
 
     adapt = sub.add_parser("adapt", help="convert a real data set into raw logs")
     adapt_sub = adapt.add_subparsers(dest="source", required=True, metavar="DATASET")
@@ -92,7 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
     feats_sub = feats.add_subparsers(dest="action", required=True, metavar="ACTION")
     refresh = feats_sub.add_parser("refresh", parents=[common], help="recompute every feature table from events")
     refresh.add_argument("--until", type=_timestamp, help="only fold events at or before this ISO-8601 time")
-    refresh.add_argument("--summary-json", help="also write the refresh summary here")
     cat = feats_sub.add_parser("catalogue", parents=[common], help="print (or write) docs/features.md")
     cat.add_argument("--out", help="write the catalogue to this file")
 
@@ -103,7 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated event types that make examples")
     build.add_argument("--from", dest="first_day", type=date.fromisoformat, help="first label day (YYYY-MM-DD)")
     build.add_argument("--to", dest="last_day", type=date.fromisoformat, help="last label day, inclusive")
-    build.add_argument("--summary-json", help="also write the build summary here")
 
     stream = sub.add_parser("stream", parents=[common], help="Structured Streaming: landing folder -> tables")
     stream.add_argument("--input", help="landing folder (default: ingest.landing_dir)")
@@ -124,7 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--users-file", help="a file of raw user ids, one per line")
     forget.add_argument("--lift", action="store_true",
                         help="lift these people's tombstones: their new events are ingested again")
-    forget.add_argument("--summary-json", help="also write the forget summary here")
 
     add_model_commands(sub, common)
     add_online_commands(sub, common)
@@ -160,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(completion_script(parser, args.shell))
             return 0
         cfg = load_config(getattr(args, "conf", []), [*getattr(args, "overrides", []), *flag_overrides(args)])
-        return _dispatch(args, cfg)
+        return finish(args, _dispatch(args, cfg))
     except BrokenPipeError:
         # the reader went away (`recsys config | head`): stop quietly, as Unix tools do on SIGPIPE
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -168,27 +166,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
     except ConfigError as exc:
         print(f"recsys: config error: {exc}", file=sys.stderr)
-        return 2
+        return finish(args, 2, exc)
     except Exception as exc:  # noqa: BLE001 - the face turns failures into exit codes
         print(f"recsys {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         if getattr(args, "verbose", False):  # logged at ERROR, so -v (INFO) shows it
             logging.getLogger("recsys").error("recsys %s failed", args.command, exc_info=exc)
         else:
             print(f"recsys {args.command}: run again with -v for the traceback", file=sys.stderr)
-        return 1
+        return finish(args, 1, exc)
 
 
 def _dispatch(args: argparse.Namespace, cfg: RecsysConfig) -> int:
     if args.command == "config":
-        print(json.dumps({"resolved": redacted(cfg), "home_dir": cfg.home_dir,
-                          "lake_root": cfg.lake_root, "landing_dir": cfg.landing_dir}, indent=2))
+        resolved = {"resolved": redacted(cfg), "home_dir": cfg.home_dir, "lake_root": cfg.lake_root,
+                    "published_root": cfg.published_root, "landing_dir": cfg.landing_dir}
+        print(json.dumps(keep(args, resolved), indent=2))
         return 0
     if args.command == "generate":
         return _generate(args)
     if args.command == "status":
         from recsys_lib.pipelines.status import format_status, run_status
 
-        report = run_status(cfg, max_stream_lag=args.max_stream_lag)
+        report = keep(args, run_status(cfg, max_stream_lag=args.max_stream_lag))
         print(json.dumps(report, indent=2, default=str) if args.json else "\n".join(format_status(report)))
         return 0
     if args.command == "adapt":
@@ -198,6 +197,7 @@ def _dispatch(args: argparse.Namespace, cfg: RecsysConfig) -> int:
                            movies=getattr(args, "movies", None), taobao_csv=getattr(args, "input", None))
         print(f"adapted {result.source_rows:,} {args.source} rows into {result.events:,} events "
               f"({result.skipped:,} skipped) in {result.files:,} files under {args.out}")
+        keep(args, result)
         return 0
     if args.command == "features" and args.action == "catalogue":
         from recsys_lib.features.catalogue import render
@@ -209,11 +209,12 @@ def _dispatch(args: argparse.Namespace, cfg: RecsysConfig) -> int:
             print(f"wrote {args.out}")
         else:
             print(text)
+        keep(args, {"out": args.out, "tables": len(text.split("\n## ")) - 1})
         return 0
     if args.command == "stream-status":
         from recsys_lib.streaming.job import last_batches
 
-        batches = last_batches(cfg, args.limit)
+        batches = keep(args, {"batches": last_batches(cfg, args.limit)})["batches"]
         if not batches:
             print(f"no batches recorded under {cfg.checkpoint_dir}")
         for b in batches:
@@ -229,7 +230,8 @@ def _dispatch(args: argparse.Namespace, cfg: RecsysConfig) -> int:
         if args.lift:
             from recsys_lib.pipelines.forget import lift
 
-            print(f"lifted {lift(cfg, args.users)} tombstone(s): new events of these people are ingested again")
+            lifted = keep(args, {"lifted": lift(cfg, args.users)})["lifted"]
+            print(f"lifted {lifted} tombstone(s): new events of these people are ingested again")
             return 0
     if args.command in ONLINE_COMMANDS:
         return run_online_command(args, cfg)
@@ -237,6 +239,7 @@ def _dispatch(args: argparse.Namespace, cfg: RecsysConfig) -> int:
         from recsys_lib.pipelines.demo import run_demo
 
         summary = run_demo(cfg, events=args.events, stream_seconds=args.stream_seconds)
+        keep(args, summary.to_json())
         return 0 if summary.balanced else 1
     return _spark_command(args, cfg)
 
@@ -250,6 +253,7 @@ def _generate(args: argparse.Namespace) -> int:
                          late_fraction=args.late_fraction, seed=args.seed, start=args.start,
                          compress=not args.no_gzip)
     m = run_generate(spec, args.out)
+    keep(args, m)
     print(f"wrote {m.lines:,} lines ({m.valid_events:,} events, {m.duplicates:,} duplicates, "
           f"{m.bad:,} bad, {m.late_events:,} late) in {m.files} files under {args.out}")
     return 0
@@ -269,19 +273,18 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
         if args.command == "ingest":
             from recsys_lib.pipelines.ingest import format_summary, run_ingest
 
-            summary = run_ingest(ctx.spark, ctx.lake, cfg, args.input or None, summary_json=args.summary_json)
+            summary = run_ingest(ctx.spark, ctx.lake, cfg, args.input or None)
+            keep(args, summary.to_json())
             print(format_summary(summary))
             return 0 if summary.balanced else 1
         if args.command == "forget":
             from recsys_lib.pipelines.forget import run_forget
-            from recsys_lib.pipelines.ingest import write_json
 
             forgot = run_forget(ctx.spark, ctx.lake, cfg, args.users)
             print(f"forgot {forgot.people} people ({forgot.run_id}): rows deleted {forgot.rows_deleted}, "
                   f"{forgot.online_removed} online rows, {forgot.files_removed} files purged from history, "
                   f"{forgot.seconds:.1f}s; audit record in forget_log")
-            if args.summary_json:
-                write_json(args.summary_json, forgot.to_json())
+            keep(args, forgot.to_json())
             return 0
         if args.command == "lake":
             return _lake(args, ctx.lake)
@@ -289,7 +292,8 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
             from recsys_lib.pipelines.maintenance import run_maintenance
 
             done = run_maintenance(ctx.lake, args.tables, retention_hours=args.retention_hours,
-                                   vacuum=not args.no_vacuum, features=cfg.features)
+                                   vacuum=not args.no_vacuum, cfg=cfg)
+            keep(args, {"tables": done})
             for table, info in done.items():
                 print(f"{table:<26} compacted +{info['files_added']}/-{info['files_removed']} files, "
                       f"vacuumed {info['vacuumed']}, version {info['version']}, {info['seconds']:.1f}s")
@@ -299,35 +303,32 @@ def _spark_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
 
             reports = run_stream(ctx.spark, ctx.lake, cfg, args.input, available_now=args.available_now,
                                  trigger_seconds=args.trigger)
+            keep(args, {"batches": len(reports), "new_events": sum(r["new_events"] for r in reports),
+                        "reports": reports})
             print(f"stream stopped after {len(reports)} batches "
                   f"({sum(r['new_events'] for r in reports):,} new events)")
             return 0
         if args.command == "training-set":
-            from recsys_lib.pipelines.ingest import write_json
             from recsys_lib.pipelines.training import run_training_set
 
             built = run_training_set(ctx.spark, ctx.lake, cfg, [t.strip() for t in args.label_types.split(",") if t],
                                      args.first_day, args.last_day)
             print(f"training set: {built['rows']:,} rows in '{built['table']}' version {built['version']} "
                   f"from events version {built['events_version']} ({built['seconds']:.1f}s)")
-            if args.summary_json:
-                write_json(args.summary_json, built)
+            keep(args, built)
             return 0
         if args.command == "features":
             from recsys_lib.features.quality import DataQualityError
             from recsys_lib.pipelines.features import format_refresh, run_refresh
-            from recsys_lib.pipelines.ingest import write_json
 
             try:
                 refreshed = run_refresh(ctx.spark, ctx.lake, cfg, until=args.until)
             except DataQualityError as exc:
                 print(f"recsys features: {exc}", file=sys.stderr)
-                if args.summary_json:
-                    write_json(args.summary_json, {"dq": [r.to_json() for r in exc.results]})
+                keep(args, {"dq": [r.to_json() for r in exc.results]})
                 return GATE_SAID_NO
             print(format_refresh(refreshed))
-            if args.summary_json:
-                write_json(args.summary_json, refreshed.to_json())
+            keep(args, refreshed.to_json())
             return 0
         raise ValueError(f"unknown command {args.command!r}")
     finally:
@@ -354,14 +355,16 @@ def _retention_args(parser: argparse.ArgumentParser) -> None:
 
 def _lake(args: argparse.Namespace, lake: Lake) -> int:
     if args.action == "history":
-        for entry in lake.history(args.table, args.limit):
+        for entry in keep(args, {"history": lake.history(args.table, args.limit)})["history"]:
             print(json.dumps(entry, default=str))
     elif args.action == "show":
         lake.read(args.table, version=args.table_version).show(args.rows, truncate=40)
+        keep(args, {"table": args.table, "version": args.table_version, "rows_shown": args.rows})
     elif args.action == "compact":
-        print(json.dumps(lake.compact(args.table), default=str))
+        print(json.dumps(keep(args, lake.compact(args.table)), default=str))
     elif args.action == "vacuum":
         removed = lake.vacuum(args.table, args.retention_hours)  # resolved in _spark_command
+        keep(args, {"table": args.table, "removed": removed})
         print(f"vacuum {args.table}: removed {len(removed)} files")
     return 0
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
+from dataclasses import asdict, is_dataclass
+from typing import Any
 
 #: Exit code of a command whose gate said no.
 GATE_SAID_NO = 3
@@ -18,6 +20,34 @@ EXIT_CODES = {0: "ok", 1: "the job failed (the message says why; -v adds the tra
               3: "a gate said no: promote did not promote, online verify found mismatches, a refresh failed "
                  "its data-quality checks (not published)",
               141: "stdout was closed early (e.g. piped into head); the job stopped there"}
+
+
+
+def keep(args: argparse.Namespace, payload: Any) -> Any:
+    """Keep ``payload`` (a dict or a dataclass) as the command's summary for ``--summary-json``; return it."""
+    args.summary = asdict(payload) if is_dataclass(payload) and not isinstance(payload, type) else payload
+    return payload
+
+
+def finish(args: argparse.Namespace, code: int, error: BaseException | None = None) -> int:
+    """Write ``--summary-json`` (the kept summary, the command, its exit code and any error); return ``code``.
+
+    Written on failure too, so a scheduler reads why a job failed from the same file.
+    """
+    path = getattr(args, "summary_json", None)
+    if path:
+        from recsys_lib.pipelines.ingest import write_json
+
+        kept = getattr(args, "summary", None)
+        body = dict(kept) if isinstance(kept, dict) else {} if kept is None else {"summary": kept}
+        sub = getattr(args, "action", None) or getattr(args, "source", None)  # the second word, if any
+        body |= {"command": " ".join(str(p) for p in (args.command, sub) if p),
+                 "exit_code": code}
+        if error is not None:
+            body["error"] = f"{type(error).__name__}: {error}"
+        write_json(path, body)
+    return code
+
 
 DESCRIPTION = """\
 recsys keeps an e-commerce recommender fresh: raw behaviour logs become a validated events

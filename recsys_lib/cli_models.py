@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from recsys_lib.cli_help import GATE_SAID_NO
+from recsys_lib.cli_help import GATE_SAID_NO, keep
 from recsys_lib.pipelines.context import JobContext
 
 COMMANDS = ("train", "tune", "evaluate", "promote", "export", "recommend", "recommendations")
@@ -17,7 +17,6 @@ def add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     train = sub.add_parser("train", parents=[common], help="train the two-tower model, log to MLflow, register it")
     train.add_argument("--warm-start", action="store_true",
                        help="start from the champion and train on the newest train.warm_start_days only")
-    train.add_argument("--summary-json", help="also write the run summary here")
     train.add_argument("--continuous", action="store_true",
                        help="the model-update loop: every train.update_every rebuild the training set, warm-start "
                             "the champion, run the gate, promote and export (one update at a time)")
@@ -29,7 +28,6 @@ def add_model_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                                "and write the best as a config overlay")
     tune.add_argument("--trials", type=_at_least_one, metavar="N", help="how many trials (default: tune.trials)")
     tune.add_argument("--out", metavar="FILE", help="the overlay to write (default: <home>/tuning/train.yaml)")
-    tune.add_argument("--summary-json", help="also write every trial's settings and score here")
 
     ev = sub.add_parser("evaluate", parents=[common], help="holdout metrics of the model and the baselines")
     ev.add_argument("--version", help="model version (default: the champion, else the latest)")
@@ -80,56 +78,52 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
 
 def run_model_command(args: argparse.Namespace, ctx: JobContext) -> int:
     """Run one model command; the exit code."""
-    from recsys_lib.pipelines.ingest import write_json
-
     spark, lake, cfg = ctx.spark, ctx.lake, ctx.cfg
     if args.command == "train" and args.continuous:
         from recsys_lib.pipelines.update import run_continuous
 
         cycles = run_continuous(spark, lake, cfg, cycles=args.cycles)
-        if args.summary_json:
-            write_json(args.summary_json, {"cycles": cycles})
+        keep(args, {"cycles": cycles})
         return 1 if any("failed" in c for c in cycles) else 0
     if args.command == "train":
         from recsys_lib.pipelines.train import run_train
 
         out = run_train(spark, lake, cfg, warm_start=args.warm_start)
-        if args.summary_json:
-            write_json(args.summary_json, out)
+        keep(args, out)
         return 0
     if args.command == "tune":
         from recsys_lib.pipelines.tune import run_tune
 
         tuned = run_tune(spark, lake, cfg, trials=args.trials, out=args.out)
-        if args.summary_json:
-            write_json(args.summary_json, tuned)
+        keep(args, tuned)
         return 0
     if args.command == "evaluate" and args.seeds is not None:
         from recsys_lib.pipelines.compare import run_seeds
 
-        run_seeds(spark, lake, cfg, args.seeds, report_json=args.report_json)
+        keep(args, run_seeds(spark, lake, cfg, args.seeds, report_json=args.report_json))
         return 0
     if args.command == "evaluate":
         from recsys_lib.pipelines.evaluate import run_evaluate
 
-        run_evaluate(spark, lake, cfg, version=args.version, baselines=not args.no_baselines,
-                     report_json=args.report_json, plot=args.plot)
+        keep(args, run_evaluate(spark, lake, cfg, version=args.version, baselines=not args.no_baselines,
+                                report_json=args.report_json, plot=args.plot))
         return 0
     if args.command == "promote":
         from recsys_lib.pipelines.evaluate import run_promote
 
-        decided = run_promote(spark, lake, cfg, version=args.version)
+        decided = keep(args, run_promote(spark, lake, cfg, version=args.version))
         return 0 if decided["promoted"] or args.ok_if_not_promoted or decided["reason"] == "already champion" \
             else GATE_SAID_NO
     if args.command == "export":
         from recsys_lib.pipelines.serve import run_export
 
-        run_export(spark, lake, cfg)
+        keep(args, run_export(spark, lake, cfg))
         return 0
     if args.command == "recommend":
         from recsys_lib.pipelines.serve import run_recommend
 
         recs = run_recommend(spark, lake, cfg, args.user, args.k)
+        keep(args, {"user": args.user, "recommendations": recs.to_dict(orient="records")})
         if args.json:
             for row in recs.to_dict(orient="records"):
                 print(json.dumps(row, default=str))
@@ -140,5 +134,5 @@ def run_model_command(args: argparse.Namespace, ctx: JobContext) -> int:
         return 0
     from recsys_lib.pipelines.serve import run_batch_recommendations
 
-    run_batch_recommendations(spark, lake, cfg, k=args.k)
+    keep(args, run_batch_recommendations(spark, lake, cfg, k=args.k))
     return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from recsys_lib.cli_help import GATE_SAID_NO
+from recsys_lib.cli_help import GATE_SAID_NO, keep
 from recsys_lib.core.config import RecsysConfig
 
 COMMANDS = ("online", "serve")
@@ -35,16 +35,17 @@ def run_online_command(args: argparse.Namespace, cfg: RecsysConfig) -> int:
         serve(cfg, list(args.conf), list(args.overrides))
         return 0
     if args.action == "sync":
-        report = jobs.run_sync(cfg, full=args.full)
+        report = keep(args, jobs.run_sync(cfg, full=args.full))
         print(json.dumps(report, default=str))
         return 0
     if args.action == "verify":
         compared, mismatches = jobs.run_verify(cfg, limit=args.limit)
         for line in mismatches:
             print(line)
+        keep(args, {"compared": compared, "mismatches": mismatches})
         print(f"online verify: {compared:,} rows compared, {len(mismatches)} mismatch line(s)")
         return GATE_SAID_NO if mismatches else 0
-    print(json.dumps(jobs.run_stats(cfg), indent=2, default=str))
+    print(json.dumps(keep(args, jobs.run_stats(cfg)), indent=2, default=str))
     return 0
 
 

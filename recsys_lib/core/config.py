@@ -72,6 +72,8 @@ class LakeConfig(_Strict):
 
     engine: Literal["auto", "delta-rs"] = "auto"
     root: str | None = None
+    #: Where the published feature tables go (one row per key, any Delta reader); None: <home>/published.
+    published_root: str | None = None
     commit_retries: int = Field(6, ge=0, le=100)
     retry_backoff: Duration = 0.05
     retry_backoff_max: Duration = 5.0
@@ -418,6 +420,11 @@ class RecsysConfig(_Strict):
     def lake_root(self) -> str:
         """Folder (or URI) holding one sub-folder per Delta table."""
         return self.lake.root or _join(self.home_dir, "lake")
+
+    @property
+    def published_root(self) -> str:
+        """Folder (or URI) of the published feature tables (:mod:`recsys_lib.features.publish`)."""
+        return self.lake.published_root or _join(self.home_dir, "published")
 
     @property
     def landing_dir(self) -> str:

@@ -16,7 +16,15 @@ def render(fc: FeaturesConfig) -> str:
              "and merging the states gives the same row as a full refresh "
              "(exact for counts, sets and sequences; 1e-9 relative for decayed sums).", "",
              f"Half-lives: {', '.join(half_life_label(h) for h in fc.half_lives)}. "
-             f"Category affinity half-life: {half_life_label(fc.affinity_half_life)}, top {fc.affinity_top_k}.", ""]
+             f"Category affinity half-life: {half_life_label(fc.affinity_half_life)}, top {fc.affinity_top_k}.", "",
+             "**Where to read them.** Each table is published under `<home>/published/<table>` "
+             "(`lake.published_root`): one row per key, the columns below, plain Delta that DuckDB "
+             "(`delta_scan`), Polars (`read_delta`), delta-rs or Spark open as is. `as_of` is the row's event "
+             "time (a Feast `timestamp_field`): its decayed sums are relative to it; decay one to time t with "
+             "`S * 2^-((t - as_of) / H)`. A published table is as fresh as the last full refresh or compaction of "
+             "the stream's pending layer, and its commits record the working table's `source_version`. The working "
+             "tables under `<home>/lake/` also hold that pending layer (`key_bucket = -1`, a second row per key the "
+             "stream touched): read them only through `recsys_lib.features.read_states`.", ""]
     for entity in entities(fc).values():
         lines += [f"## `{entity.table}`", "", f"{entity.doc} Key: {', '.join(f'`{k}`' for k in entity.keys)}. "
                   "Partitioned by `key_bucket` (hash of the key); `updated_at` is when the row was written.", "",

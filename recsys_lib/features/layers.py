@@ -68,16 +68,21 @@ def read_states(lake: Lake, entity: Entity, fc: FeaturesConfig, *, version: int 
     the last complete one (:func:`~recsys_lib.features.generations.pinned_versions`).
     """
     if version is None:
-        from recsys_lib.features.definitions import entities
-        from recsys_lib.features.generations import pinned_versions
-
-        pinned = pinned_versions(lake, [e.table for e in entities(fc).values()]) or {}
-        version = pinned.get(entity.table, lake.version(entity.table))
+        version = reading_version(lake, entity, fc)
     pending = lake.read(entity.table, version=version, partitions=(BUCKET, [PENDING]))
     base = lake.read(entity.table, version=version)
     if pending.isEmpty():
         return base
     return overlay(base.where(F.col(BUCKET) != PENDING), pending, entity, fc)
+
+
+def reading_version(lake: Lake, entity: Entity, fc: FeaturesConfig) -> int:
+    """The version batch readers read ``entity`` at: the latest, or the pinned one while a refresh is unfinished."""
+    from recsys_lib.features.definitions import entities
+    from recsys_lib.features.generations import pinned_versions
+
+    pinned = pinned_versions(lake, [e.table for e in entities(fc).values()]) or {}
+    return pinned.get(entity.table, lake.version(entity.table))
 
 
 def compact_pending(lake: Lake, entity: Entity, fc: FeaturesConfig, *,

@@ -24,7 +24,7 @@ from recsys_lib.lake.lease import LeaseHeld, LeaseLost
 __all__ = [
     "CommitResult", "CorruptLog", "DeltaRsLake", "Lake", "LakeConflictError", "LakeError", "LeaseHeld", "LeaseLost",
     "RetryPolicy",
-    "SchemaDrift", "TableNotFound", "TableSpec", "driver_lake", "open_lake",
+    "SchemaDrift", "TableNotFound", "TableSpec", "driver_lake", "open_lake", "published_lake",
 ]
 
 
@@ -51,4 +51,15 @@ def driver_lake(cfg: RecsysConfig) -> Lake:
     retry = RetryPolicy(cfg.lake.commit_retries, cfg.lake.retry_backoff, cfg.lake.retry_backoff_max)
     no_spark: Any = None
     return DeltaRsLake(no_spark, cfg.lake_root, retry=retry, storage_options=cfg.lake.storage_options,
+                       lease_ttl=cfg.lake.lease_ttl, lease_wait=cfg.lake.lease_wait)
+
+
+def published_lake(spark: SparkSession | None, cfg: RecsysConfig) -> Lake:
+    """The lake of the published feature tables (``lake.published_root``; see :mod:`recsys_lib.features.publish`).
+
+    ``spark`` None gives a driver-only lake, as :func:`driver_lake` does.
+    """
+    retry = RetryPolicy(cfg.lake.commit_retries, cfg.lake.retry_backoff, cfg.lake.retry_backoff_max)
+    session: Any = spark
+    return DeltaRsLake(session, cfg.published_root, retry=retry, storage_options=cfg.lake.storage_options,
                        lease_ttl=cfg.lake.lease_ttl, lease_wait=cfg.lake.lease_wait)

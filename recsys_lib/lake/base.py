@@ -305,6 +305,10 @@ class Lake(ABC):
         """
 
     @abstractmethod
+    def note(self, name: str, metadata: Mapping[str, Any]) -> int:
+        """Commit the suite's ``metadata`` to ``name`` with no data change; return the new version."""
+
+    @abstractmethod
     def purge_history(self, name: str, *, carry: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Drop every version but the current one: unreferenced data and change-feed files, and the log.
 

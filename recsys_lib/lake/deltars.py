@@ -436,8 +436,9 @@ class DeltaRsLake(Lake):
         try:
             return pa.table(self._table(name).load_cdf(starting_version=since_version, ending_version=until_version,
                                                        columns=columns))
-        except DeltaError as exc:
-            if "version" not in str(exc).lower():
+        except (DeltaError, pa.ArrowInvalid) as exc:
+            text = str(exc).lower()
+            if "version" not in text and "not found" not in text:
                 raise
             raise LakeError(f"the change feed of table '{name}' from version {since_version} cannot be read: "
                             f"{exc} (a vacuum or `recsys forget` removed that history); read the table instead"
@@ -457,6 +458,14 @@ class DeltaRsLake(Lake):
 
         return self.retry.run(run, is_conflict=is_conflict, table=name, what="delete")
 
+    def note(self, name: str, metadata: Mapping[str, Any]) -> int:
+        self._require(name)
+        self.leases.check_commit(name)
+        table = self._table(name)
+        table.create_write_transaction([], mode="append", schema=table.schema(),
+                                       commit_properties=self._commit_properties(None, None, metadata))
+        return self.version(name)
+
     def purge_history(self, name: str, *, carry: Mapping[str, Any] | None = None) -> dict[str, Any]:
         self._require(name)
         table = self._table(name)
@@ -469,9 +478,7 @@ class DeltaRsLake(Lake):
         table.cleanup_metadata()  # every log entry before the checkpoint: the old adds' stats, deletes' predicates
         table.alter.set_table_properties({k: before.get(k, default) for k, default in _RETENTIONS.items()})
         if carry:
-            table.update_incremental()
-            table.create_write_transaction([], mode="append", schema=table.schema(),
-                                           commit_properties=self._commit_properties(None, None, carry))
+            self.note(name, carry)
         log.warning("purged the history of table '%s' (retention check bypassed): %d files removed, log entries "
                     "before version %d removed", name, len(removed), kept_from)
         return {"files_removed": len(removed), "version": self.version(name)}

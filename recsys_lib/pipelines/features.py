@@ -24,6 +24,7 @@ from recsys_lib.features import USER, USER_CATEGORY, Entity, entities, fold
 from recsys_lib.features.decay import event_bounds
 from recsys_lib.features.generations import GENERATIONS_TABLE, record_generation
 from recsys_lib.features.layers import table_spec
+from recsys_lib.features.publish import publish_all
 from recsys_lib.features.quality import DQ_TABLE, TableCheck, ensure_constraints
 from recsys_lib.lake import Lake
 
@@ -48,6 +49,8 @@ class RefreshSummary:
     generation_version: int = -1
     #: Each table's data-quality outcome (empty with ``dq.enabled: false``).
     dq: list[dict[str, Any]] = field(default_factory=list)
+    #: What :func:`~recsys_lib.features.publish.publish_all` did per table (after the manifest).
+    published: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The summary as a JSON-able dict."""
@@ -89,6 +92,9 @@ def run_refresh(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, until: da
         summary.generation_version = record_generation(
             lake, refresh_id, {t: int(info["version"]) for t, info in summary.tables.items()}, events_version,
             summary.until)
+    # the published copies (one row per key, any Delta reader), only for a refresh that passed its gate
+    summary.published = publish_all(lake, cfg, list(todo.values()),
+                                    versions={t: int(info["version"]) for t, info in summary.tables.items()})
     if cfg.online.enabled:
         summary.online = _publish_online(lake, cfg)
     summary.seconds = round(time.monotonic() - started, 2)
@@ -208,6 +214,9 @@ def format_refresh(summary: RefreshSummary) -> str:
              f"(watermark {summary.watermark}{', until ' + summary.until if summary.until else ''})"]
     for table, info in summary.tables.items():
         lines.append(f"  {table:<24} version {info['version']:>4}  rows {info['rows']:>10,}  {info['seconds']:.1f}s")
+    stale = sorted(t for t, info in summary.published.items() if "error" in info)
+    if stale:
+        lines.append(f"  published tables NOT updated: {', '.join(stale)} (`recsys maintain` catches up)")
     if summary.online:
         info = summary.online
         lines.append(f"  online store: generation {info.get('generation')} loaded in {info.get('seconds')}s"

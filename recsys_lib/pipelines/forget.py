@@ -14,7 +14,9 @@ For each person (the shop's raw id, turned into the id the tables use):
    user x category rows are gone, and every item row equals a refresh without them;
 5. each table's history is purged (:meth:`~recsys_lib.lake.Lake.purge_history`): older
    versions, change-feed files and log entries (which hold deleted rows, file statistics and
-   the deletes' predicates) are removed. This bypasses the retention check, and says so;
+   the deletes' predicates) are removed, and so is the history of the published feature tables
+   (:mod:`recsys_lib.features.publish`), brought up to date first. This bypasses the retention check,
+   and says so;
 6. every model bundle under RECSYS_HOME (the MLflow artifact store when it is a local folder,
    and ``<home>/serving``) drops their id from its vocabulary and zeroes their embedding row
    (:mod:`recsys_lib.models.scrub`), the exported query tower included;
@@ -52,10 +54,11 @@ from recsys_lib.core.privacy import audit_digests, stored_id
 from recsys_lib.core.schema import EVENTS_TABLE, QUARANTINE_TABLE
 from recsys_lib.features import entities
 from recsys_lib.features.definitions import USER_CATEGORY
+from recsys_lib.features.publish import SOURCE_VERSION, publish
 from recsys_lib.ingest import tombstones
 from recsys_lib.ingest.corrupt import INGEST_TABLES
 from recsys_lib.ingest.landing import scrub_landing
-from recsys_lib.lake import Lake, LakeError, TableSpec
+from recsys_lib.lake import Lake, LakeError, TableSpec, published_lake
 from recsys_lib.lake.files import spark_to_arrow
 from recsys_lib.models.scrub import bundle_folders
 from recsys_lib.online import OnlineStore, key_of, open_store
@@ -251,6 +254,10 @@ def _purge(lake: Lake, cfg: RecsysConfig, run_id: str, store: OnlineStore | None
             return None
         applied = {t: (store.applied_version(t), lake.version(t)) for t in covers} if store else {}
         bought = store.purchases_version() if store else None
+        published = published_lake(lake.spark, cfg)
+        copies = [e for e in entities(cfg.features).values() if e.table in covers]
+        for entity in copies:  # the published copies equal their tables now (raises, rather than keep a copy)
+            publish(lake, published, entity, cfg.features, version=lake.version(entity.table))
         for table in present:  # events first (_BY_USER leads)
             carry = None
             if table in covers:
@@ -258,6 +265,11 @@ def _purge(lake: Lake, cfg: RecsysConfig, run_id: str, store: OnlineStore | None
             done = lake.purge_history(table, carry=carry or None)
             removed += int(done["files_removed"])
             versions[table] = int(done["version"])
+        for entity in copies:  # their history goes too; they still equal their tables, at the purged versions
+            done = published.purge_history(entity.table, carry={
+                "job": "publish", SOURCE_VERSION: versions[entity.table], "source_table": lake.uri(entity.table)})
+            removed += int(done["files_removed"])
+            versions[f"published/{entity.table}"] = int(done["version"])
         if store is not None:
             for table, (was, version) in applied.items():
                 if was == version:

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recsys_lib.core.config import FeaturesConfig, RecsysConfig
-from recsys_lib.features.definitions import entities
+from recsys_lib.core.config import RecsysConfig
+from recsys_lib.features.definitions import Entity, entities
 from recsys_lib.features.layers import compact_pending
+from recsys_lib.features.publish import publish_all
 from recsys_lib.lake import Lake, LakeConflictError, LeaseHeld
 
 
@@ -56,19 +57,22 @@ def lake_tables(lake: Lake) -> list[str]:
 
 
 def run_maintenance(lake: Lake, tables: list[str] | None = None, *, retention_hours: float = 168.0,
-                    vacuum: bool = True, features: FeaturesConfig | None = None) -> dict[str, dict[str, Any]]:
+                    vacuum: bool = True, cfg: RecsysConfig | None = None) -> dict[str, dict[str, Any]]:
     """Compact, then vacuum, each table; return what was done per table.
 
-    With ``features``, a feature table's pending layer is first merged into its base
+    With ``cfg``, a feature table's pending layer is first merged into its base
     (:func:`recsys_lib.features.layers.compact_pending`), holding the table's writer lease;
     if the stream commits meanwhile, or holds the lease past ``lake.lease_wait``, that step is
-    left for the next run.
+    left for the next run. Then its published copy is brought up to date
+    (:mod:`recsys_lib.features.publish`), compacted and vacuumed too (as ``published/<table>``).
     """
     report: dict[str, dict[str, Any]] = {}
+    features = cfg.features if cfg is not None else None
     feature_tables = {e.table: e for e in entities(features).values()} if features else {}
     for name in tables or lake_tables(lake):
         t0 = time.monotonic()
         pending: Any = None
+        published: dict[str, Any] = {}
         entity = feature_tables.get(name)
         if entity is not None and features is not None:
             try:  # a data commit: under the table's writer lease (the stream's batches wait, or it waits)
@@ -79,8 +83,30 @@ def run_maintenance(lake: Lake, tables: list[str] | None = None, *, retention_ho
             except LeaseHeld as exc:
                 pending = f"left for the next run: {exc}"
         metrics = lake.compact(name)
+        if entity is not None and cfg is not None:  # before the vacuum: it reads the change feed since its last
+            published = publish_all(lake, cfg, [entity])[entity.table]
         removed = lake.vacuum(name, retention_hours) if vacuum else []
         report[name] = {"pending_folded": pending, "files_added": metrics.get("numFilesAdded"),
                         "files_removed": metrics.get("numFilesRemoved"), "vacuumed": len(removed),
                         "version": lake.version(name), "seconds": round(time.monotonic() - t0, 2)}
+        if entity is not None and cfg is not None:
+            report[f"published/{name}"] = _maintain_published(lake, cfg, entity, published, retention_hours, vacuum)
     return report
+
+
+def _maintain_published(lake: Lake, cfg: RecsysConfig, entity: Entity, done: dict[str, Any],
+                        retention_hours: float, vacuum: bool) -> dict[str, Any]:
+    """Compact and vacuum the published copy of ``entity``'s table (``done``: what its publish did)."""
+    from recsys_lib.lake import published_lake
+
+    t0 = time.monotonic()
+    published = published_lake(lake.spark, cfg)
+    if not published.exists(entity.table):
+        return {"pending_folded": None, "files_added": 0, "files_removed": 0, "vacuumed": 0, "version": None,
+                "published": done, "seconds": round(time.monotonic() - t0, 2)}
+    metrics = published.compact(entity.table)
+    removed = published.vacuum(entity.table, retention_hours) if vacuum else []
+    return {"pending_folded": None, "files_added": metrics.get("numFilesAdded"),
+            "files_removed": metrics.get("numFilesRemoved"), "vacuumed": len(removed),
+            "version": published.version(entity.table), "published": done,
+            "seconds": round(time.monotonic() - t0, 2)}

@@ -50,10 +50,25 @@ def run_status(cfg: RecsysConfig, *, max_stream_lag: float = STREAM_MAX_LAG,
 
 
 def tables(cfg: RecsysConfig, now: float) -> dict[str, Any]:
-    """Version, rows, last write and its age per Delta table under the lake root (local roots only)."""
-    root = Path(cfg.lake_root)
+    """Version, rows, last write and its age per Delta table under the lake root (local roots only).
+
+    The published feature tables follow as ``published/<table>``, with the working table's version
+    they reflect (``source_version``) and how many versions it has moved on since (``behind``).
+    """
+    out = _scan(cfg, cfg.lake_root, now, "")
+    for name, info in _scan(cfg, cfg.published_root, now, "published/").items():
+        working = out.get(name.removeprefix("published/"), {}).get("version")
+        source = info.pop("source_version", None)
+        info |= {"source_version": source,
+                 "behind": working - source if working is not None and source is not None else None}
+        out[name] = info
+    return out
+
+
+def _scan(cfg: RecsysConfig, where: str, now: float, prefix: str) -> dict[str, Any]:
+    root = Path(where)
     out: dict[str, Any] = {}
-    if "://" in cfg.lake_root or not root.is_dir():
+    if "://" in where or not root.is_dir():
         return out
     for folder in sorted(p for p in root.iterdir() if (p / "_delta_log").is_dir()):
         try:
@@ -62,10 +77,14 @@ def tables(cfg: RecsysConfig, now: float) -> dict[str, Any]:
             continue  # a folder whose first commit has not landed yet
         actions = pa.table(table.get_add_actions(flatten=True))
         rows = actions.column("num_records").to_pylist() if "num_records" in actions.column_names else []
-        last = table.history(1)[0].get("timestamp")
-        out[folder.name] = {"version": table.version(), "files": actions.num_rows,
-                            "rows": sum(r or 0 for r in rows), "last_write": _iso(last / 1000 if last else None),
-                            "age_s": round(now - last / 1000, 1) if last else None}
+        newest = table.history(1)[0]
+        last = newest.get("timestamp")
+        out[prefix + folder.name] = {
+            "version": table.version(), "files": actions.num_rows, "rows": sum(r or 0 for r in rows),
+            "last_write": _iso(last / 1000 if last else None), "age_s": round(now - last / 1000, 1) if last else None}
+        if prefix:  # the newest publish's source (maintenance's compaction and vacuum commits record none)
+            found = (json.loads(e["recsys"]).get("source_version") for e in table.history(20) if e.get("recsys"))
+            out[prefix + folder.name]["source_version"] = next((v for v in found if v is not None), None)
     return out
 
 
@@ -151,8 +170,9 @@ def format_status(report: dict[str, Any]) -> list[str]:
     if "error" in tbl:
         lines.append(f"  {tbl['error']}")
     for name, t in ({} if "error" in tbl else tbl).items():
+        behind = f", {t['behind']} version(s) behind the lake" if t.get("behind") else ""
         lines.append(f"  {name:<28} v{t['version']:<6} {t['rows']:>12,} rows {t['files']:>6,} files  "
-                     f"last write {_age(t['age_s'])} ago")
+                     f"last write {_age(t['age_s'])} ago{behind}")
     s = report["stream"]
     lines += ["", f"stream:  {s.get('status', '-')}: {s.get('reason') or s.get('error')}"]
     if s.get("last_batch"):

@@ -54,6 +54,7 @@ from recsys_lib.features.definitions import BUCKET, Entity
 from recsys_lib.features.layers import PENDING, as_pending, compact_pending, overlay, table_spec
 from recsys_lib.features.local import LocalEvents, fold_local, overlay_local
 from recsys_lib.features.online import Projector, touched_rows
+from recsys_lib.features.publish import publish_all
 from recsys_lib.ingest.commit import IngestError, ingest_arrow, ingest_frame
 from recsys_lib.ingest.corrupt import find_corrupt, quarantine_files
 from recsys_lib.ingest.local_dedup import StoredKeys
@@ -300,6 +301,7 @@ def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version
                 report["compaction"] = compact_pending(lake, entity, cfg.features, metadata={"batch_id": batch_id})
                 if projector is not None:
                     projector.table_committed(entity.table)
+                report["published"] = publish_all(lake, cfg, [entity])[entity.table]
             except LakeConflictError as exc:
                 log.warning("compacting the pending layer of %s conflicted; the next batch retries: %s",
                             entity.table, exc)

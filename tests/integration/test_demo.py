@@ -67,6 +67,11 @@ def _check_status(report: dict, home: Path) -> None:
         assert report["tables"][name]["rows"] == counted.column("n")[0].as_py(), name  # log statistics = a scan
         assert report["tables"][name]["age_s"] >= 0
     assert report["tables"]["events"]["rows"] >= 20_000  # the batch's events, then the stream's
+    for name in ("user_features", "item_features", "user_category_features"):  # published after the refresh
+        published, working = report["tables"][f"published/{name}"], report["tables"][name]
+        assert 0 <= published["source_version"] <= working["version"], name
+        assert published["behind"] == working["version"] - published["source_version"], name
+        assert 0 < published["rows"] <= working["rows"], name  # no pending rows: at most the working table's
     cfg = load_config(overrides=[f"home={home}"])
     champion = tracking.model_version(tracking.configure(cfg), cfg.mlflow.registered_model, alias=tracking.CHAMPION)
     assert report["model"]["version"] == champion.version and 0 < report["model"]["metrics"]["recall@50"] <= 1

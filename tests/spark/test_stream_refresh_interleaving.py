@@ -111,9 +111,11 @@ def test_maintenance_between_batches_keeps_every_count(spark, lake, cfg, tmp_pat
     _ingest(spark, lake, cfg, drops[0], 0)
     update_features(spark, lake, cfg, now=NOW)
     assert pending_rows(lake, entities(cfg.features)["user"]) == 2
-    report = run_maintenance(lake, retention_hours=0, features=cfg.features)
+    report = run_maintenance(lake, retention_hours=0, cfg=cfg)
     assert {"events", "events_quarantine", "user_features", "item_features"} <= set(lake_tables(lake))
-    assert set(report) == set(lake_tables(lake))
+    features = [e.table for e in entities(cfg.features).values()]
+    assert set(report) == set(lake_tables(lake)) | {f"published/{t}" for t in features}
+    assert all(report[f"published/{t}"]["published"]["published"] for t in features)  # first publish of each
     assert report["user_features"]["pending_folded"] is True and report["events"]["pending_folded"] is None
     assert pending_rows(lake, entities(cfg.features)["user"]) == 0
     _ingest(spark, lake, cfg, drops[1], 1)

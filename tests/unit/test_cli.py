@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from recsys_lib.cli import build_parser, main
@@ -178,3 +180,32 @@ def test_quiet_and_verbose_are_exclusive(capsys):
         main(["config", "-q", "-v"])
     assert exc.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_every_command_takes_summary_json():
+    from recsys_lib.cli_help import commands
+
+    leaves = [(path, sub) for path, sub, _ in commands(build_parser())
+              if not any(isinstance(a, argparse._SubParsersAction) for a in sub._actions)]
+    assert len(leaves) > 20
+    missing = [" ".join(path) for path, sub in leaves if "--summary-json" not in sub._option_string_actions]
+    assert missing == ["completion"]  # prints a script; there is no job to summarise
+
+
+def test_summary_json_holds_the_summary_and_the_exit_code_on_success_and_failure(tmp_path, capsys):
+    import json
+
+    ok, bad = tmp_path / "ok.json", tmp_path / "bad.json"
+    out = tmp_path / "landing"
+    argv = ["generate", "--out", str(out), "--users", "5", "--items", "4", "--days", "1", "--events", "30"]
+    assert main([*argv, "--summary-json", str(ok)]) == 0
+    written = json.loads(ok.read_text())
+    assert (written["command"], written["exit_code"], written["valid_events"]) == ("generate", 0, 30)
+    assert "error" not in written
+    failing = ["adapt", "taobao", "--input", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o")]
+    assert main([*failing, "--summary-json", str(bad)]) == 1
+    written = json.loads(bad.read_text())
+    assert (written["command"], written["exit_code"]) == ("adapt taobao", 1)
+    assert "missing.csv is not a file" in written["error"]
+    assert main(["config", "--set", "spark.nope=1", "--summary-json", str(bad)]) == 2
+    assert "spark.nope" in json.loads(bad.read_text())["error"]
