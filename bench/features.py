@@ -41,6 +41,7 @@ def main() -> None:
             "events": size, "wall_seconds_process": round(wall, 2), "refresh_seconds_in_job": summary["seconds"],
             "events_per_second_job": round(size / summary["seconds"]),
             "events_per_second_wall": round(size / wall), "peak_rss_mb": round(peak / 2**20),
+            "dq_gate_seconds": summary.get("dq_seconds"), "publish_seconds": summary.get("publish_seconds"),
             "tables": summary["tables"],
         })
         print(json.dumps(results[-1]), flush=True)

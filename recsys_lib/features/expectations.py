@@ -4,8 +4,10 @@ Each :class:`Rule` is one expectation about a table's rows. Rules with ``sql`` a
 Delta CHECK constraints on the table (:func:`constraints`), so every Delta writer that
 enforces constraints (delta-rs's own writes, Spark with Delta) refuses a violating row. The
 refresh commits files Spark wrote, which no writer checks, so every rule is also checked on
-the data itself through a pandera schema for Spark DataFrames (:func:`pandera_schema`), built
-from the same rules:
+the data itself: in one Spark aggregation whose conditions are the same SQL (:func:`violations`),
+and, for a table that breaks any, through a pandera schema for Spark DataFrames
+(:func:`pandera_schema`, one Spark job per check) that names the failing checks and values.
+The rules:
 
 * keys are not null, and unique among base rows (the pending layer repeats keys by design);
 * lifetime counts are >= 0, decayed sums are >= 0 and <= their count (each event weighs at
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pyspark.sql import Column, DataFrame
+
 from recsys_lib.core.schema import EVENT_TYPES
 from recsys_lib.features.definitions import Entity
 
@@ -35,7 +39,8 @@ class Rule:
 
     name: str
     column: str
-    #: ``not_null``, ``ge`` (>= ``value``), ``le_column`` (<= the column ``other`` + tolerance) or ``le`` (<= value).
+    #: ``not_null``, ``ge`` (>= ``value``), ``le_column`` (<= the column ``other`` + tolerance) or ``le_now``
+    #: (<= the check time plus ``dq.max_clock_skew``, given when checking).
     kind: str
     value: Any = None
     other: str | None = None
@@ -49,12 +54,28 @@ class Rule:
             return f"{self.column} IS NULL OR {self.column} <= {self.other} + {DECAY_TOLERANCE}"
         return None
 
+    def holds(self, latest: datetime) -> Column:
+        """A Spark condition true on the rows that keep this rule (``latest``: the newest allowed ``as_of``)."""
+        from pyspark.sql import functions as F
+
+        if self.kind == "not_null":
+            return F.col(self.column).isNotNull()
+        if self.kind == "le_now":
+            return F.col(self.column).isNull() | (F.col(self.column) <= F.lit(latest))
+        return F.expr(str(self.sql))  # the CHECK constraint itself
+
+    def describe(self) -> str:
+        """The rule in words, for failure messages."""
+        return {"not_null": f"{self.column} IS NOT NULL", "le_now": f"{self.column} <= now + dq.max_clock_skew"
+                }.get(self.kind) or str(self.sql)
+
 
 def rules(entity: Entity) -> list[Rule]:
     """The row-level expectations of ``entity``'s table (see the module docstring)."""
     names = {c.name for c in entity.columns}
     out = [Rule(f"{k}_not_null", k, "not_null") for k in entity.keys]
     out.append(Rule("as_of_not_null", "as_of", "not_null"))
+    out.append(Rule("as_of_not_in_future", "as_of", "le_now"))
     for etype in EVENT_TYPES:
         count = f"{etype}_count"
         if count not in names:
@@ -75,8 +96,24 @@ def constraints(entity: Entity) -> dict[str, str]:
     return {r.name: r.sql for r in rules(entity) if r.sql is not None}
 
 
+def violations(df: DataFrame, entity: Entity, latest_as_of: datetime) -> dict[str, int]:
+    """Counts over ``df`` in one Spark job.
+
+    Returns the rows breaking each rule (by its name), ``rows``, distinct ``keys``, and per
+    column its nulls (``null:<column>``, keys included).
+    """
+    from pyspark.sql import functions as F
+
+    aggs = [F.count(F.lit(1)).alias("rows"), F.count_distinct(*[F.col(k) for k in entity.keys]).alias("keys")]
+    aggs += [F.sum(F.when(r.holds(latest_as_of), 0).otherwise(1)).alias(r.name) for r in rules(entity)]
+    aggs += [F.sum(F.col(c).isNull().cast("int")).alias(f"null:{c}")
+             for c in (*entity.keys, *(c.name for c in entity.columns))]
+    row = df.agg(*aggs).first()
+    return {k: int(v or 0) for k, v in (row.asDict() if row is not None else {}).items()}
+
+
 def pandera_schema(entity: Entity, latest_as_of: datetime) -> Any:
-    """A ``pandera.pyspark`` schema of every rule, plus unique keys and ``as_of <= latest_as_of``.
+    """A ``pandera.pyspark`` schema of every rule, plus unique keys.
 
     Validate base rows only: the pending layer (``key_bucket = -1``) repeats keys by design.
     Cross-column rules (decayed <= count) are checked through a derived column that
@@ -96,7 +133,8 @@ def pandera_schema(entity: Entity, latest_as_of: datetime) -> Any:
         elif rule.kind == "le_column":
             checks.setdefault(_excess(rule), []).append(pa.Check.le(DECAY_TOLERANCE))
             types[_excess(rule)] = T.DoubleType()
-    checks.setdefault("as_of", []).append(pa.Check.le(latest_as_of))
+        elif rule.kind == "le_now":
+            checks.setdefault(rule.column, []).append(pa.Check.le(latest_as_of))
     columns = {c: pa.Column(types[c], checks=checks.get(c, []), nullable=nullable.get(c, True))
                for c in sorted(set(checks) | set(nullable))}
     return pa.DataFrameSchema(columns, unique=list(entity.keys), name=entity.table)

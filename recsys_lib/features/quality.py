@@ -2,10 +2,17 @@
 
 For each refreshed table, on the version just written (base rows):
 
-* every rule of :mod:`recsys_lib.features.expectations`, through pandera's PySpark backend;
+* every rule of :mod:`recsys_lib.features.expectations` and unique keys, counted in one Spark
+  aggregation; a table that breaks any is then validated by pandera's PySpark backend too,
+  whose report (the failing checks and values) joins the failures;
+* each column's null rate at most ``dq.max_null_rate`` (keys and ``as_of``: none at all), once
+  the table holds ``dq.min_rows`` rows, so a refresh whose feature went all null is stopped;
 * the row count within ``dq.max_row_change`` (a fraction) of the keys in the version the refresh
   replaces (what readers had, the stream's new keys included), once that held ``dq.min_rows``
   keys, so a refresh that lost half the users is stopped.
+
+The stream checks the rules on the pending rows of every ``dq.stream_every``-th batch
+(:func:`check_rows`): it records the outcome and warns; the refresh is the gate.
 
 Each table's outcome is one row of the ``dq_results`` Delta table (also read by
 ``recsys status``). The refresh publishes (manifest, online store) only when every table
@@ -23,12 +30,13 @@ from typing import Any
 
 import pyarrow as pa
 from deltalake.exceptions import DeltaError
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_lib.core.config import DqConfig
 from recsys_lib.features.definitions import BUCKET, Entity
-from recsys_lib.features.expectations import constraints, pandera_schema, with_derived
+from recsys_lib.features.expectations import constraints, pandera_schema, rules, violations, with_derived
 from recsys_lib.lake import Lake, TableSpec
 from recsys_lib.lake.files import spark_to_arrow
 
@@ -84,18 +92,42 @@ def check_table(lake: Lake, entity: Entity, version: int, rows: int, dc: DqConfi
     ``previous_version`` is the version the refresh replaced: the row-count rule compares ``rows``
     with its number of keys (stream updates included), once that is at least ``dq.min_rows``.
     """
-    now = now or datetime.now(UTC)
     df = lake.read(entity.table, version=version).where(F.col(BUCKET) >= 0)
-    checked = pandera_schema(entity, now + timedelta(seconds=dc.max_clock_skew)).validate(with_derived(df, entity))
-    out = TableCheck(entity.table, version, rows)
-    for kind, errors in dict(checked.pandera.errors).items():
-        for reason, items in errors.items():
-            out.failures += [f"{i.get('column') or 'table'}: {i.get('check')} ({reason.lower()}, {kind.lower()})"
-                             for i in items]
+    out = check_rows(df, entity, version, dc, now=now, explain=True)
+    out.rows = rows
     previous = None if previous_version is None else key_count(lake, entity, previous_version)
     if previous and previous >= dc.min_rows and abs(rows - previous) > dc.max_row_change * previous:
         out.failures.append(f"rows: {rows:,} is more than {dc.max_row_change:.0%} away from the {previous:,} keys of "
                             f"the version it replaces, v{previous_version} (dq.max_row_change)")
+    return out
+
+
+def check_rows(df: DataFrame, entity: Entity, version: int, dc: DqConfig, *, now: datetime | None = None,
+               explain: bool = False) -> TableCheck:
+    """The row rules, unique keys and null rates of ``df`` (rows of ``entity``'s table at ``version``).
+
+    ``explain``: when a rule fails, also validate with pandera for its report of the failing checks.
+    """
+    latest = (now or datetime.now(UTC)) + timedelta(seconds=dc.max_clock_skew)
+    counts = violations(df, entity, latest)
+    out = TableCheck(entity.table, version, counts["rows"])
+    for rule in rules(entity):
+        if counts[rule.name]:
+            out.failures.append(f"{rule.column}: {counts[rule.name]:,} row(s) break {rule.name} ({rule.describe()})")
+    if counts["keys"] < counts["rows"] - sum(counts[f"null:{k}"] for k in entity.keys):
+        out.failures.append(f"{', '.join(entity.keys)}: not unique ({counts['rows'] - counts['keys']:,} repeated)")
+    required = {r.column for r in rules(entity) if r.kind == "not_null"}
+    if counts["rows"] >= max(dc.min_rows, 1):
+        for column in (c.name for c in entity.columns if c.name not in required):
+            rate = counts[f"null:{column}"] / counts["rows"]
+            if rate > dc.max_null_rate:
+                out.failures.append(f"{column}: {rate:.1%} null, above dq.max_null_rate {dc.max_null_rate:.1%}")
+    if out.failures and explain:
+        checked = pandera_schema(entity, latest).validate(with_derived(df, entity))
+        for kind, errors in dict(checked.pandera.errors).items():
+            for reason, items in errors.items():
+                out.failures += [f"pandera: {i.get('column') or 'table'}: {i.get('check')} "
+                                 f"({reason.lower()}, {kind.lower()})" for i in items]
     return out
 
 
@@ -137,3 +169,28 @@ def ensure_constraints(lake: Lake, entity: Entity) -> list[str]:
         return []
     return sorted(missing)
 
+
+
+def check_stream_batch(lake: Lake, entity: Entity, dc: DqConfig, version: int, batch_id: int | None,
+                       ) -> dict[str, Any] | None:
+    """Check the pending rows of ``entity``'s table at ``version`` on every ``dq.stream_every``-th batch.
+
+    The outcome goes to ``dq_results`` (job ``stream``); a failure is logged at WARNING and returned,
+    not raised: the batch is committed, and the next full refresh is the gate. None on batches not sampled.
+    """
+    from recsys_lib.features.layers import PENDING
+    from recsys_lib.lake import LakeError
+
+    if not dc.enabled or not dc.stream_every or batch_id is None or batch_id % dc.stream_every:
+        return None
+    pending = lake.read(entity.table, version=version, partitions=(BUCKET, [PENDING]))
+    checked = check_rows(pending, entity, version, dc)
+    if not checked.passed:
+        log.warning("stream batch %s: the pending rows of %s v%d break data-quality rules: %s", batch_id,
+                    entity.table, version, "; ".join(checked.failures))
+    try:
+        record(lake, [checked], f"stream-batch-{batch_id}", "stream")
+    except LakeError as exc:  # e.g. a refresh holds dq_results' lease now (LeaseHeld): the log line stays the record
+        log.warning("stream batch %s: data-quality result of %s not recorded in %s: %s", batch_id, entity.table,
+                    DQ_TABLE, exc)
+    return checked.to_json()

@@ -51,6 +51,9 @@ class RefreshSummary:
     dq: list[dict[str, Any]] = field(default_factory=list)
     #: What :func:`~recsys_lib.features.publish.publish_all` did per table (after the manifest).
     published: dict[str, Any] = field(default_factory=dict)
+    #: Seconds of the data-quality gate and of publishing (parts of ``seconds``).
+    dq_seconds: float = 0.0
+    publish_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """The summary as a JSON-able dict."""
@@ -87,14 +90,18 @@ def run_refresh(spark: SparkSession, lake: Lake, cfg: RecsysConfig, *, until: da
                       f"features refresh {refresh_id}"):
         _refresh_tables(lake, cfg, events, todo, summary, stamp, span, refresh_id)
         if cfg.dq.enabled:
+            t0 = time.monotonic()
             _quality_gate(lake, cfg, todo, summary, refresh_id)
+            summary.dq_seconds = round(time.monotonic() - t0, 2)
         # the manifest, committed last: until it lands, batch readers stay on the previous complete refresh
         summary.generation_version = record_generation(
             lake, refresh_id, {t: int(info["version"]) for t, info in summary.tables.items()}, events_version,
             summary.until)
     # the published copies (one row per key, any Delta reader), only for a refresh that passed its gate
+    t0 = time.monotonic()
     summary.published = publish_all(lake, cfg, list(todo.values()),
                                     versions={t: int(info["version"]) for t, info in summary.tables.items()})
+    summary.publish_seconds = round(time.monotonic() - t0, 2)
     if cfg.online.enabled:
         summary.online = _publish_online(lake, cfg)
     summary.seconds = round(time.monotonic() - started, 2)
@@ -221,5 +228,8 @@ def format_refresh(summary: RefreshSummary) -> str:
         info = summary.online
         lines.append(f"  online store: generation {info.get('generation')} loaded in {info.get('seconds')}s"
                      if "error" not in info else f"  online store NOT updated: {info['error']}")
+    if summary.dq:
+        lines.append(f"  data quality: {sum(d['passed'] for d in summary.dq)}/{len(summary.dq)} tables passed "
+                     f"({summary.dq_seconds:.1f}s); published in {summary.publish_seconds:.1f}s")
     lines.append(f"  total {summary.seconds:.1f}s")
     return "\n".join(lines)

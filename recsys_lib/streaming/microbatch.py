@@ -55,6 +55,7 @@ from recsys_lib.features.layers import PENDING, as_pending, compact_pending, ove
 from recsys_lib.features.local import LocalEvents, fold_local, overlay_local
 from recsys_lib.features.online import Projector, touched_rows
 from recsys_lib.features.publish import publish_all
+from recsys_lib.features.quality import check_stream_batch
 from recsys_lib.ingest.commit import IngestError, ingest_arrow, ingest_frame
 from recsys_lib.ingest.corrupt import find_corrupt, quarantine_files
 from recsys_lib.ingest.local_dedup import StoredKeys
@@ -294,7 +295,8 @@ def _update_entity(lake: Lake, cfg: RecsysConfig, entity: Entity, events_version
             projector.pending_committed(entity.table, touched, table_version, result.version)
         report: dict[str, Any] = {"skipped": False, "version": result.version, "pending_rows": result.rows,
                                   "covered_events_version": events_version, "folded_from": covered + 1,
-                                  "engine": engine, "fallback": fallback}
+                                  "engine": engine, "fallback": fallback,
+                                  "dq": check_stream_batch(lake, entity, cfg.dq, result.version, batch_id)}
         if result.rows > cfg.streaming.pending_max_rows:
             fault_point("before_pending_compaction")
             try:

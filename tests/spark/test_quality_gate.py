@@ -13,10 +13,11 @@ from deltalake.exceptions import DeltaError
 from pyspark.sql import functions as F
 
 from recsys_lib.datagen.synthetic import GeneratorSpec, generate
-from recsys_lib.features import USER, entities
+from recsys_lib.features import ITEM, USER, entities
+from recsys_lib.features.definitions import BUCKET
 from recsys_lib.features.generations import GENERATIONS_TABLE
-from recsys_lib.features.layers import table_spec
-from recsys_lib.features.quality import DQ_TABLE, DataQualityError, check_table
+from recsys_lib.features.layers import PENDING, as_pending, table_spec
+from recsys_lib.features.quality import DQ_TABLE, DataQualityError, check_stream_batch, check_table
 from recsys_lib.pipelines.features import run_refresh
 from recsys_lib.pipelines.ingest import run_ingest
 
@@ -76,10 +77,57 @@ def test_broken_rows_fail_the_rule_they_break(home):
         lake.overwrite(table_spec(entity), users)
     assert not got.passed
     text = " | ".join(got.failures)
-    for expected in ("view_count: greater_than_or_equal_to(0)", "click_decayed_1h__over_click_count: less_than",
-                     "as_of: less_than_or_equal_to", "unique"):
+    # counted in one pass, one line per broken rule with its row count
+    for expected in ("view_count: 1 row(s) break view_count_non_negative",
+                     "click_decayed_1h: 1 row(s) break click_decayed_1h_at_most_count",
+                     "as_of: 1 row(s) break as_of_not_in_future", "user_id: not unique (1 repeated)"):
         assert expected in text, text
-    assert "rows" not in text  # 41 rows against 40 is within max_row_change
+    # then explained by pandera's checks
+    for expected in ("pandera: view_count: greater_than_or_equal_to(0)",
+                     "pandera: click_decayed_1h__over_click_count: less_than", "pandera: as_of: less_than_or_equal_to",
+                     "unique"):
+        assert expected in text, text
+    assert "rows:" not in text and "null" not in text  # 41 rows against 40 is within max_row_change
+
+
+def test_a_column_gone_null_fails_its_null_rate_once_the_table_is_large_enough(home):
+    cfg, lake, _ = home
+    entity = entities(cfg.features)[ITEM]
+    items = lake.read(entity.table, version=lake.version(entity.table))
+    nulled = items.withColumn("latest_category", F.lit(None).cast(items.schema["latest_category"].dataType))
+    written = lake.overwrite(table_spec(entity), nulled)
+    try:
+        lenient = check_table(lake, entity, written.version, written.rows, cfg.dq)  # dq.min_rows 1000 > 30 rows
+        small = cfg.dq.model_copy(update={"min_rows": 10})
+        strict = check_table(lake, entity, written.version, written.rows, small)
+        clean = check_table(lake, entity, written.version - 1, written.rows, small)
+    finally:
+        lake.overwrite(table_spec(entity), items)
+    assert lenient.passed
+    assert strict.failures == ["latest_category: 100.0% null, above dq.max_null_rate 90.0%"]
+    assert clean.passed, clean.failures  # the refresh's own rows: every column under the bound
+
+
+def test_the_stream_checks_every_nth_batch_and_records_a_broken_one_without_failing(home, caplog):
+    cfg, lake, _ = home
+    entity = entities(cfg.features)[USER]
+    users = lake.read(entity.table, version=lake.version(entity.table))
+    first = users.orderBy("user_id").limit(1).withColumn("purchase_spend", F.lit(-5.0))
+    written = lake.replace_partitions(table_spec(entity), as_pending(first), BUCKET, [PENDING],
+                                      read_version=lake.version(entity.table))
+    try:
+        skipped = check_stream_batch(lake, entity, cfg.dq, written.version, batch_id=cfg.dq.stream_every + 1)
+        sampled = check_stream_batch(lake, entity, cfg.dq, written.version, batch_id=cfg.dq.stream_every * 2)
+    finally:
+        lake.overwrite(table_spec(entity), users)
+    assert skipped is None
+    assert (sampled["passed"], sampled["rows"]) == (False, 1)
+    assert sampled["failures"] == ["purchase_spend: 1 row(s) break purchase_spend_non_negative (purchase_spend IS "
+                                   "NULL OR purchase_spend >= 0)"]
+    recorded = [r for r in lake.read_arrow(DQ_TABLE).to_pylist() if r["job"] == "stream"]
+    assert [(r["run_id"], r["table"], r["passed"]) for r in recorded] == [
+        (f"stream-batch-{cfg.dq.stream_every * 2}", entity.table, False)]
+    assert any(r.levelname == "WARNING" and "break data-quality rules" in r.getMessage() for r in caplog.records)
 
 
 def test_a_refresh_that_lost_most_users_is_not_published(spark, home):
@@ -90,9 +138,9 @@ def test_a_refresh_that_lost_most_users_is_not_published(spark, home):
     with pytest.raises(DataQualityError, match="more than 50% away from the") as err:
         run_refresh(spark, lake, small, until=datetime(2024, 1, 1, 1, tzinfo=UTC))  # the first hour only
     assert lake.version(GENERATIONS_TABLE) == generations  # no new manifest: readers stay on the last refresh
-    failed = [r for r in lake.read_arrow(DQ_TABLE).to_pylist() if not r["passed"]]
+    failed = [r for r in lake.read_arrow(DQ_TABLE).to_pylist() if not r["passed"] and r["job"] == "features_refresh"]
     assert {r["table"] for r in failed} == {r.table for r in err.value.results if not r.passed}
-    assert all("rows:" in json.loads(r["failures"])[0] for r in failed)
+    assert all(any(f.startswith("rows:") for f in json.loads(r["failures"])) for r in failed), failed
 
     import mlflow
 
