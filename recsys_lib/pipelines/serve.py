@@ -124,15 +124,11 @@ def run_export(spark: SparkSession, lake: Lake, cfg: RecsysConfig, say: Say = pr
             "path": str(target), "seconds": round(time.monotonic() - started, 2)}
 
 
-def _serving_bundle(cfg: RecsysConfig) -> tuple[Any, str]:
-    from recsys_lib.models.bundle import Bundle
+def _served(cfg: RecsysConfig) -> Any:
+    """The model ``recsys serve`` would answer with (the export if it holds the champion, else the champion's)."""
+    from recsys_lib.serving.model import ServedModel, resolve
 
-    target = serving_dir(cfg)
-    if (target / "meta.json").exists():
-        bundle = Bundle(target)
-        return bundle, str(bundle.meta.get("model_version"))
-    champion = _champion(cfg)
-    return Bundle(champion.bundle), champion.version
+    return ServedModel.load(resolve(cfg))
 
 
 def _purchased(lake: Lake, users: list[str]) -> dict[str, set[str]]:
@@ -144,24 +140,22 @@ def _purchased(lake: Lake, users: list[str]) -> dict[str, set[str]]:
     return out
 
 
-def _rank(bundle: Any, users: pa.Table, k: int, purchased: dict[str, set[str]]) -> list[list[tuple[str, float]]]:
-    """Top-k (item_id, score) per user row, skipping purchased items."""
-    ids = bundle.items["item_id"].to_numpy()
-    queries = bundle.encode_queries(users)
-    extra = max((len(v) for v in purchased.values()), default=0)
-    idx, scores = bundle.index.search(queries, min(k + extra, len(ids)))
-    out = []
-    for row, user in enumerate(users.column("user_id").to_pylist()):
-        bought = purchased.get(user, set())
-        picks = [(str(ids[i]), float(s)) for i, s in zip(idx[row], scores[row], strict=True) if ids[i] not in bought]
-        out.append(picks[:k])
-    return out
+def _rank(model: Any, users: pa.Table, k: int, purchased: dict[str, set[str]]) -> list[list[tuple[str, float]]]:
+    """Top-k (item_id, score) per user row without purchased items: the API's search, ranker included."""
+    from recsys_lib.models.data import normalised_numeric
+
+    queries = model.bundle.encode_queries(users)
+    q_numeric = normalised_numeric(users, model.bundle.spec, "query") if model.ranker is not None else None
+    exclude = [purchased.get(u, set()) for u in users.column("user_id").to_pylist()]
+    return [[(str(model.item_ids[i]), s) for i, s in row] for row in model.search(queries, k, exclude,
+                                                                                  q_numeric=q_numeric)]
 
 
 def run_recommend(spark: SparkSession, lake: Lake, cfg: RecsysConfig, user: str, k: int | None = None,
                   at: datetime | None = None) -> pd.DataFrame:
     """Top-k items for ``user`` (the shop's raw id) from their features at ``at`` (default: :func:`feature_time`).
 
+    Ranked as ``recsys serve`` ranks: retrieval, then the model's ranking stage when its bundle serves one.
     An unknown user gets the most popular training items instead.
     """
     from recsys_lib.features import load_features
@@ -169,15 +163,17 @@ def run_recommend(spark: SparkSession, lake: Lake, cfg: RecsysConfig, user: str,
 
     k = k or cfg.serve.k
     at = at or feature_time(spark, cfg)
-    bundle, version = _serving_bundle(cfg)
+    model = _served(cfg)
+    bundle, version = model.bundle, model.version
     user = stored_id(cfg, user)  # the shop's raw id -> the pseudonym the tables hold
     rows = user_inputs(load_features(spark, "user", at, cfg=cfg).where(F.col("user_id") == user),
                        bundle.spec).toArrow()
     purchased = _purchased(lake, [user])
     if rows.num_rows:
-        picks, source = _rank(bundle, rows, k, purchased)[0], "two_tower"
+        picks = _rank(model, rows, k, purchased)[0]
+        source = "two_tower + ranker" if model.ranker is not None else "two_tower"
     else:
-        popular = [i for i in bundle.meta.get("popular", []) if i not in purchased.get(user, set())]
+        popular = [i for i in model.popular if i not in purchased.get(user, set())]
         picks, source = [(i, float("nan")) for i in popular[:k]], "popular (unknown user)"
     catalogue = bundle.items.set_index("item_id")
     return pd.DataFrame({"rank": range(1, len(picks) + 1), "item_id": [p[0] for p in picks],
@@ -195,7 +191,8 @@ def run_batch_recommendations(spark: SparkSession, lake: Lake, cfg: RecsysConfig
 
     started = time.monotonic()
     k = k or cfg.serve.batch_k
-    bundle, version = _serving_bundle(cfg)
+    model = _served(cfg)
+    bundle, version = model.bundle, model.version
     users_df = load_features(spark, "user", feature_time(spark, cfg), cfg=cfg)
     newest = users_df.agg(F.max("last_event_ts")).first()
     if newest is None or newest[0] is None:
@@ -208,7 +205,7 @@ def run_batch_recommendations(spark: SparkSession, lake: Lake, cfg: RecsysConfig
     frames = []
     for start in range(0, active.num_rows, block):
         part = active.slice(start, block)
-        for user, picks in zip(part.column("user_id").to_pylist(), _rank(bundle, part, k, purchased), strict=True):
+        for user, picks in zip(part.column("user_id").to_pylist(), _rank(model, part, k, purchased), strict=True):
             frames.append(pd.DataFrame({"user_id": user, "rank": np.arange(1, len(picks) + 1, dtype=np.int32),
                                         "item_id": [p[0] for p in picks], "score": [p[1] for p in picks]}))
     recs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
@@ -224,4 +221,4 @@ def run_batch_recommendations(spark: SparkSession, lake: Lake, cfg: RecsysConfig
     say(f"recommendations: top-{k} for {active.num_rows:,} active users ({result.rows:,} rows) from model "
         f"version {version} into '{RECOMMENDATIONS_TABLE}' version {result.version}")
     return {"users": active.num_rows, "rows": result.rows, "version": result.version, "model_version": version,
-            "seconds": round(time.monotonic() - started, 2)}
+            "ranked": model.ranker is not None, "seconds": round(time.monotonic() - started, 2)}

@@ -94,3 +94,27 @@ def test_a_bundle_whose_items_lack_the_rankers_inputs_is_served_by_retrieval_and
     with caplog.at_level("WARNING"):
         model = ServedModel.load(source)
     assert model.ranker is None and "lacks the numeric inputs ['i_view_count']" in caplog.text
+
+
+def test_recsys_recommend_ranks_like_the_api(served, spark, tmp_path):
+    from recsys_lib.pipelines.serve import run_recommend
+
+    ranked = _with_ranker(served, tmp_path / "ranked", used=True)
+    export = serving_dir(served.cfg)
+    kept = tmp_path / "export-kept"
+    shutil.move(export, kept)
+    shutil.copytree(ranked.path, export)  # the ranked bundle as the export `recsys recommend` and the API load
+    try:
+        store = open_store(served.cfg)
+        rec = Recommender(served.cfg, store, use_registry=False)
+        assert rec.reload(Source(export, "1", "ranked-export"))["swapped"] and rec.model.ranker is not None
+        users = sorted(k for k, _ in store.scan("user_features"))[:3]
+        answers = rec.recommend(users, 10)
+        cli = [run_recommend(spark, served.lake, served.cfg, u, k=10) for u in users]
+    finally:
+        shutil.rmtree(export)
+        shutil.move(kept, export)
+    for user, answer, table in zip(users, answers, cli, strict=True):
+        assert answer["ranked"] is True and set(table["source"]) == {"two_tower + ranker"}
+        assert table["item_id"].tolist() == [i["item_id"] for i in answer["items"]], user
+        assert np.allclose(table["score"].to_numpy(), [i["score"] for i in answer["items"]], rtol=1e-4)
