@@ -153,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.INFO if getattr(args, "verbose", False) else \
         logging.ERROR if getattr(args, "quiet", False) else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # MLflow configures its own loggers at import, at INFO unless told ("Creating initial MLflow database tables")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(level))
     try:
         if args.command == "completion":
             print(completion_script(parser, args.shell))
