@@ -125,10 +125,15 @@ def run_export(spark: SparkSession, lake: Lake, cfg: RecsysConfig, say: Say = pr
 
 
 def _served(cfg: RecsysConfig) -> Any:
-    """The model ``recsys serve`` would answer with (the export if it holds the champion, else the champion's)."""
+    """The exported model (``recsys export``), else the champion's bundle, loaded as ``recsys serve`` loads it.
+
+    The export is taken as it is, without asking the registry (which downloads the champion's bundle
+    to compare): the batch jobs run right after ``export``.
+    """
     from recsys_lib.serving.model import ServedModel, resolve
 
-    return ServedModel.load(resolve(cfg))
+    exported = (serving_dir(cfg) / "meta.json").exists()
+    return ServedModel.load(resolve(cfg, use_registry=not exported))
 
 
 def _purchased(lake: Lake, users: list[str]) -> dict[str, set[str]]:
