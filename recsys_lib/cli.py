@@ -211,7 +211,7 @@ def _dispatch(args: argparse.Namespace, cfg: RecsysConfig) -> int:
             print(f"wrote {args.out}")
         else:
             print(text)
-        keep(args, {"out": args.out, "tables": len(text.split("\n## ")) - 1})
+        keep(args, {"out": args.out, "characters": len(text)})
         return 0
     if args.command == "stream-status":
         from recsys_lib.streaming.job import last_batches

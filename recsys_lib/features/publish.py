@@ -101,8 +101,9 @@ def _changed_buckets(lake: Lake, entity: Entity, fc: FeaturesConfig, first: int,
     gone, or when it touches most buckets anyway. Otherwise the range holds stream merges,
     compactions and deletes, whose changes (keys and bucket only) the driver reads.
     """
-    jobs = [json.loads(e["recsys"]).get("job") for e in lake.history(entity.table, limit=last - first + 1)
-            if int(e.get("version", -1)) >= first and e.get("recsys")]
+    newest = lake.version(entity.table)  # the history comes newest first; ``last`` may be older (a pinned read)
+    jobs = [json.loads(e["recsys"]).get("job") for e in lake.history(entity.table, limit=newest - first + 1)
+            if first <= int(e.get("version", -1)) <= last and e.get("recsys")]
     if "features_refresh" in jobs:
         return None
     keys = list(entity.keys)

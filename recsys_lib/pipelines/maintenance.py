@@ -72,7 +72,7 @@ def run_maintenance(lake: Lake, tables: list[str] | None = None, *, retention_ho
     for name in tables or lake_tables(lake):
         t0 = time.monotonic()
         pending: Any = None
-        published: dict[str, Any] = {}
+        publish_report: dict[str, Any] = {}
         entity = feature_tables.get(name)
         if entity is not None and features is not None:
             try:  # a data commit: under the table's writer lease (the stream's batches wait, or it waits)
@@ -83,14 +83,15 @@ def run_maintenance(lake: Lake, tables: list[str] | None = None, *, retention_ho
             except LeaseHeld as exc:
                 pending = f"left for the next run: {exc}"
         metrics = lake.compact(name)
-        if entity is not None and cfg is not None:  # before the vacuum: it reads the change feed since its last
-            published = publish_all(lake, cfg, [entity])[entity.table]
+        if entity is not None and cfg is not None:  # before the vacuum: it reads the change feed since the last one
+            publish_report = publish_all(lake, cfg, [entity])[entity.table]
         removed = lake.vacuum(name, retention_hours) if vacuum else []
         report[name] = {"pending_folded": pending, "files_added": metrics.get("numFilesAdded"),
                         "files_removed": metrics.get("numFilesRemoved"), "vacuumed": len(removed),
                         "version": lake.version(name), "seconds": round(time.monotonic() - t0, 2)}
         if entity is not None and cfg is not None:
-            report[f"published/{name}"] = _maintain_published(lake, cfg, entity, published, retention_hours, vacuum)
+            report[f"published/{name}"] = _maintain_published(lake, cfg, entity, publish_report,
+                                                                  retention_hours, vacuum)
     return report
 
 
