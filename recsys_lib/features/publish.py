@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow.compute as pc
@@ -132,13 +133,15 @@ def publish_all(lake: Lake, cfg: RecsysConfig, tables: list[Entity] | None = Non
     from recsys_lib.lake import published_lake
 
     published = published_lake(lake.spark, cfg)
-    report: dict[str, Any] = {}
-    for entity in tables if tables is not None else list(entities(cfg.features).values()):
+
+    def one(entity: Entity) -> dict[str, Any]:
         try:
-            report[entity.table] = publish(lake, published, entity, cfg.features,
-                                           version=(versions or {}).get(entity.table))
+            return publish(lake, published, entity, cfg.features, version=(versions or {}).get(entity.table))
         except LakeError as exc:
             log.warning("published %s not updated (the next refresh, compaction or `recsys maintain` catches "
                         "up): %s", entity.table, exc)
-            report[entity.table] = {"published": False, "error": f"{type(exc).__name__}: {exc}"}
-    return report
+            return {"published": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    todo = tables if tables is not None else list(entities(cfg.features).values())
+    with ThreadPoolExecutor(max_workers=max(len(todo), 1)) as pool:  # one table each: independent commits
+        return dict(zip((e.table for e in todo), pool.map(one, todo), strict=True))

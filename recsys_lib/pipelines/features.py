@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -118,12 +119,15 @@ def _quality_gate(lake: Lake, cfg: RecsysConfig, todo: dict[str, Entity], summar
     """
     from recsys_lib.features.quality import DataQualityError, check_table, record
 
-    results = []
-    for entity in todo.values():
+    def check(entity: Entity) -> TableCheck:
         info = summary.tables[entity.table]
-        results.append(check_table(lake, entity, int(info["version"]), int(info["rows"]), cfg.dq,
-                                   previous_version=info.get("replaced")))
-        info["dq"] = "passed" if results[-1].passed else results[-1].failures
+        return check_table(lake, entity, int(info["version"]), int(info["rows"]), cfg.dq,
+                           previous_version=info.get("replaced"))
+
+    with ThreadPoolExecutor(max_workers=max(len(todo), 1)) as pool:  # small Spark jobs: latency-bound, so concurrent
+        results = list(pool.map(check, todo.values()))
+    for result in results:
+        summary.tables[result.table]["dq"] = "passed" if result.passed else result.failures
     record(lake, results, refresh_id, "features_refresh")
     if cfg.dq.log_to_mlflow:
         _log_dq_to_mlflow(cfg, results, refresh_id, "features_refresh")
