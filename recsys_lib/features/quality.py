@@ -141,13 +141,12 @@ def stored_rows(lake: Lake, entity: Entity, version: int) -> int:
     """
     from deltalake import DeltaTable
 
+    from recsys_lib.lake.log import logged_rows
+
     table = DeltaTable(lake.uri(entity.table), version=version,
                        storage_options=getattr(lake, "storage_options", None) or None)
-    actions = pa.table(table.get_add_actions(flatten=True))
-    if "num_records" not in actions.column_names:
-        return 2**62
-    counts = actions.column("num_records").to_pylist()
-    return 2**62 if any(c is None for c in counts) else int(sum(counts))
+    rows, complete = logged_rows(pa.table(table.get_add_actions(flatten=True)))
+    return rows if complete else 2**62
 
 
 def key_count(lake: Lake, entity: Entity, version: int) -> int:

@@ -8,8 +8,20 @@ from typing import Any
 from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from recsys_lib.lake.files import filesystem_for
+
+
+def logged_rows(actions: pa.Table) -> tuple[int, bool]:
+    """Rows of a table version from its add actions' statistics (flattened), no data read.
+
+    Returns the sum of the known counts, and whether every file had one.
+    """
+    if "num_records" not in actions.column_names:
+        return 0, not actions.num_rows
+    counts = actions.column("num_records")
+    return int(pc.sum(counts).as_py() or 0), counts.null_count == 0
 
 
 def files_in(actions: pa.Table, column: str, values: Sequence[Any]) -> pa.Table:

@@ -27,6 +27,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from recsys_lib.core.config import RecsysConfig
+from recsys_lib.lake.log import logged_rows
 
 #: A stream whose unprocessed input is older than this reads as stale (the watchdog's default too).
 STREAM_MAX_LAG = 300.0
@@ -76,11 +77,10 @@ def _scan(cfg: RecsysConfig, where: str, now: float, prefix: str) -> dict[str, A
         except TableNotFoundError:
             continue  # a folder whose first commit has not landed yet
         actions = pa.table(table.get_add_actions(flatten=True))
-        rows = actions.column("num_records").to_pylist() if "num_records" in actions.column_names else []
         newest = table.history(1)[0]
         last = newest.get("timestamp")
         out[prefix + folder.name] = {
-            "version": table.version(), "files": actions.num_rows, "rows": sum(r or 0 for r in rows),
+            "version": table.version(), "files": actions.num_rows, "rows": logged_rows(actions)[0],
             "last_write": _iso(last / 1000 if last else None), "age_s": round(now - last / 1000, 1) if last else None}
         if prefix:  # the newest publish's source (maintenance's compaction and vacuum commits record none)
             found = (json.loads(e["recsys"]).get("source_version") for e in table.history(20) if e.get("recsys"))
